@@ -1,0 +1,221 @@
+"""Meta's consolidated.NN.pth files, opened lazily: tensor references, not tensor data.
+
+Each file is opened once with ``torch.load(mmap=True, weights_only=True)``: the restricted
+unpickler refuses anything that is not plain tensors (a .pth is a pickle, and a plain load runs
+arbitrary code), and mmap means no tensor byte is read. From that state dict we keep only names,
+dtypes, shapes and each tensor's byte offset in the file, then drop it, which unmaps the file.
+Jobs later read exactly the bytes they need with positioned reads into buffers they own. That way
+no mapped checkpoint page is ever resident, peak RSS is the buffers we allocate, and nothing has
+to be released page by page (which macOS and Windows would make hard).
+
+Where a tensor's bytes sit in the file: torch's zip archives store every storage uncompressed as
+a member ``<archive>/data/<key>`` (the archive folder is named after the file the checkpoint was
+first saved as, so it is matched, never assumed). An mmap-loaded storage is the file mapping
+sliced at that member's offset, so its address minus the member's data offset is the same for all
+storages. We find that constant and check it against every storage's size before trusting it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import struct
+import threading
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+_DATA_MEMBER_RE = re.compile(r"^[^/]+/data/\d+$")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name length, extra length
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one shard's tensor lives on disk; no data."""
+
+    shard_idx: int
+    meta_name: str
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset_bytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n * self.itemsize
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    input_dir: Path
+    shard_paths: tuple[Path, ...]
+    tensors: tuple[dict[str, TensorRef], ...]  # one dict per shard, keyed by meta_name
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shard_paths)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.shard_paths)
+
+
+def find_shard_paths(input_dir: Path) -> list[Path]:
+    """consolidated.00.pth ... in rank order; a gap in the numbering is an error."""
+    if not input_dir.is_dir():
+        raise CheckpointError(f"input folder {input_dir} does not exist or is not a folder; "
+                              "pass the folder that holds params.json and consolidated.00.pth")
+    found = {int(m.group(1)): p for p in input_dir.iterdir() if (m := SHARD_RE.match(p.name))}
+    if not found:
+        hint = ""
+        if (input_dir / "config.json").exists() or any(input_dir.glob("*.safetensors")):
+            hint = " (it looks like a Hugging Face folder, which is already converted)"
+        raise CheckpointError(f"no consolidated.NN.pth files in {input_dir}{hint}; pass the "
+                              "folder of Meta's original checkpoint")
+    missing = [i for i in range(max(found) + 1) if i not in found]
+    if missing:
+        names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
+        raise CheckpointError(f"{input_dir} is missing {names} (found {len(found)} of "
+                              f"{max(found) + 1} shards); download the missing files again")
+    return [found[i] for i in sorted(found)]
+
+
+def _data_member_offsets(path: Path) -> dict[int, int]:
+    """File offset of each stored data member -> its size, from the zip's own directory."""
+    offsets: dict[int, int] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            if not _DATA_MEMBER_RE.match(info.filename):
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path} stores {info.filename} compressed, which torch "
+                                      "never does; the file was re-packed: download it again")
+            raw.seek(info.header_offset)
+            signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+            if signature != b"PK\x03\x04":
+                raise CheckpointError(f"{path} is corrupt (bad zip entry for {info.filename}); "
+                                      "download it again")
+            data_offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            offsets[data_offset] = info.file_size
+    return offsets
+
+
+def _storage_base(path: Path, storages: dict[int, int], members: dict[int, int]) -> int:
+    """The constant (storage address - member offset), checked against every storage."""
+    ptrs = sorted(storages)
+    for member_offset in sorted(members):
+        base = ptrs[0] - member_offset
+        if all(members.get(ptr - base) == size for ptr, size in storages.items()):
+            return base
+    raise CheckpointError(f"cannot locate the tensor data inside {path}: its zip layout is not "
+                          "one torch writes; re-save it with torch.save or download it again")
+
+
+def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a zip-format torch checkpoint (a legacy torch.save file, or "
+            "truncated/corrupt); download it again, or re-save it with a current torch")
+    try:
+        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} contains something other than plain tensors and was not "
+                              f"loaded, for safety ({first}); use Meta's original file") from e
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"cannot read {path} ({str(e).splitlines()[0]}); the file is "
+                              "corrupt or incomplete: download it again") from e
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a dict of named tensors; is it a Meta "
+                              "LLaMA checkpoint?")
+    return state
+
+
+def open_shard(path: Path, shard_idx: int) -> dict[str, TensorRef]:
+    """Tensor references of one file; the file mapping is released before returning."""
+    state = _load_metadata(path)
+    storages: dict[int, int] = {}
+    for tensor in state.values():
+        storage = tensor.untyped_storage()
+        if storage.nbytes() > 0:
+            storages[storage.data_ptr()] = storage.nbytes()
+    members = _data_member_offsets(path)
+    base = _storage_base(path, storages, members) if storages else 0
+    refs: dict[str, TensorRef] = {}
+    for meta_name, tensor in state.items():
+        if not tensor.is_contiguous():
+            raise CheckpointError(f"tensor {meta_name} in {path} is not stored contiguously, "
+                                  "which Meta's files never do; use Meta's original file")
+        offset = (tensor.untyped_storage().data_ptr() - base
+                  + tensor.storage_offset() * tensor.element_size())
+        refs[meta_name] = TensorRef(shard_idx, meta_name, path, tensor.dtype,
+                                    tuple(tensor.shape), offset)
+    del state
+    return refs
+
+
+def open_checkpoint(input_dir: Path) -> Checkpoint:
+    paths = find_shard_paths(input_dir)
+    tensors = tuple(open_shard(path, idx) for idx, path in enumerate(paths))
+    return Checkpoint(input_dir, tuple(paths), tensors)
+
+
+class ShardReader:
+    """Open file handles for positioned reads into caller-owned buffers, from many threads."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+        self._fds: list[int] = []
+        self._locks = [threading.Lock() for _ in self._paths]
+
+    def __enter__(self) -> ShardReader:
+        for path in self._paths:
+            try:
+                self._fds.append(os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)))
+            except OSError as e:
+                self.close()
+                raise CheckpointError(f"cannot open {path} ({e.strerror}); check that it is "
+                                      "readable") from e
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def read_into(self, shard_idx: int, offset: int, buffer: memoryview) -> None:
+        """Fill buffer from the file at offset; short reads are retried, EOF is an error."""
+        fd = self._fds[shard_idx]
+        done = 0
+        while done < len(buffer):
+            part = buffer[done:]
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [part], offset + done)
+            else:  # Windows: no positioned reads, so serialise seek + read per file
+                with self._locks[shard_idx]:
+                    os.lseek(fd, offset + done, os.SEEK_SET)
+                    data = os.read(fd, len(part))
+                part[:len(data)] = data
+                n = len(data)
+            if n == 0:
+                raise CheckpointError(f"{self._paths[shard_idx]} ended early (truncated?); "
+                                      "download it again")
+            done += n

@@ -1,0 +1,197 @@
+"""Command line: arguments, rich progress and tables, errors -> one line and an exit code.
+
+Exit codes: 0 success, 1 error (one sentence; --debug adds the traceback), 2 usage,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from .convert import ConvertOptions, Prepared, Report, convert, prepare
+from .errors import Interrupted, StreamconvError
+from .family import Family
+from .memory import current_rss_bytes, default_max_ram_bytes, format_size, parse_size
+from .plan import Job
+
+COMMANDS = ("convert", "plan")
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR",
+                        help="Meta checkpoint folder: params.json, consolidated.NN.pth, "
+                             "tokenizer.model")
+    parser.add_argument("--max-ram", type=_size, default=None, metavar="SIZE",
+                        help="peak resident memory allowed, e.g. 8G, 512M (default: half of the "
+                             f"memory available now, at least 1G; here "
+                             f"{format_size(default_max_ram_bytes())})")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                        help="dtype of the written weights (default auto: the checkpoint's own)")
+    parser.add_argument("--max-shard-size", type=_size, default=parse_size("5G"), metavar="SIZE",
+                        help="largest output .safetensors file (default 5G)")
+    parser.add_argument("--llama-version", default="auto",
+                        choices=("auto", *(f.value for f in Family)),
+                        help="model family; auto detects it from params.json, tensor shapes and "
+                             "tokenizer.model (see README)")
+    parser.add_argument("--instruct", action="store_true",
+                        help="LLaMA 3 chat models: chat eos ids and chat template")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="convert the weights only, without tokenizer files")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamconv",
+        description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors in "
+                    "one streaming pass, never using more memory than --max-ram. "
+                    "'convert' is the default command: streamconv --max-ram 8G IN OUT.")
+    sub = parser.add_subparsers(dest="command", metavar="{convert,plan}")
+    conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")
+    _add_model_options(conv)
+    conv.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                      help="new or empty folder for the Hugging Face model")
+    conv.add_argument("--force", action="store_true",
+                      help="write into a non-empty OUTPUT_DIR, replacing the model files there")
+    conv.add_argument("--quiet", action="store_true", help="no progress display or summary")
+    conv.add_argument("--report", type=Path, metavar="FILE.json",
+                      help="write time, bytes, peak memory and files as JSON")
+    plan = sub.add_parser("plan", help="print what would be converted and how; writes nothing")
+    _add_model_options(plan)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> ConvertOptions:
+    return ConvertOptions(max_ram_bytes=args.max_ram, dtype=args.dtype,
+                          max_shard_bytes=args.max_shard_size, llama_version=args.llama_version,
+                          force=getattr(args, "force", False), instruct=args.instruct,
+                          tokenizer=not args.no_tokenizer)
+
+
+class RichProgress:
+    """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rss]}"),
+            console=console, transient=False)
+        self.task: TaskID | None = None
+        self.budget = 0
+
+    def started(self, prepared: Prepared) -> None:
+        spec, plan = prepared.spec, prepared.plan
+        self.console.print(
+            f"{spec.family.label} {spec.size_label}, {spec.n_shards} shard(s), "
+            f"{_dtype_name(plan.src_dtype)} -> {_dtype_name(plan.dst_dtype)}; "
+            f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
+            f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
+        self.console.print(f"  family: {spec.sources['family']}", style="dim")
+        self.budget = plan.budget_bytes
+        self.bar.start()
+        self.task = self.bar.add_task("converting", total=plan.output_bytes, rss=self._rss())
+
+    def _rss(self) -> str:
+        return f"RSS {format_size(current_rss_bytes())} / {format_size(self.budget)}"
+
+    def job_done(self, job: Job, *, bytes_read: int) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, advance=job.out_bytes, rss=self._rss())
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _dtype_name(dtype: object) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _print_summary(console: Console, report: Report) -> None:
+    console.print(
+        f"[green]done[/green] in {report.seconds:.1f} s: read {format_size(report.bytes_read)}, "
+        f"wrote {format_size(report.bytes_written)} "
+        f"({report.bytes_written / max(report.seconds, 1e-9) / (1 << 20):.0f} MiB/s); "
+        f"peak RSS {format_size(report.peak_rss_bytes)} of {format_size(report.max_ram_bytes)}; "
+        f"{len(report.files)} files in {report.output_dir}")
+
+
+def _run_convert(args: argparse.Namespace, console: Console) -> int:
+    progress = None if args.quiet else RichProgress(console)
+    try:
+        report = convert(args.input_dir, args.output_dir, _options(args), progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if args.report:
+        args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    if not args.quiet:
+        _print_summary(console, report)
+    return 0
+
+
+def _run_plan(args: argparse.Namespace, console: Console) -> int:
+    from .plan_report import print_plan
+
+    print_plan(console, prepare(args.input_dir, _options(args)))
+    return 0
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """`streamconv IN OUT` and `streamconv --max-ram 8G IN OUT` mean `streamconv convert ...`."""
+    if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help"):
+        return argv
+    return ["convert", *argv]
+
+
+def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
+         err_console: Console | None = None) -> int:
+    console = console or Console()
+    err_console = err_console or Console(stderr=True)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
+    except SystemExit as e:
+        return int(e.code or 0) if e.code in (0, None) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _run_convert(args, console) if args.command == "convert" else _run_plan(
+            args, console)
+    except Interrupted as e:
+        err_console.print(f"[yellow]{e}[/yellow]", highlight=False)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+    except StreamconvError as e:
+        if args.debug:
+            err_console.print(traceback.format_exc(), highlight=False, markup=False)
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        return EXIT_ERROR
+

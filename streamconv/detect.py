@@ -1,0 +1,261 @@
+"""What model this is: params.json plus tensor shapes -> a ModelSpec, every value with its source.
+
+Nothing is guessed silently: each inferred value carries the rule that produced it, `plan`
+prints them, and --llama-version overrides the family. Rules (README "Supported models"):
+- LLaMA 3.x: tokenizer.model is a tiktoken ranks file, or the vocabulary is 128256, or
+  rope_theta is 500000, or the embedding is split across shards by vocabulary rows.
+  3.1+ when params.json has use_scaled_rope; 3.2 when the output matrix is the embedding (tied,
+  the 1B/3B models); 3.1 and 3.3 share one architecture and one config, reported as 3.1.
+- Code Llama: rope_theta 1e6 (its vocabulary of 32016 is read from the shapes).
+- LLaMA 1: the checkpoint carries rope.freqs, or norm_eps is 1e-6.
+- LLaMA 2: everything else with a SentencePiece tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, ShardReader, TensorRef
+from .errors import CheckpointError, ParamsError
+from .family import BOS_TOKEN_ID, MAX_POSITION_EMBEDDINGS, Family
+from .params import MetaParams
+
+LLAMA3_VOCAB = 128256
+_TIE_SAMPLE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The resolved architecture; every field that was inferred has an entry in `sources`."""
+
+    family: Family
+    n_shards: int
+    dtype: torch.dtype
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    ffn_dim: int
+    norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
+    bos_token_id: int
+    eos_token_id: int
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def n_params(self) -> int:
+        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        layer = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
+        return self.n_layers * layer + self.vocab_size * self.dim + head + self.dim
+
+    @property
+    def size_label(self) -> str:
+        n = self.n_params
+        return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def expected_names(n_layers: int) -> list[str]:
+    names = ["tok_embeddings.weight"]
+    for layer_idx in range(n_layers):
+        p = f"layers.{layer_idx}."
+        names += [p + s for s in (
+            "attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+            "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w2.weight",
+            "feed_forward.w3.weight", "attention_norm.weight", "ffn_norm.weight")]
+    return names + ["norm.weight", "output.weight"]
+
+
+OPTIONAL_NAMES = frozenset({"rope.freqs", "output.weight"})
+
+
+def _check_names(ckpt: Checkpoint, params: MetaParams) -> None:
+    expected = set(expected_names(params.n_layers))
+    for shard_idx, refs in enumerate(ckpt.tensors):
+        path = ckpt.shard_paths[shard_idx]
+        missing = sorted(expected - set(refs) - OPTIONAL_NAMES)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise CheckpointError(
+                f"{path} lacks {', '.join(missing[:3])}{more} (params.json says n_layers="
+                f"{params.n_layers}); the file or params.json belongs to another model")
+        unknown = sorted(set(refs) - expected - OPTIONAL_NAMES)
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise CheckpointError(
+                f"{path} holds tensors streamconv does not know: {', '.join(unknown[:3])}{more};"
+                " it is not a plain LLaMA text checkpoint (n_layers in params.json may be wrong)")
+
+
+def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
+    dtypes: dict[torch.dtype, str] = {}
+    for refs in ckpt.tensors:
+        for ref in refs.values():
+            if ref.meta_name != "rope.freqs":
+                dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
+    allowed = {torch.float32, torch.float16, torch.bfloat16}
+    if len(dtypes) != 1 or not set(dtypes) <= allowed:
+        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})" for d, where in dtypes.items())
+        raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
+                              "come from different downloads: fetch them again together")
+    return next(iter(dtypes))
+
+
+def _embedding(ckpt: Checkpoint, params: MetaParams) -> tuple[int, int, str]:
+    """(vocab_size, split_dim, rule) from tok_embeddings' per-shard shape."""
+    rows, cols = ckpt.tensors[0]["tok_embeddings.weight"].shape
+    n = ckpt.n_shards
+    if cols == params.dim and (n == 1 or cols * n != params.dim):
+        return rows * n, 0, "tok_embeddings rows x shards"
+    if cols * n == params.dim:
+        return rows, 1, "tok_embeddings rows (split by hidden columns)"
+    raise ParamsError(f"tok_embeddings.weight has shape {rows}x{cols} per shard, which fits "
+                      f"neither dim={params.dim} nor dim/{n}; params.json belongs to another model")
+
+
+def _tied(ckpt: Checkpoint) -> bool:
+    """Whether output.weight is absent or the embedding itself (sampled, not fully read)."""
+    shard0 = ckpt.tensors[0]
+    if "output.weight" not in shard0:
+        return True
+    emb, out = shard0["tok_embeddings.weight"], shard0["output.weight"]
+    if emb.shape != out.shape or emb.dtype != out.dtype:
+        return False
+    n = min(_TIE_SAMPLE_BYTES, emb.nbytes)
+    a, b = bytearray(n), bytearray(n)
+    with ShardReader([ckpt.shard_paths[0]]) as reader:
+        reader.read_into(0, emb.offset_bytes, memoryview(a))
+        reader.read_into(0, out.offset_bytes, memoryview(b))
+    return a == b
+
+
+def _family(params: MetaParams, ckpt: Checkpoint, *, vocab: int, split_dim: int,
+            tokenizer_kind: str | None) -> tuple[Family, str]:
+    theta = params.rope_theta
+    llama3_rule = ("tokenizer.model is a tiktoken file" if tokenizer_kind == "tiktoken" else
+                   f"vocabulary of {LLAMA3_VOCAB}" if vocab == LLAMA3_VOCAB else
+                   "rope_theta 500000" if theta == 500000.0 else
+                   "embedding split by vocabulary" if split_dim == 0 and ckpt.n_shards > 1 else
+                   None)
+    if llama3_rule:
+        if not params.use_scaled_rope:
+            return Family.LLAMA3, f"{llama3_rule}, no use_scaled_rope"
+        if _tied(ckpt):
+            return Family.LLAMA3_2, f"{llama3_rule}, use_scaled_rope, output tied to embedding"
+        return Family.LLAMA3_1, f"{llama3_rule}, use_scaled_rope (3.3 is the same architecture)"
+    if theta is not None and theta == 1e6:
+        return Family.CODE_LLAMA, f"rope_theta 1e6, vocabulary {vocab}"
+    if "rope.freqs" in ckpt.tensors[0]:
+        return Family.LLAMA1, "checkpoint carries rope.freqs"
+    if params.norm_eps == 1e-6:
+        return Family.LLAMA1, "norm_eps 1e-6"
+    return Family.LLAMA2, "SentencePiece-era shapes, norm_eps 1e-5, no rope.freqs"
+
+
+def _rope_scaling(family: Family, use_scaled_rope: bool) -> dict[str, Any] | None:
+    if not (family.is_llama3 and use_scaled_rope):
+        return None
+    return {"factor": 32.0 if family is Family.LLAMA3_2 else 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+            "rope_type": "llama3"}
+
+
+def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Family | None,
+                 tokenizer_kind: str | None) -> ModelSpec:
+    """Resolve the architecture and check every tensor shape against it, before any write."""
+    _check_names(ckpt, params)
+    sources: dict[str, str] = {}
+    dtype = _source_dtype(ckpt)
+    vocab, split_dim, vocab_rule = _embedding(ckpt, params)
+    if params.vocab_size is not None and params.vocab_size != vocab:
+        raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
+                          f"tok_embeddings.weight gives {vocab}; params.json belongs to another "
+                          "model")
+    sources["vocab_size"] = "params.json" if params.vocab_size is not None else vocab_rule
+    if family_override is not None:
+        family, sources["family"] = family_override, "--llama-version"
+    else:
+        family, rule = _family(params, ckpt, vocab=vocab, split_dim=split_dim,
+                               tokenizer_kind=tokenizer_kind)
+        sources["family"] = f"detected: {rule}"
+    if ckpt.n_shards > 1 and split_dim != (0 if family.is_llama3 else 1):
+        raise ParamsError(f"{family.label} splits the embedding by "
+                          f"{'vocabulary' if family.is_llama3 else 'hidden size'} but these "
+                          "shards split it the other way; check --llama-version")
+    n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
+    sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
+    if params.dim % params.n_heads or params.n_heads % n_kv:
+        raise ParamsError(f"params.json: dim={params.dim}, n_heads={params.n_heads}, n_kv_heads="
+                          f"{n_kv} do not divide evenly; params.json is damaged")
+    ffn_dim = ckpt.tensors[0]["layers.0.feed_forward.w1.weight"].shape[0] * ckpt.n_shards
+    sources["ffn_dim"] = f"feed_forward.w1 rows x {ckpt.n_shards} shard(s)"
+    theta = params.rope_theta if params.rope_theta is not None else 10000.0
+    sources["rope_theta"] = "params.json" if params.rope_theta is not None else "default 10000"
+    tied = family is Family.LLAMA3_2 or "output.weight" not in ckpt.tensors[0]
+    sources["tie_word_embeddings"] = "LLaMA 3.2 ties output to embedding" if tied else "default"
+    sources["max_position_embeddings"] = f"{family.label} context length"
+    bos = vocab - 256 if family.is_llama3 else BOS_TOKEN_ID[False]
+    spec = ModelSpec(
+        family=family, n_shards=ckpt.n_shards, dtype=dtype, dim=params.dim,
+        n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
+        ffn_dim=ffn_dim, norm_eps=params.norm_eps, rope_theta=theta,
+        rope_scaling=_rope_scaling(family, params.use_scaled_rope),
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS[family], tie_word_embeddings=tied,
+        embedding_split_dim=split_dim, bos_token_id=bos, eos_token_id=bos + 1,
+        sources=sources)
+    check_shapes(spec, ckpt)
+    return spec
+
+
+def shard_shape(spec: ModelSpec, meta_name: str) -> tuple[int, ...]:
+    """The shape every shard must have for meta_name under spec (see synthetic.py's layout)."""
+    n, hd = spec.n_shards, spec.head_dim
+    kv_rows = max(spec.n_kv_heads // n, 1) * hd
+    suffix = meta_name.removesuffix(".weight").rsplit(".", 1)[-1]
+    table: dict[str, tuple[int, ...]] = {
+        "wq": (spec.n_heads * hd // n, spec.dim), "wk": (kv_rows, spec.dim),
+        "wv": (kv_rows, spec.dim), "wo": (spec.dim, spec.n_heads * hd // n),
+        "w1": (spec.ffn_dim // n, spec.dim), "w2": (spec.dim, spec.ffn_dim // n),
+        "w3": (spec.ffn_dim // n, spec.dim), "attention_norm": (spec.dim,),
+        "ffn_norm": (spec.dim,), "norm": (spec.dim,), "output": (spec.vocab_size // n, spec.dim),
+        "tok_embeddings": ((spec.vocab_size // n, spec.dim) if spec.embedding_split_dim == 0
+                           else (spec.vocab_size, spec.dim // n)),
+        "freqs": (hd // 2,),
+    }
+    return table[suffix]
+
+
+def check_shapes(spec: ModelSpec, ckpt: Checkpoint) -> None:
+    n = spec.n_shards
+    splits = {"n_heads": spec.n_heads, "ffn_dim": spec.ffn_dim, "vocab_size": spec.vocab_size}
+    for what, size in splits.items():
+        if size % n:
+            raise ParamsError(f"{what}={size} does not divide into {n} shards; a shard is "
+                              "missing or extra in the input folder")
+    if spec.n_kv_heads % n and n % spec.n_kv_heads:
+        raise ParamsError(f"n_kv_heads={spec.n_kv_heads} and {n} shards do not divide either "
+                          "way; a shard is missing or extra in the input folder")
+    for refs in ckpt.tensors:
+        for meta_name, ref in refs.items():
+            _check_one(spec, ref, shard_shape(spec, meta_name))
+
+
+def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> None:
+    if ref.shape != expected:
+        got = "x".join(map(str, ref.shape))
+        want = "x".join(map(str, expected))
+        raise CheckpointError(f"{ref.meta_name} in {ref.path} has shape {got}, expected {want} "
+                              f"for {spec.family.label} with {spec.n_shards} shard(s); the file "
+                              "does not belong with params.json and the other shards")

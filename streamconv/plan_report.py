@@ -1,0 +1,67 @@
+"""`streamconv plan`: what was detected, where each value came from, and the memory schedule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from .convert import Prepared
+from .memory import format_flag_size, format_size
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_plan(console: Console, prepared: Prepared) -> None:
+    spec, plan = prepared.spec, prepared.plan
+    src = lambda key, default="params.json": spec.sources.get(key, default)  # noqa: E731
+    detected = [
+        ("family", spec.family.label, src("family")),
+        ("size", f"{spec.size_label} parameters", "from the shapes below"),
+        ("shards", str(spec.n_shards), "consolidated.NN.pth files found"),
+        ("dtype", str(spec.dtype).removeprefix("torch."), "tensor dtypes"),
+        ("dim", str(spec.dim), "params.json"),
+        ("n_layers", str(spec.n_layers), "params.json"),
+        ("n_heads", str(spec.n_heads), "params.json"),
+        ("n_kv_heads", str(spec.n_kv_heads), src("n_kv_heads")),
+        ("vocab_size", str(spec.vocab_size), src("vocab_size")),
+        ("ffn_dim", str(spec.ffn_dim), src("ffn_dim")),
+        ("norm_eps", str(spec.norm_eps), "params.json"),
+        ("rope_theta", str(spec.rope_theta), src("rope_theta")),
+        ("rope_scaling", str(spec.rope_scaling), "use_scaled_rope in params.json"),
+        ("max_position_embeddings", str(spec.max_position_embeddings),
+         src("max_position_embeddings")),
+        ("tie_word_embeddings", str(spec.tie_word_embeddings), src("tie_word_embeddings")),
+        ("tokenizer", f"{prepared.tokenizer_kind} ({prepared.tokenizer_path})"
+         if prepared.tokenizer_path else "none", "tokenizer.model"),
+    ]
+    console.print(_table(f"Input: {prepared.input_dir}", ("value", "", "source"), detected))
+    jobs_per_file = Counter(job.file_idx for job in plan.jobs)
+    files = [(f.name, str(len(f.tensors)), format_size(f.total_bytes), str(jobs_per_file[i]))
+             for i, f in enumerate(plan.files)]
+    files.append(("model.safetensors.index.json", "", "", "written last"))
+    files.append(("config.json, generation_config.json, tokenizer files", "", "", ""))
+    console.print(_table("Output layout", ("file", "tensors", "bytes", "jobs"), files))
+    split = sum(1 for name, n in Counter(j.hf_name for j in plan.jobs).items() if n > 1)
+    schedule = [
+        ("jobs", f"{len(plan.jobs)} ({split} tensors cut into row ranges to fit the budget)"),
+        ("slots", f"{plan.depth} in flight, {format_size(plan.slot_bytes)} each"),
+        ("read", format_size(plan.read_bytes)),
+        ("write", format_size(plan.output_bytes)),
+        ("dtype", f"{str(plan.src_dtype).removeprefix('torch.')} -> "
+                  f"{str(plan.dst_dtype).removeprefix('torch.')}"),
+        ("baseline RSS", format_size(plan.baseline_bytes)),
+        ("predicted peak RSS", format_size(plan.predicted_peak_bytes)),
+        ("--max-ram", format_size(plan.budget_bytes)),
+        ("smallest workable budget", f"{format_size(plan.min_budget_bytes)} "
+                                     f"(--max-ram {format_flag_size(plan.min_budget_bytes)})"),
+    ]
+    console.print(_table("Schedule", ("", ""), schedule))
