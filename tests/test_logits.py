@@ -91,7 +91,7 @@ def _convert(src: Path, dst: Path) -> None:
 def _hf_logits(dst: Path, tokens: torch.Tensor) -> torch.Tensor:
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(dst, dtype=torch.float32)  # in eval mode
     with torch.no_grad():
         logits: torch.Tensor = model(tokens).logits
     return logits

@@ -233,7 +233,7 @@ def test_reference_matches_script_output(case: Case, converted: dict[str, Conver
     from transformers import LlamaForCausalLM
 
     conv = converted[case.case_id]
-    model = LlamaForCausalLM.from_pretrained(_peer_output(conv), dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(_peer_output(conv), dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, case.spec.vocab_size, (1, SEQ_LEN), generator=gen)
     params = read_params(conv.src)
