@@ -1,0 +1,96 @@
+"""Peak RSS as the OS reports it stays under --max-ram for a checkpoint several times larger.
+
+Each conversion runs in a child process that, when streamconv's main() returns, reads its own
+VmHWM from /proc/self/status: the kernel's high-water mark of the process's resident memory,
+mapped file pages included. (Not ru_maxrss from wait4: Linux carries the parent's RSS at fork
+across exec into it, so a child of a big pytest process would report pytest's size.)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamconv.family import Family
+from streamconv.memory import parse_size
+from streamconv.synthetic import SyntheticSpec
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
+                                reason="reads VmHWM from /proc (Linux)")
+
+# ~1.29 GB of bf16 weights: 10 layers of a 2048-wide model with LLaMA 2's 32000 vocabulary.
+MID = SyntheticSpec(Family.LLAMA2, 2048, 10, 16, None, 32000, with_tokenizer=False)
+
+
+@pytest.fixture(scope="module")
+def mid_checkpoint(make_checkpoint: Callable[[SyntheticSpec], Path]) -> Path:
+    return make_checkpoint(MID)
+
+
+_CHILD = """
+import sys
+from streamconv.cli import main
+code = main(sys.argv[2:])
+with open("/proc/self/status") as status:
+    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+with open(sys.argv[1], "w") as out:
+    out.write(str(hwm * 1024))
+sys.exit(code)
+"""
+
+
+def run_child(tmp_path: Path, *argv: str) -> tuple[int, int, str]:
+    """(exit code, peak RSS in bytes, stderr) of streamconv's CLI in a fresh process."""
+    hwm_file = tmp_path / "vmhwm"
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(hwm_file), *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
+    return proc.returncode, int(hwm_file.read_text()), proc.stderr
+
+
+@pytest.mark.parametrize("max_ram,dtype", [("300M", "auto"), ("350M", "auto"), ("350M", "fp32")])
+def test_peak_rss_under_budget(max_ram: str, dtype: str, mid_checkpoint: Path,
+                               tmp_path: Path) -> None:
+    checkpoint_bytes = sum(p.stat().st_size for p in mid_checkpoint.glob("*.pth"))
+    budget = parse_size(max_ram)
+    assert checkpoint_bytes > 3 * budget
+    code, peak, stderr = run_child(tmp_path, str(mid_checkpoint), str(tmp_path / "out"),
+                                   "--no-tokenizer", "--quiet", "--max-ram", max_ram, "--report",
+                                   str(tmp_path / "report.json"), "--dtype", dtype)
+    assert code == 0, stderr
+    assert peak <= budget, f"peak RSS {peak >> 20} MiB over --max-ram {max_ram}"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["bytes_written"] >= checkpoint_bytes * (0.99 if dtype == "auto" else 1.99)
+    assert report["peak_rss_bytes"] <= report["max_ram_bytes"] == budget
+
+
+def test_budget_below_minimum_fails_before_writing(mid_checkpoint: Path, tmp_path: Path) -> None:
+    code, _peak, stderr = run_child(tmp_path, str(mid_checkpoint), str(tmp_path / "out"),
+                                    "--no-tokenizer", "--max-ram", "100M")
+    assert code == 1
+    assert "too small" in stderr and "--max-ram" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_exits_130_and_publishes_nothing(mid_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "streamconv", str(mid_checkpoint), str(out),
+                             "--no-tokenizer", "--quiet", "--max-ram", "300M"],
+                            stderr=subprocess.PIPE, text=True)
+    staging = out / ".streamconv-partial"
+    deadline = time.monotonic() + 60
+    while not any(staging.glob("*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _out, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not (out / "model.safetensors.index.json").exists()
+    assert not list(out.glob("*.json")) and not list(out.glob("model-*"))

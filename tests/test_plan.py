@@ -1,0 +1,155 @@
+"""The planner as pure arithmetic: coverage, cuts, memory schedule, budget errors, file layout."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import defaultdict
+
+import pytest
+import torch
+
+from streamconv.detect import ModelSpec
+from streamconv.errors import BudgetError
+from streamconv.family import Family
+from streamconv.layout import Split, copy_blocks, hf_layouts, permute_rotary_into
+from streamconv.memory import parse_size
+from streamconv.plan import RUNTIME_ALLOWANCE_BYTES, plan_conversion
+from streamconv.shards import layout_output_files
+
+MiB = 1 << 20
+
+
+def spec_of(*, family: Family = Family.LLAMA2, dim: int = 4096, n_layers: int = 2,
+            n_heads: int = 32, n_kv_heads: int = 32, vocab: int = 32000, ffn: int = 11008,
+            n_shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> ModelSpec:
+    return ModelSpec(
+        family=family, n_shards=n_shards, dtype=dtype, dim=dim, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, ffn_dim=ffn, norm_eps=1e-5,
+        rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
+        tie_word_embeddings=False, embedding_split_dim=0 if family.is_llama3 else 1,
+        bos_token_id=1, eos_token_id=2)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("8G", 8 << 30), ("8GB", 8 << 30), ("8GiB", 8 << 30), ("512M", 512 << 20),
+    ("1073741824", 1 << 30), ("1.5g", 3 << 29), ("64k", 64 << 10)])
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "8X", "-1G", "eight"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("budget", ["400M", "1G", "8G"])
+@pytest.mark.parametrize("n_shards,n_kv", [(1, 32), (2, 8), (8, 8), (16, 8)])
+def test_jobs_cover_every_row_once_within_budget(budget: str, n_shards: int, n_kv: int) -> None:
+    spec = spec_of(n_shards=n_shards, n_kv_heads=n_kv, family=Family.LLAMA3_1, vocab=128256,
+                   dim=8192, n_heads=64, ffn=28672)
+    layouts = hf_layouts(spec)
+    plan = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+                           budget_bytes=parse_size(budget), baseline_bytes=250 * MiB,
+                           max_shard_bytes=5 << 30)
+    rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for job in plan.jobs:
+        rows[job.hf_name].append((job.row_start, job.row_stop))
+        assert job.out_bytes + job.stage_bytes <= plan.slot_bytes + 64
+        if job.rotary_head_dim:
+            assert job.row_start % job.rotary_head_dim == 0
+            assert (job.row_stop - job.row_start) % job.rotary_head_dim == 0
+        covered = sum(b.n_rows * b.n_cols for b in job.blocks)
+        assert covered == (job.row_stop - job.row_start) * job.n_cols
+    for layout in layouts:
+        spans = sorted(rows[layout.hf_name])
+        assert spans[0][0] == 0 and spans[-1][1] == layout.n_rows
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.depth * plan.slot_bytes + 250 * MiB + RUNTIME_ALLOWANCE_BYTES <= plan.budget_bytes
+
+
+def test_small_budget_cuts_tensors_and_min_budget_is_exact() -> None:
+    spec = spec_of()
+    layouts = hf_layouts(spec)
+    big = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16, budget_bytes=8 << 30,
+                          baseline_bytes=250 * MiB, max_shard_bytes=5 << 30)
+    tight = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+                            budget_bytes=big.min_budget_bytes, baseline_bytes=250 * MiB,
+                            max_shard_bytes=5 << 30)
+    assert tight.depth == 1
+    assert len(tight.jobs) > len(big.jobs)
+    assert tight.predicted_peak_bytes <= big.min_budget_bytes
+    with pytest.raises(BudgetError, match=r"use --max-ram \d"):
+        plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+                        budget_bytes=big.min_budget_bytes - 1, baseline_bytes=250 * MiB,
+                        max_shard_bytes=5 << 30)
+
+
+def test_min_budget_does_not_grow_with_model_size() -> None:
+    def min_budget(n_layers: int) -> int:
+        spec = spec_of(n_layers=n_layers)
+        return plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+                               budget_bytes=8 << 30, baseline_bytes=250 * MiB,
+                               max_shard_bytes=5 << 30).min_budget_bytes
+
+    assert min_budget(2) == min_budget(80)
+
+
+def test_cast_reserves_staging() -> None:
+    spec = spec_of(dtype=torch.float32)
+    plan = plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+                           budget_bytes=1 << 30, baseline_bytes=250 * MiB,
+                           max_shard_bytes=5 << 30)
+    assert all(job.stage_bytes == 2 * job.out_bytes for job in plan.jobs)
+
+
+def test_output_files_respect_max_shard_size_and_header_format() -> None:
+    spec = spec_of(n_layers=4)
+    files = layout_output_files(hf_layouts(spec), dtype=torch.bfloat16, max_shard_bytes=400 * MiB)
+    assert len(files) > 1
+    for out_file in files:
+        big_alone = len(out_file.tensors) == 1
+        assert out_file.data_bytes <= 400 * MiB or big_alone
+        (n,) = struct.unpack("<Q", out_file.header[:8])
+        assert n % 8 == 0 and len(out_file.header) == 8 + n
+        header = json.loads(out_file.header[8:])
+        assert header.pop("__metadata__") == {"format": "pt"}
+        offsets = sorted(tuple(v["data_offsets"]) for v in header.values())
+        assert offsets[0][0] == 0
+        assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
+        assert offsets[-1][1] == out_file.data_bytes
+    names = [f.name for f in files]
+    assert names[0] == f"model-00001-of-{len(files):05d}.safetensors"
+
+
+def test_kv_heads_replicated_over_shards_are_read_once() -> None:
+    spec = spec_of(family=Family.LLAMA3_1, dim=2048, n_heads=16, n_kv_heads=2, n_shards=8,
+                   vocab=128256, ffn=8192)
+    k_proj = next(t for t in hf_layouts(spec) if t.hf_name.endswith("0.self_attn.k_proj.weight"))
+    blocks = copy_blocks(k_proj, spec, 0, k_proj.n_rows)
+    assert [b.shard_idx for b in blocks] == [0, 4]
+    assert [b.dst_row_start for b in blocks] == [0, 128]
+
+
+def test_cols_split_places_each_shard_side_by_side() -> None:
+    spec = spec_of(n_shards=4)
+    o_proj = next(t for t in hf_layouts(spec) if t.hf_name.endswith("0.self_attn.o_proj.weight"))
+    assert o_proj.split is Split.COLS
+    blocks = copy_blocks(o_proj, spec, 10, 20)
+    assert [(b.shard_idx, b.dst_col_start, b.n_cols, b.src_row_start, b.n_rows)
+            for b in blocks] == [(s, s * 1024, 1024, 10, 10) for s in range(4)]
+
+
+def test_rotary_permute_maps_interleaved_pairs_to_halves() -> None:
+    head_dim, n_heads, n_cols = 8, 3, 5
+    src = torch.arange(n_heads * head_dim * n_cols, dtype=torch.float32).view(-1, n_cols)
+    dst = torch.empty_like(src)
+    permute_rotary_into(dst, src, head_dim)
+    for h in range(n_heads):
+        for i in range(head_dim // 2):
+            # Meta pair i of head h is rows (2i, 2i+1); HF puts them at rows i and i + d/2.
+            assert torch.equal(dst[h * head_dim + i], src[h * head_dim + 2 * i])
+            assert torch.equal(dst[h * head_dim + head_dim // 2 + i],
+                               src[h * head_dim + 2 * i + 1])
