@@ -162,7 +162,7 @@ def open_shard(path: Path, shard_idx: int) -> dict[str, TensorRef]:
             raise CheckpointError(f"tensor {meta_name} in {path} is not stored contiguously, "
                                   "which Meta's files never do; use Meta's original file")
         offset = (tensor.untyped_storage().data_ptr() - base
-                  + tensor.storage_offset() * tensor.element_size())
+                  + int(tensor.storage_offset()) * tensor.element_size())
         refs[meta_name] = TensorRef(shard_idx, meta_name, path, tensor.dtype,
                                     tuple(tensor.shape), offset)
     del state

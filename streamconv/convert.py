@@ -181,6 +181,12 @@ def _extra_files(prepared: Prepared, staging: Path, options: ConvertOptions) -> 
     return files
 
 
+def _buffer(raw: torch.Tensor) -> memoryview:
+    """A writable view of a uint8 tensor's bytes, for positioned reads and writes (no copy)."""
+    array: Any = raw.numpy()
+    return memoryview(array)
+
+
 class _JobRunner:
     """Runs one job in one slot: shard bytes in, output bytes out, nothing else allocated."""
 
@@ -208,11 +214,11 @@ class _JobRunner:
             if not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
                                same_dtype=same):
                 target = out_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
-                self.reader.read_into(block.shard_idx, file_offset, memoryview(target.numpy()))
+                self.reader.read_into(block.shard_idx, file_offset, _buffer(target))
             else:
                 stage_raw = slot[stage_offset:stage_offset + n_bytes]
                 self.reader.read_into(block.shard_idx, file_offset,
-                                      memoryview(stage_raw.numpy()))
+                                      _buffer(stage_raw))
                 src = stage_raw.view(plan.src_dtype).view(block.n_rows, block.n_cols)
                 dst = out[first:first + block.n_rows,
                           block.dst_col_start:block.dst_col_start + block.n_cols]
@@ -221,7 +227,7 @@ class _JobRunner:
                 else:
                     dst.copy_(src)
             bytes_read += n_bytes
-        self.writer.write(job.file_idx, job.file_offset, memoryview(out_raw.numpy()))
+        self.writer.write(job.file_idx, job.file_offset, _buffer(out_raw))
         return bytes_read
 
 

@@ -107,7 +107,8 @@ def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
                 dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
     allowed = {torch.float32, torch.float16, torch.bfloat16}
     if len(dtypes) != 1 or not set(dtypes) <= allowed:
-        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})" for d, where in dtypes.items())
+        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})"
+                          for d, where in dtypes.items())
         raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
                               "come from different downloads: fetch them again together")
     return next(iter(dtypes))

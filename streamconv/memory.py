@@ -72,7 +72,8 @@ def default_max_ram_bytes() -> int:
     Half, because the page cache (which makes streaming fast) and the rest of the desktop need the
     other half; available rather than total, so a busy laptop gets a smaller default.
     """
-    return max(psutil.virtual_memory().available // 2, 1 << 30)
+    available = int(psutil.virtual_memory().available)
+    return max(available // 2, 1 << 30)
 
 
 class RssSampler:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BudgetError
 from .detect import ModelSpec
+from .errors import BudgetError
 from .layout import CopyBlock, TensorLayout, copy_blocks
 from .memory import format_flag_size, format_size
 from .shards import OutputFile, layout_output_files
@@ -113,7 +113,7 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_item: 
               first_idx: int) -> list[Job]:
     row_bytes = layout.n_cols * dst_item
     rows_per_job = max(out_cap // row_bytes // layout.row_unit, 1) * layout.row_unit
-    jobs = []
+    jobs: list[Job] = []
     for row_start in range(0, layout.n_rows, rows_per_job):
         row_stop = min(row_start + rows_per_job, layout.n_rows)
         blocks = copy_blocks(layout, spec, row_start, row_stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -11,7 +12,7 @@ from .convert import Prepared
 from .memory import format_flag_size, format_size
 
 
-def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+def _table(title: str, headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
     table = Table(title=title, title_justify="left")
     for header in headers:
         table.add_column(header)
@@ -22,7 +23,10 @@ def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) ->
 
 def print_plan(console: Console, prepared: Prepared) -> None:
     spec, plan = prepared.spec, prepared.plan
-    src = lambda key, default="params.json": spec.sources.get(key, default)  # noqa: E731
+
+    def src(key: str) -> str:
+        return spec.sources.get(key, "params.json")
+
     detected = [
         ("family", spec.family.label, src("family")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),

@@ -6,6 +6,7 @@ permute), independent of the planner's row ranges and copy blocks.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +17,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import importlib
 from streamconv.cli import main
 from streamconv.convert import ConvertOptions, prepare
 from streamconv.family import Family

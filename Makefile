@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+.PHONY: setup demo test lint peer-env slow
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/python -m streamconv.demo
+
+lint: setup
+	.venv/bin/ruff check streamconv tests benchmarks
+	.venv/bin/mypy
+
+# The bit-for-bit comparison with transformers' own script needs transformers 4.47.1 in a venv of
+# its own; if it cannot be built, those tests skip and say why.
+peer-env:
+	bash scripts/make_peer_env.sh || echo "warning: .venv-peer could not be built; its tests will skip"
+
+test: setup peer-env lint
+	.venv/bin/python -m pytest -q
+
+slow: setup
+	.venv/bin/python -m pytest -q -m slow
