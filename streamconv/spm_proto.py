@@ -1,0 +1,203 @@
+"""Protobuf wire format for SentencePiece's ModelProto, read and written by hand.
+
+The runtime may not depend on protobuf, yet two things need the raw proto: the converter must know
+the normalizer and trainer settings (the SentencePieceProcessor API does not expose them), and the
+synthetic tokenizers must write a model from scratch. Only the handful of fields both need are
+named here; field numbers come from sentencepiece's ``sentencepiece_model.proto``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Union
+
+# ModelProto
+MODEL_PIECES = 1
+MODEL_TRAINER_SPEC = 2
+MODEL_NORMALIZER_SPEC = 3
+# ModelProto.SentencePiece
+PIECE_TEXT = 1
+PIECE_SCORE = 2
+PIECE_TYPE = 3
+# TrainerSpec
+TRAINER_MODEL_TYPE = 3
+TRAINER_VOCAB_SIZE = 4
+TRAINER_SPLIT_BY_WHITESPACE = 22
+TRAINER_TREAT_WHITESPACE_AS_SUFFIX = 24
+TRAINER_SPLIT_DIGITS = 25
+TRAINER_BYTE_FALLBACK = 35
+TRAINER_UNK_ID = 40
+TRAINER_BOS_ID = 41
+TRAINER_EOS_ID = 42
+TRAINER_PAD_ID = 43
+# NormalizerSpec
+NORMALIZER_NAME = 1
+NORMALIZER_CHARSMAP = 2
+NORMALIZER_ADD_DUMMY_PREFIX = 3
+NORMALIZER_REMOVE_EXTRA_WHITESPACES = 4
+NORMALIZER_ESCAPE_WHITESPACES = 5
+
+# TrainerSpec.ModelType and ModelProto.SentencePiece.Type values.
+MODEL_TYPE_BPE = 2
+PIECE_NORMAL = 1
+PIECE_UNKNOWN = 2
+PIECE_CONTROL = 3
+PIECE_USER_DEFINED = 4
+PIECE_UNUSED = 5
+PIECE_BYTE = 6
+
+_VARINT = 0
+_FIXED64 = 1
+_LEN = 2
+_FIXED32 = 5
+
+FieldValue = Union[int, bytes]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One top-level field of a message: varints and fixed values as int, LEN payloads as bytes."""
+
+    number: int
+    wire_type: int
+    value: FieldValue
+    raw: bytes  # the encoded field, tag included, so untouched fields can be copied verbatim
+
+
+@dataclass(frozen=True)
+class SpmSettings:
+    """The proto settings that decide how text becomes pieces; defaults are the proto defaults."""
+
+    model_type: int = 1
+    byte_fallback: bool = False
+    treat_whitespace_as_suffix: bool = False
+    normalizer_name: str = ""
+    has_charsmap: bool = False
+    add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = True
+    escape_whitespaces: bool = True
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError(f"truncated or overlong varint at byte {pos}")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def read_fields(data: bytes) -> list[Field]:
+    """Split one message into its fields; raises ValueError on anything that is not protobuf."""
+    fields: list[Field] = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        tag, pos = _read_varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError(f"field number 0 at byte {start}")
+        value: FieldValue
+        if wire_type == _VARINT:
+            value, pos = _read_varint(data, pos)
+        elif wire_type == _LEN:
+            length, pos = _read_varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError(f"field {number} runs past the end of the data")
+            value, pos = data[pos : pos + length], pos + length
+        elif wire_type in (_FIXED32, _FIXED64):
+            width = 4 if wire_type == _FIXED32 else 8
+            if pos + width > len(data):
+                raise ValueError(f"field {number} runs past the end of the data")
+            value, pos = int.from_bytes(data[pos : pos + width], "little"), pos + width
+        else:
+            raise ValueError(f"unsupported wire type {wire_type} at byte {start}")
+        fields.append(Field(number, wire_type, value, data[start:pos]))
+    return fields
+
+
+def _last(fields: list[Field], number: int) -> FieldValue | None:
+    # Protobuf semantics: for a repeated occurrence of a singular field, the last one wins.
+    found = [f.value for f in fields if f.number == number]
+    return found[-1] if found else None
+
+
+def _flag(fields: list[Field], number: int, default: bool) -> bool:
+    value = _last(fields, number)
+    return default if value is None else bool(value)
+
+
+def read_settings(model: bytes) -> SpmSettings:
+    """Read the trainer and normalizer settings of a serialized ModelProto."""
+    top = read_fields(model)
+    trainer_raw = _last(top, MODEL_TRAINER_SPEC)
+    normalizer_raw = _last(top, MODEL_NORMALIZER_SPEC)
+    trainer = read_fields(trainer_raw) if isinstance(trainer_raw, bytes) else []
+    normalizer = read_fields(normalizer_raw) if isinstance(normalizer_raw, bytes) else []
+    model_type = _last(trainer, TRAINER_MODEL_TYPE)
+    name = _last(normalizer, NORMALIZER_NAME)
+    charsmap = _last(normalizer, NORMALIZER_CHARSMAP)
+    return SpmSettings(
+        model_type=model_type if isinstance(model_type, int) else 1,
+        byte_fallback=_flag(trainer, TRAINER_BYTE_FALLBACK, False),
+        treat_whitespace_as_suffix=_flag(trainer, TRAINER_TREAT_WHITESPACE_AS_SUFFIX, False),
+        normalizer_name=name.decode("utf-8", "replace") if isinstance(name, bytes) else "",
+        has_charsmap=isinstance(charsmap, bytes) and len(charsmap) > 0,
+        add_dummy_prefix=_flag(normalizer, NORMALIZER_ADD_DUMMY_PREFIX, True),
+        remove_extra_whitespaces=_flag(normalizer, NORMALIZER_REMOVE_EXTRA_WHITESPACES, True),
+        escape_whitespaces=_flag(normalizer, NORMALIZER_ESCAPE_WHITESPACES, True),
+    )
+
+
+def _encode_varint(value: int) -> bytes:
+    # Negative int32/int64 values are sign-extended to 64 bits, as protobuf does (pad_id = -1).
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def varint_field(number: int, value: int) -> bytes:
+    return _encode_varint(number << 3 | _VARINT) + _encode_varint(value)
+
+
+def len_field(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | _LEN) + _encode_varint(len(payload)) + payload
+
+
+def float_field(number: int, value: float) -> bytes:
+    return _encode_varint(number << 3 | _FIXED32) + struct.pack("<f", value)
+
+
+def encode_piece(piece: str, score: float, piece_type: int) -> bytes:
+    """One ModelProto.pieces entry, ready to be placed in a ModelProto."""
+    body = len_field(PIECE_TEXT, piece.encode("utf-8")) + float_field(PIECE_SCORE, score)
+    if piece_type != PIECE_NORMAL:  # NORMAL is the proto default; sentencepiece omits it too
+        body += varint_field(PIECE_TYPE, piece_type)
+    return len_field(MODEL_PIECES, body)
+
+
+def insert_pieces(model: bytes, pieces: Iterable[bytes]) -> bytes:
+    """Return ``model`` with encoded pieces appended after its last existing piece.
+
+    Ids follow the order of the pieces field, so the new pieces get the next ids; every other field
+    is copied byte for byte.
+    """
+    top = read_fields(model)
+    last_piece = max((i for i, f in enumerate(top) if f.number == MODEL_PIECES), default=-1)
+    before = b"".join(f.raw for f in top[: last_piece + 1])
+    after = b"".join(f.raw for f in top[last_piece + 1 :])
+    return before + b"".join(pieces) + after

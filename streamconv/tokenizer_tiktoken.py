@@ -1,0 +1,270 @@
+"""tiktoken ranks file (LLaMA 3, 3.1, 3.2, 3.3) -> Hugging Face tokenizer files.
+
+Meta's tokenizer.model for LLaMA 3 is text, one ``<base64 token bytes> <rank>`` line per token
+(128000 lines); the 256 special tokens are added by Meta's code, after the ranks. The tokenizer.json
+built here is byte-level BPE that segments text exactly as tiktoken does:
+
+* pre-tokenizer: LLaMA 3's split regex, then the GPT-2 byte-to-unicode mapping (``ByteLevel``
+  without its own regex), so vocab entries are the mapped bytes of each token;
+* ``ignore_merges``: tiktoken looks a whole regex piece up in the ranks before merging, and so
+  does BPE with this flag, which also covers the few tokens no merge sequence reaches;
+* merges: tiktoken merges, at each step, the adjacent pair whose concatenation has the lowest
+  rank. A pair only ever merges into a token T in the way BPE on T's own bytes splits T last, so
+  one merge per token (that split), ordered by T's rank, reproduces tiktoken.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import TokenizerError
+from .family import Family
+from .tokenizer_spm import added_tokens_decoder, special_token_entry
+
+JsonDict = dict[str, Any]
+
+# LLaMA 3's pre-tokenizer regex (Meta's llama3/tokenizer.py pat_str).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+N_SPECIAL_TOKENS = 256  # Meta's num_reserved_special_tokens
+BOS = "<|begin_of_text|>"
+EOS = "<|end_of_text|>"
+EOT = "<|eot_id|>"
+
+# The named specials after <|begin_of_text|>, <|end_of_text|>; names and order as in Meta's
+# llama-models and transformers' DEFAULT_LLAMA_SPECIAL_TOKENS. LLaMA 3.0 differs from 3.1+.
+_NAMED_3_0 = ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", EOT]
+_NAMED_3_1 = [
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    EOT,
+    "<|python_tag|>",
+]
+
+# Written for streamconv in LLaMA 3's header format: BOS, then per message
+# <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> (content stripped, as Meta's
+# ChatFormat does), then an open assistant header when a reply is wanted.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+
+
+def special_token_names(family: Family) -> list[str]:
+    """The 256 special tokens in id order (ids n_ranks .. n_ranks + 255)."""
+    if family is Family.LLAMA3:
+        head = [BOS, EOS, "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
+        head += ["<|reserved_special_token_2|>", "<|reserved_special_token_3|>", *_NAMED_3_0]
+        next_reserved = 5
+    else:
+        head = [BOS, EOS, "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
+        head += _NAMED_3_1
+        next_reserved = 3
+    tail = N_SPECIAL_TOKENS - len(head)
+    return head + [f"<|reserved_special_token_{next_reserved + i}|>" for i in range(tail)]
+
+
+def read_ranks(path: Path, data: bytes) -> dict[bytes, int]:
+    """Parse a ranks file; ranks must be 0..n-1 and every single byte must be a token."""
+    ranks: dict[bytes, int] = {}
+    for line_no, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError("expected two fields")
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+        except (ValueError, binascii.Error) as e:
+            raise TokenizerError(
+                f"{path} line {line_no} is not '<base64 token> <rank>' ({e}); the tiktoken file "
+                "is corrupt, replace it with the tokenizer.model shipped with the checkpoint"
+            ) from e
+        if token in ranks:
+            raise TokenizerError(f"{path} line {line_no} repeats a token; the file is corrupt")
+        ranks[token] = rank
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(
+            f"{path} ranks are not 0..{len(ranks) - 1} without gaps; the file is corrupt, "
+            "replace it with the tokenizer.model shipped with the checkpoint"
+        )
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerError(
+            f"{path} lacks single-byte tokens (e.g. byte {missing[0]}), so some text could not be "
+            "encoded; replace it with the tokenizer.model shipped with the checkpoint"
+        )
+    return ranks
+
+
+def byte_to_unicode() -> list[str]:
+    """GPT-2's reversible byte -> printable character table, indexed by byte.
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes (controls, space, ...) map to
+    U+0100 onwards in byte order, so no vocab entry contains whitespace or control characters.
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    for offset, b in enumerate(b for b in range(256) if b not in table):
+        table[b] = chr(0x100 + offset)
+    return [table[b] for b in range(256)]
+
+
+def _last_split(token: bytes, ranks: dict[bytes, int]) -> int | None:
+    """Where BPE by rank on ``token``'s own bytes splits it last; None if it never reaches it."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best_rank, best_idx = -1, -1
+        for idx in range(len(parts) - 1):
+            rank = ranks.get(parts[idx] + parts[idx + 1])
+            if rank is not None and (best_idx < 0 or rank < best_rank):
+                best_rank, best_idx = rank, idx
+        if best_idx < 0:
+            return None
+        parts[best_idx : best_idx + 2] = [parts[best_idx] + parts[best_idx + 1]]
+    return len(parts[0])
+
+
+def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """One merge per reachable multi-byte token, ordered by the rank of the token it makes."""
+    merges: list[tuple[int, bytes, bytes]] = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        cut = _last_split(token, ranks)
+        if cut is not None:
+            merges.append((rank, token[:cut], token[cut:]))
+    merges.sort()
+    return [(left, right) for _, left, right in merges]
+
+
+def _added_token(idx: int, content: str) -> JsonDict:
+    return {
+        "id": idx,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def _template(bos_id: int) -> JsonDict:
+    def special(type_id: int) -> JsonDict:
+        return {"SpecialToken": {"id": BOS, "type_id": type_id}}
+
+    def sequence(name: str, type_id: int) -> JsonDict:
+        return {"Sequence": {"id": name, "type_id": type_id}}
+
+    return {
+        "type": "TemplateProcessing",
+        "single": [special(0), sequence("A", 0)],
+        "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
+        "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}},
+    }
+
+
+def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> JsonDict:
+    return {
+        "type": "ByteLevel",
+        "add_prefix_space": add_prefix_space,
+        "trim_offsets": trim_offsets,
+        "use_regex": use_regex,
+    }
+
+
+def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> JsonDict:
+    """The tokenizer.json document (tokenizers' serialization format, version 1.0)."""
+    table = byte_to_unicode()
+
+    def mapped(token: bytes) -> str:
+        return "".join([table[b] for b in token])
+
+    n_ranks = len(ranks)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [_added_token(n_ranks + i, name) for i, name in enumerate(specials)],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": LLAMA3_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                _byte_level(add_prefix_space=False, trim_offsets=True, use_regex=False),
+            ],
+        },
+        "post_processor": {
+            "type": "Sequence",
+            "processors": [
+                _byte_level(add_prefix_space=True, trim_offsets=False, use_regex=True),
+                _template(n_ranks + specials.index(BOS)),
+            ],
+        },
+        "decoder": _byte_level(add_prefix_space=True, trim_offsets=True, use_regex=True),
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": {mapped(token): rank for token, rank in ranks.items()},
+            "merges": [[mapped(left), mapped(right)] for left, right in derive_merges(ranks)],
+        },
+    }
+
+
+def build_tokenizer_config(
+    specials: Sequence[str], *, n_ranks: int, instruct: bool, model_max_length: int
+) -> JsonDict:
+    """tokenizer_config.json.
+
+    ``clean_up_tokenization_spaces`` is false although Meta's Hugging Face repos ship true: the
+    clean-up deletes the space in " ." or " 's" after decoding, so "a ." would decode as "a.",
+    while tiktoken (the original) decodes every id sequence back to its exact text.
+    """
+    config: JsonDict = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOT if instruct else EOS,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "added_tokens_decoder": added_tokens_decoder(
+            [_added_token(n_ranks + i, name) for i, name in enumerate(specials)]
+        ),
+    }
+    if instruct:
+        config["chat_template"] = CHAT_TEMPLATE
+    return config
+
+
+def build_special_tokens_map(*, instruct: bool) -> JsonDict:
+    return {
+        "bos_token": special_token_entry(BOS),
+        "eos_token": special_token_entry(EOT if instruct else EOS),
+    }
