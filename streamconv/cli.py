@@ -76,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
                       help="new or empty folder for the Hugging Face model")
     conv.add_argument("--force", action="store_true",
-                      help="write into a non-empty OUTPUT_DIR, replacing the model files there")
+                      help="write into a non-empty OUTPUT_DIR, replacing the model files there "
+                           "(and discarding an interrupted conversion)")
+    conv.add_argument("--resume", action="store_true",
+                      help="continue an interrupted conversion into OUTPUT_DIR; only missing "
+                           "work is redone")
     conv.add_argument("--quiet", action="store_true", help="no progress display or summary")
     conv.add_argument("--report", type=Path, metavar="FILE.json",
                       help="write time, bytes, peak memory and files as JSON")
@@ -88,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> ConvertOptions:
     return ConvertOptions(max_ram_bytes=args.max_ram, dtype=args.dtype,
                           max_shard_bytes=args.max_shard_size, llama_version=args.llama_version,
-                          force=getattr(args, "force", False), instruct=args.instruct,
+                          force=getattr(args, "force", False),
+                          resume=getattr(args, "resume", False), instruct=args.instruct,
                           tokenizer=not args.no_tokenizer)
 
 
@@ -104,8 +109,10 @@ class RichProgress:
         self.task: TaskID | None = None
         self.budget = 0
 
-    def started(self, prepared: Prepared) -> None:
+    def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
         spec, plan = prepared.spec, prepared.plan
+        for warning in prepared.warnings:
+            self.console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         self.console.print(
             f"{spec.family.label} {spec.size_label}, {spec.n_shards} shard(s), "
             f"{_dtype_name(plan.src_dtype)} -> {_dtype_name(plan.dst_dtype)}; "
@@ -114,7 +121,11 @@ class RichProgress:
         self.console.print(f"  family: {spec.sources['family']}", style="dim")
         self.budget = plan.budget_bytes
         self.bar.start()
-        self.task = self.bar.add_task("converting", total=plan.output_bytes, rss=self._rss())
+        if resumed_bytes:
+            self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
+                               "verified")
+        self.task = self.bar.add_task("converting", total=plan.output_bytes,
+                                      completed=resumed_bytes, rss=self._rss())
 
     def _rss(self) -> str:
         return f"RSS {format_size(current_rss_bytes())} / {format_size(self.budget)}"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .convert import Prepared
+from .prepare import Prepared
 from .memory import format_flag_size, format_size
 
 
@@ -69,3 +69,5 @@ def print_plan(console: Console, prepared: Prepared) -> None:
                                      f"(--max-ram {format_flag_size(plan.min_budget_bytes)})"),
     ]
     console.print(_table("Schedule", ("", ""), schedule))
+    for warning in prepared.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import OutputError
 from .memory import format_size
+from .plan import Job
 from .shards import INDEX_NAME, OutputFile, index_json
 
 STAGING_DIR = ".streamconv-partial"
@@ -36,8 +37,8 @@ def _disk_error(e: OSError, path: Path, needed: int) -> OutputError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(path.parent).free
         return OutputError(f"disk full while writing {path} ({format_size(needed)} needed, "
-                           f"{format_size(free)} free); free some space or choose another "
-                           "output folder")
+                           f"{format_size(free)} free); free some space and run the same "
+                           "command with --resume")
     return OutputError(f"cannot write {path} ({e.strerror}); check the output folder's "
                        "permissions and free space")
 
@@ -55,8 +56,10 @@ def _fsync_dir(path: Path) -> None:
 class ShardWriter:
     """Creates, fills and publishes the output shards; refuses calls out of order."""
 
-    def __init__(self, out_dir: Path, files: tuple[OutputFile, ...]) -> None:
+    def __init__(self, out_dir: Path, files: tuple[OutputFile, ...], *,
+                 resume: bool = False) -> None:
         self.out_dir = out_dir
+        self.resume = resume
         self.staging = out_dir / STAGING_DIR
         self.files = files
         self._fds: list[int] = []
@@ -77,9 +80,11 @@ class ShardWriter:
         return self
 
     def _create(self, out_file: OutputFile) -> int:
+        """Open the staged file: reused as it is on resume if its size is right, else new."""
         path = self.staging / out_file.name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
-                     0o644)
+        keep = self.resume and path.is_file() and path.stat().st_size == out_file.total_bytes
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | (0 if keep else os.O_TRUNC)
+        fd = os.open(path, flags, 0o644)
         try:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, out_file.total_bytes)
@@ -102,14 +107,19 @@ class ShardWriter:
                     os.lseek(fd, offset + done, os.SEEK_SET)
                     done += os.write(fd, view[done:])
 
-    def write(self, file_idx: int, offset: int, data: memoryview) -> None:
+    def write_job(self, job: Job, data: memoryview) -> None:
         """Write a job's bytes in place; safe from several threads (positioned writes)."""
         if self._state is not _State.OPEN:
-            raise AssertionError(f"write() while writer is {self._state.value}")
+            raise AssertionError(f"write_job() while writer is {self._state.value}")
         try:
-            self._pwrite(self._fds[file_idx], data, offset)
+            self._pwrite(self._fds[job.file_idx], data, job.file_offset)
         except OSError as e:
-            raise _disk_error(e, self.staging / self.files[file_idx].name, len(data)) from e
+            raise _disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
+
+    def sync(self) -> None:
+        """Make every byte written so far durable (the journal records only after this)."""
+        for fd in self._fds:
+            os.fsync(fd)
 
     def publish(self, extra_files: Mapping[str, bytes]) -> list[Path]:
         """fsync everything, then move it into OUT; the index goes last."""

@@ -22,8 +22,7 @@ from streamconv.convert import ConvertOptions, prepare
 from streamconv.family import Family
 from streamconv.synthetic import SyntheticSpec, tiny
 
-# The package exports a convert() function under the same name as this module.
-convert_module = importlib.import_module("streamconv.convert")
+prepare_module = importlib.import_module("streamconv.prepare")
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 
@@ -104,7 +103,7 @@ def test_tensors_equal_plain_concat_and_permute(spec: SyntheticSpec, max_ram: st
     if max_ram == "tight":
         # The smallest budget the planner accepts: one slot, tensors cut into many row ranges
         # (whole heads for q/k). The process's own RSS is pinned to 0 so the figure is exact.
-        monkeypatch.setattr(convert_module, "current_rss_bytes", lambda: 0)
+        monkeypatch.setattr(prepare_module, "current_rss_bytes", lambda: 0)
         plan = prepare(src, ConvertOptions(tokenizer=False, max_ram_bytes=2 << 30)).plan
         max_ram = str(plan.min_budget_bytes)
         tight = prepare(src, ConvertOptions(tokenizer=False,

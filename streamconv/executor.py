@@ -1,0 +1,129 @@
+"""Running jobs: shard bytes in, output rows out, in a fixed number of reusable slots.
+
+The same executor serves convert (the sink writes the rows into the output file) and verify
+(the sink compares them with what a file holds). A job starts only when a slot is free, so the
+memory in flight never exceeds depth x slot_bytes, whatever the model's size (the bounded map of
+llama.cpp's converter, with buffers that are reused instead of reallocated: freed large buffers
+would otherwise leave allocator slack that the OS still counts).
+"""
+
+from __future__ import annotations
+
+import queue
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .checkpoint import ShardReader, TensorRef
+from .layout import permute_rotary_into
+from .plan import Job, Plan, needs_stage, slot_layout
+
+Sink = Callable[[Job, memoryview], None]
+JobDone = Callable[[Job, int, int], None]  # job, bytes read, crc32 of its output rows
+
+
+def as_buffer(raw: torch.Tensor) -> memoryview:
+    """A writable view of a uint8 tensor's bytes, for positioned reads and writes (no copy)."""
+    array: Any = raw.numpy()
+    return memoryview(array)
+
+
+class JobRunner:
+    """Fills one slot with one job's output rows and hands them to the sink."""
+
+    def __init__(self, plan: Plan, refs: tuple[dict[str, TensorRef], ...], reader: ShardReader,
+                 sink: Sink) -> None:
+        self.plan = plan
+        self.refs = refs
+        self.reader = reader
+        self.sink = sink
+        self.src_item = torch.empty((), dtype=plan.src_dtype).element_size()
+        self.dst_item = torch.empty((), dtype=plan.dst_dtype).element_size()
+
+    def run(self, job: Job, slot: torch.Tensor) -> tuple[int, int]:
+        """(bytes read, crc32 of the output rows)."""
+        plan, same = self.plan, self.plan.src_dtype == self.plan.dst_dtype
+        out_offset, stage_offset = slot_layout(job)
+        out_raw = slot[out_offset:out_offset + job.out_bytes]
+        out = out_raw.view(plan.dst_dtype).view(job.row_stop - job.row_start, job.n_cols)
+        row_bytes = job.n_cols * self.dst_item
+        bytes_read = 0
+        for block in job.blocks:
+            ref = self.refs[block.shard_idx][block.meta_name]
+            file_offset = ref.offset_bytes + block.src_row_start * ref.shape[-1] * self.src_item
+            n_bytes = block.n_rows * block.n_cols * self.src_item
+            first = block.dst_row_start - job.row_start
+            if not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
+                               same_dtype=same):
+                target = out_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
+                self.reader.read_into(block.shard_idx, file_offset, as_buffer(target))
+            else:
+                stage_raw = slot[stage_offset:stage_offset + n_bytes]
+                self.reader.read_into(block.shard_idx, file_offset, as_buffer(stage_raw))
+                src = stage_raw.view(plan.src_dtype).view(block.n_rows, block.n_cols)
+                dst = out[first:first + block.n_rows,
+                          block.dst_col_start:block.dst_col_start + block.n_cols]
+                if job.rotary_head_dim:
+                    permute_rotary_into(dst, src, job.rotary_head_dim)
+                else:
+                    dst.copy_(src)
+            bytes_read += n_bytes
+        data = as_buffer(out_raw)
+        self.sink(job, data)
+        return bytes_read, zlib.crc32(data)
+
+
+def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDone) -> None:
+    """Run jobs in plan.depth threads; on_done is called in the caller's thread, in job order.
+
+    On any error or Ctrl-C, jobs not started are cancelled, running ones finish, and every job
+    that completed is still reported through on_done before the exception propagates, so the
+    journal can record it.
+    """
+    free: queue.Queue[torch.Tensor] = queue.Queue()
+    for _ in range(plan.depth):
+        free.put(torch.empty(plan.slot_bytes, dtype=torch.uint8))
+    pending: deque[tuple[Job, Future[tuple[int, int]]]] = deque()
+
+    def task(job: Job, slot: torch.Tensor) -> tuple[int, int]:
+        try:
+            return runner.run(job, slot)
+        finally:
+            free.put(slot)
+
+    def reap(*, wait: bool) -> None:
+        while pending and (wait or pending[0][1].done()):
+            job, future = pending.popleft()
+            n_read, crc = future.result()  # a worker's error surfaces here
+            on_done(job, n_read, crc)
+
+    with ThreadPoolExecutor(max_workers=plan.depth, thread_name_prefix="job") as pool:
+        try:
+            for job in jobs:
+                while True:
+                    reap(wait=False)
+                    try:
+                        slot = free.get(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        continue
+                pending.append((job, pool.submit(task, job, slot)))
+            reap(wait=True)
+        except BaseException:
+            for _job, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            _report_finished(pending, on_done)
+            raise
+
+
+def _report_finished(pending: deque[tuple[Job, Future[tuple[int, int]]]],
+                     on_done: JobDone) -> None:
+    for job, future in pending:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            n_read, crc = future.result()
+            on_done(job, n_read, crc)

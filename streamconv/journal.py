@@ -1,0 +1,145 @@
+"""The resume journal: which byte ranges of the staged shards are durable, with their CRC32.
+
+OUT/.streamconv-partial/journal.jsonl. The first line identifies the conversion: the input
+(shard names, sizes and the CRC32 of every zip member, straight from each archive's directory, so
+no data is read) and the output layout (every file's name and header, hence every tensor's dtype,
+shape and offset). Each later line lists the output ranges (file, offset, length, crc32) of jobs
+completed since the previous line, appended only after the shard files were fsynced, so a line
+means those bytes survive a crash or power loss. Ranges rather than job numbers, because how the
+budget cuts tensors into jobs depends on --max-ram and on the process's own size, which may
+differ on resume. A torn last line (killed while appending) is ignored: its jobs are redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+from .checkpoint import Checkpoint
+from .errors import OutputError
+from .plan import Plan
+
+JOURNAL_NAME = "journal.jsonl"
+COMMIT_BYTES = 256 << 20
+COMMIT_SECONDS = 5.0
+
+
+def conversion_fingerprint(checkpoint: Checkpoint, plan: Plan) -> str:
+    digest = hashlib.sha256()
+    for path in checkpoint.shard_paths:
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                digest.update(f"{info.filename}:{info.CRC}:{info.file_size}".encode())
+    for out_file in plan.files:
+        digest.update(out_file.name.encode() + out_file.header)
+    return digest.hexdigest()
+
+
+Range = tuple[int, int, int, int]  # file_idx, offset, n_bytes, crc32
+
+
+def read_journal(path: Path, fingerprint: str) -> list[Range]:
+    """The ranges recorded as durable; refuses another conversion's journal."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("fingerprint") != fingerprint:
+        raise OutputError(f"{path} belongs to a different input or different options (--dtype, "
+                          "--max-shard-size); rerun with the original options, or pass --force "
+                          "instead of --resume to start over")
+    done: list[Range] = []
+    for line in lines[1:]:
+        try:
+            entries = json.loads(line)["ranges"]
+            done += [(int(f), int(o), int(n), int(c)) for f, o, n, c in entries]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            break  # torn tail from a kill during the append: redo those jobs
+    return done
+
+
+class Journal:
+    """Appends durable job records; commit() is called by the converter after an fsync."""
+
+    def __init__(self, path: Path, fingerprint: str, *, fresh: bool) -> None:
+        self.path = path
+        self._pending: list[Range] = []
+        self._pending_bytes = 0
+        self._last_commit = time.monotonic()
+        if fresh:
+            self._append({"fingerprint": fingerprint, "version": 1})
+
+    def _append(self, record: dict[str, object]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def record(self, file_idx: int, offset: int, n_bytes: int, crc: int) -> None:
+        self._pending.append((file_idx, offset, n_bytes, crc))
+        self._pending_bytes += n_bytes
+
+    def due(self) -> bool:
+        return bool(self._pending) and (
+            self._pending_bytes >= COMMIT_BYTES
+            or time.monotonic() - self._last_commit >= COMMIT_SECONDS)
+
+    def commit(self) -> None:
+        """Record pending jobs; the caller has fsynced the shards they were written to."""
+        if self._pending:
+            self._append({"ranges": self._pending})
+        self._pending, self._pending_bytes = [], 0
+        self._last_commit = time.monotonic()
+
+
+def verified_ranges(staging: Path, plan: Plan, ranges: list[Range]) -> list[Range]:
+    """The recorded ranges whose bytes in the staged files still match their CRC32."""
+    by_file: dict[int, list[Range]] = {}
+    for entry in ranges:
+        if 0 <= entry[0] < len(plan.files):
+            by_file.setdefault(entry[0], []).append(entry)
+    good: list[Range] = []
+    chunk = bytearray(4 << 20)
+    for file_idx, entries in by_file.items():
+        path = staging / plan.files[file_idx].name
+        if not path.is_file() or path.stat().st_size != plan.files[file_idx].total_bytes:
+            continue
+        with open(path, "rb") as f:
+            for entry in sorted(set(entries)):
+                _, offset, n_bytes, crc = entry
+                f.seek(offset)
+                value, left = 0, n_bytes
+                while left > 0:
+                    got = f.readinto(memoryview(chunk)[:min(left, len(chunk))])
+                    if not got:
+                        break
+                    value = zlib.crc32(memoryview(chunk)[:got], value)
+                    left -= got
+                if left == 0 and value == crc:
+                    good.append(entry)
+    return good
+
+
+def covered_jobs(plan: Plan, ranges: list[Range]) -> set[int]:
+    """Jobs whose whole output range lies inside durable, verified ranges."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for file_idx, offset, n_bytes, _crc in sorted(ranges):
+        merged = spans.setdefault(file_idx, [])
+        if merged and offset <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], offset + n_bytes))
+        else:
+            merged.append((offset, offset + n_bytes))
+    done = set()
+    for job in plan.jobs:
+        for start, end in spans.get(job.file_idx, []):
+            if start <= job.file_offset and job.file_offset + job.out_bytes <= end:
+                done.add(job.job_idx)
+                break
+    return done
