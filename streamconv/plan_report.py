@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .prepare import Prepared
 from .memory import format_flag_size, format_size
+from .prepare import Prepared
 
 
 def _table(title: str, headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
