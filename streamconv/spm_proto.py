@@ -134,13 +134,18 @@ def _flag(fields: list[Field], number: int, default: bool) -> bool:
     return default if value is None else bool(value)
 
 
+def _message(fields: list[Field], number: int) -> list[Field]:
+    # Protobuf merges repeated occurrences of an embedded message, which is what parsing the
+    # concatenation of their payloads does.
+    payload = b"".join(f.value for f in fields if f.number == number and isinstance(f.value, bytes))
+    return read_fields(payload)
+
+
 def read_settings(model: bytes) -> SpmSettings:
     """Read the trainer and normalizer settings of a serialized ModelProto."""
     top = read_fields(model)
-    trainer_raw = _last(top, MODEL_TRAINER_SPEC)
-    normalizer_raw = _last(top, MODEL_NORMALIZER_SPEC)
-    trainer = read_fields(trainer_raw) if isinstance(trainer_raw, bytes) else []
-    normalizer = read_fields(normalizer_raw) if isinstance(normalizer_raw, bytes) else []
+    trainer = _message(top, MODEL_TRAINER_SPEC)
+    normalizer = _message(top, MODEL_NORMALIZER_SPEC)
     model_type = _last(trainer, TRAINER_MODEL_TYPE)
     name = _last(normalizer, NORMALIZER_NAME)
     charsmap = _last(normalizer, NORMALIZER_CHARSMAP)

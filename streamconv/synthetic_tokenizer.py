@@ -109,7 +109,12 @@ def _join(word: tuple[_T, ...], pair: tuple[_T, _T]) -> tuple[_T, ...]:
 
 
 def _random_joins(
-    pool: list[_T], known: set[_T], count: int, rng: random.Random, *, right_ok: Callable[[_T], bool]
+    pool: list[_T],
+    known: set[_T],
+    count: int,
+    rng: random.Random,
+    *,
+    right_ok: Callable[[_T], bool],
 ) -> Iterator[_T]:
     """``count`` new tokens, each two tokens of ``pool`` joined.
 
@@ -169,10 +174,11 @@ def build_sentencepiece_model(vocab_size: int, seed: int = 0) -> bytes:
     # Scores fall with the id, as sentencepiece writes them; the whitespace runs score -1e9 as in
     # LLaMA's model, so merges that tie are exercised too.
     normal = [*merged, *chars]
+    kind = spm_proto.PIECE_NORMAL
     body = b"".join(spm_proto.encode_piece(p, 0.0, t) for p, t in specials)
     body += b"".join(spm_proto.encode_piece(p, 0.0, spm_proto.PIECE_BYTE) for p in byte_pieces)
-    body += b"".join(spm_proto.encode_piece(p, -float(i + 1), spm_proto.PIECE_NORMAL) for i, p in enumerate(normal))
-    body += b"".join(spm_proto.encode_piece(p, -1e9, spm_proto.PIECE_NORMAL) for p in runs)
+    body += b"".join(spm_proto.encode_piece(p, -float(i + 1), kind) for i, p in enumerate(normal))
+    body += b"".join(spm_proto.encode_piece(p, -1e9, kind) for p in runs)
     return body + _trainer_spec(vocab_size) + _normalizer_spec()
 
 
@@ -208,7 +214,8 @@ def build_tiktoken_ranks(vocab_size: int, seed: int = 0) -> list[bytes]:
     if vocab_size < 256:
         raise ValueError(f"a tiktoken vocab needs at least 256 ranks, not {vocab_size}")
     singles = [bytes([b]) for b in range(256)]
-    words = Counter(tuple(bytes([b]) for b in w.encode()) for w in _WORD_SPLIT.findall(TRAINING_TEXT))
+    split = _WORD_SPLIT.findall(TRAINING_TEXT)
+    words = Counter(tuple(bytes([b]) for b in w.encode()) for w in split)
     n_merges = vocab_size - 256
     merged = _learn_merges(words, min(n_merges, _MAX_LEARNED))[:n_merges]
     known = set(singles) | set(merged)

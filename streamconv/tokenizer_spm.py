@@ -18,7 +18,9 @@ How each part reproduces sentencepiece:
   leftmost pair, which grows a run of ``▁`` from the left, and longest-first reproduces that.
 * byte_fallback: characters missing from the vocab become ``<0xXX>`` pieces in both.
 * user-defined pieces (sentencepiece matches them in the normalized text before BPE) become added
-  tokens with ``normalized: true``; control and unknown pieces become special added tokens.
+  tokens with ``normalized: true``; control and unknown pieces become special added tokens. With
+  user-defined pieces, text that starts with a literal ``▁`` gets no dummy prefix (see
+  ``build_tokenizer_json``); that is the one input where the output differs from sentencepiece.
 
 One convention differs on purpose, the Hugging Face one: sentencepiece reads "<s>" in text as three
 characters, Hugging Face as the BOS token. The text is split at special-token strings and each
@@ -200,6 +202,14 @@ def build_tokenizer_json(model: SpmModel) -> JsonDict:
     decoders: list[JsonDict] = [_replace(_SPACE, " "), {"type": "ByteFallback"}, {"type": "Fuse"}]
     if model.settings.add_dummy_prefix:
         normalizers.append({"type": "Prepend", "prepend": _SPACE})
+        if spm_proto.PIECE_USER_DEFINED in model.types:
+            # tokenizers normalizes a normalized added token's own text before matching it, so
+            # "▁<PRE>" would be sought as "▁▁<PRE>". Undoing the prefix on text that already
+            # starts with "▁" keeps such pieces intact, at the cost of one "▁" on text that
+            # starts with a literal "▁" (sentencepiece would add its prefix there too).
+            normalizers.append(
+                {"type": "Replace", "pattern": {"Regex": rf"\A{_SPACE}{_SPACE}"}, "content": _SPACE}
+            )
         # sentencepiece drops the dummy prefix of the first piece when decoding.
         decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
     normalizers.append(_replace(" ", _SPACE))

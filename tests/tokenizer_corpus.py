@@ -30,7 +30,10 @@ SAMPLES: list[tuple[str, str]] = [
     ("korean", "나는 유리를 먹을 수 있어요. 그래도 아프지 않아요. 한국어 문장입니다."),
     ("arabic", "أنا قادر على أكل الزجاج و هذا لا يؤلمني. العربية: ١٢٣٤٥"),
     ("hindi", "मैं काँच खा सकता हूँ और मुझे उससे कोई चोट नहीं पहुंचती. नमस्ते दुनिया।"),
-    ("mixed-scripts", "English, Deutsch (Größe), русский, ελληνικά, 中文, 日本語, 한국어, عربى, हिन्दी"),
+    (
+        "mixed-scripts",
+        "English, Deutsch (Größe), русский, ελληνικά, 中文, 日本語, 한국어, عربى, हिन्दी",
+    ),
     # --- code
     (
         "python",
@@ -68,12 +71,18 @@ SAMPLES: list[tuple[str, str]] = [
     # --- digits
     ("digits", "0 1 22 333 4444 55555 666666 7777777"),
     ("long-number", "3.14159265358979323846264338327950288419716939937510 and 1e-10"),
-    ("numbers-mixed", "Call +1 (555) 010-9999 on 2024-01-31 at 23:59:59.999; cost $1,234.56 or 12%."),
+    (
+        "numbers-mixed",
+        "Call +1 (555) 010-9999 on 2024-01-31 at 23:59:59.999; cost $1,234.56 or 12%.",
+    ),
     # --- special-token strings in text
     ("spm-specials", "<s>Hello</s> and <unk> inside"),
     ("spm-specials-spaced", "x <s> y </s> z"),
     ("spm-specials-adjacent", "<s><s></s>"),
-    ("llama3-specials", "<|begin_of_text|>Hi<|eot_id|> there <|start_header_id|>user<|end_header_id|>"),
+    (
+        "llama3-specials",
+        "<|begin_of_text|>Hi<|eot_id|> there <|start_header_id|>user<|end_header_id|>",
+    ),
     ("llama3-specials-lookalike", "<|eot_id| > <|reserved_special_token_999|> <|not_special|>"),
     # --- Unicode normalization edge cases (must NOT be normalized)
     ("combining-marks", "e\u0301 vs \u00e9, n\u0303 vs \u00f1, a\u0308\u0304 stacked"),
