@@ -30,7 +30,7 @@ from .family import Family
 from .memory import current_rss_bytes, default_max_ram_bytes, format_size, parse_size
 from .plan import Job
 
-COMMANDS = ("convert", "plan")
+COMMANDS = ("convert", "plan", "verify")
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors in "
                     "one streaming pass, never using more memory than --max-ram. "
                     "'convert' is the default command: streamconv --max-ram 8G IN OUT.")
-    sub = parser.add_subparsers(dest="command", metavar="{convert,plan}")
+    sub = parser.add_subparsers(dest="command", metavar="{convert,plan,verify}")
     conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")
     _add_model_options(conv)
     conv.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write time, bytes, peak memory and files as JSON")
     plan = sub.add_parser("plan", help="print what would be converted and how; writes nothing")
     _add_model_options(plan)
+    check = sub.add_parser("verify", help="recompute OUTPUT_DIR from INPUT_DIR and compare every "
+                                          "byte, the index, headers, configs and tokenizer files")
+    _add_model_options(check)
+    check.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                       help="a converted Hugging Face folder")
     return parser
 
 
@@ -172,6 +177,24 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _run_verify(args: argparse.Namespace, console: Console) -> int:
+    from .verify import verify
+
+    result = verify(args.input_dir, args.output_dir, _options(args))
+    if result.ok:
+        console.print(f"[green]verified[/green] {result.tensors_checked} tensors "
+                      f"({format_size(result.bytes_checked)}), configs and tokenizer files: "
+                      f"{args.output_dir} matches {args.input_dir}")
+        return 0
+    for problem in result.problems[:50]:
+        console.print(f"  {problem}", highlight=False, markup=False)
+    more = len(result.problems) - 50
+    raise StreamconvError(f"{args.output_dir} does not match {args.input_dir}: "
+                          f"{len(result.problems)} problem(s)" + (f", {more} not shown" if
+                                                                  more > 0 else "") +
+                          "; convert again (with --force)")
+
+
 def _normalise_argv(argv: list[str]) -> list[str]:
     """`streamconv IN OUT` and `streamconv --max-ram 8G IN OUT` mean `streamconv convert ...`."""
     if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help"):
@@ -192,8 +215,8 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
         parser.print_help()
         return EXIT_USAGE
     try:
-        return _run_convert(args, console) if args.command == "convert" else _run_plan(
-            args, console)
+        run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
+        return run(args, console)
     except Interrupted as e:
         err_console.print(f"[yellow]{e}[/yellow]", highlight=False)
         return EXIT_INTERRUPTED

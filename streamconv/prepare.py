@@ -13,6 +13,7 @@ import torch
 from .checkpoint import Checkpoint, ShardReader, open_checkpoint
 from .detect import ModelSpec, detect_model
 from .errors import TokenizerError
+from .executor import as_buffer
 from .family import Family
 from .layout import Split, TensorLayout, hf_layouts, replica_shards
 from .memory import current_rss_bytes, default_max_ram_bytes
@@ -89,7 +90,7 @@ def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
                 for shard_idx in group:
                     ref = checkpoint.tensors[shard_idx][layout.meta_name]
                     buf = torch.empty(n, dtype=torch.uint8)
-                    reader.read_into(shard_idx, ref.offset_bytes, memoryview(buf.numpy()))
+                    reader.read_into(shard_idx, ref.offset_bytes, as_buffer(buf))
                     copies.append(buf.view(ref.dtype).float())
                 diff = max(float((c - copies[0]).abs().max()) for c in copies[1:])
                 if diff > 0:
