@@ -187,7 +187,7 @@ def _run_verify(args: argparse.Namespace, console: Console) -> int:
                       f"{args.output_dir} matches {args.input_dir}")
         return 0
     for problem in result.problems[:50]:
-        console.print(f"  {problem}", highlight=False, markup=False)
+        console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
     more = len(result.problems) - 50
     raise StreamconvError(f"{args.output_dir} does not match {args.input_dir}: "
                           f"{len(result.problems)} problem(s)" + (f", {more} not shown" if
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
         run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
         return run(args, console)
     except Interrupted as e:
-        err_console.print(f"[yellow]{e}[/yellow]", highlight=False)
+        err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
@@ -226,6 +226,6 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
     except StreamconvError as e:
         if args.debug:
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
-        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return EXIT_ERROR
 
