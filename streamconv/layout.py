@@ -62,44 +62,48 @@ class CopyBlock:
     n_cols: int
 
 
-_LAYER_TENSORS: tuple[tuple[str, str, Split, str | None], ...] = (
-    ("self_attn.q_proj", "attention.wq", Split.ROWS, "q"),
-    ("self_attn.k_proj", "attention.wk", Split.ROWS, "k"),
-    ("self_attn.v_proj", "attention.wv", Split.ROWS, None),
-    ("self_attn.o_proj", "attention.wo", Split.COLS, None),
-    ("mlp.gate_proj", "feed_forward.w1", Split.ROWS, None),
-    ("mlp.up_proj", "feed_forward.w3", Split.ROWS, None),
-    ("mlp.down_proj", "feed_forward.w2", Split.COLS, None),
-    ("input_layernorm", "attention_norm", Split.REPLICATED, None),
-    ("post_attention_layernorm", "ffn_norm", Split.REPLICATED, None),
+# (HF suffix, Meta suffix, split across shards, rotary permute of rows)
+_LAYER_TENSORS: tuple[tuple[str, str, Split, bool], ...] = (
+    ("self_attn.q_proj", "attention.wq", Split.ROWS, True),
+    ("self_attn.k_proj", "attention.wk", Split.ROWS, True),
+    ("self_attn.v_proj", "attention.wv", Split.ROWS, False),
+    ("self_attn.o_proj", "attention.wo", Split.COLS, False),
+    ("mlp.gate_proj", "feed_forward.w1", Split.ROWS, False),
+    ("mlp.up_proj", "feed_forward.w3", Split.ROWS, False),
+    ("mlp.down_proj", "feed_forward.w2", Split.COLS, False),
+    ("input_layernorm", "attention_norm", Split.REPLICATED, False),
+    ("post_attention_layernorm", "ffn_norm", Split.REPLICATED, False),
 )
+
+
+def _layer_shape(spec: ModelSpec, hf_suffix: str) -> tuple[int, ...]:
+    q_rows, kv_rows = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "self_attn.q_proj": (q_rows, spec.dim), "self_attn.k_proj": (kv_rows, spec.dim),
+        "self_attn.v_proj": (kv_rows, spec.dim), "self_attn.o_proj": (spec.dim, q_rows),
+        "mlp.gate_proj": (spec.ffn_dim, spec.dim), "mlp.up_proj": (spec.ffn_dim, spec.dim),
+        "mlp.down_proj": (spec.dim, spec.ffn_dim), "input_layernorm": (spec.dim,),
+        "post_attention_layernorm": (spec.dim,),
+    }
+    return shapes[hf_suffix]
 
 
 def hf_layouts(spec: ModelSpec) -> list[TensorLayout]:
     """All output tensors in the order HF's save_pretrained writes them."""
-    hd, dim = spec.head_dim, spec.dim
     emb_split = Split.ROWS if spec.embedding_split_dim == 0 else Split.COLS
     layouts = [TensorLayout("model.embed_tokens.weight", "tok_embeddings.weight",
-                            (spec.vocab_size, dim), emb_split)]
-    out_rows = {"q": spec.n_heads * hd, "k": spec.n_kv_heads * hd, "v": spec.n_kv_heads * hd,
-                "o": dim, "gate": spec.ffn_dim, "up": spec.ffn_dim, "down": dim}
+                            (spec.vocab_size, spec.dim), emb_split)]
     for layer_idx in range(spec.n_layers):
-        for hf_part, meta_part, split, rotary in _LAYER_TENSORS:
-            hf_name = f"model.layers.{layer_idx}.{hf_part}.weight"
-            meta_name = f"layers.{layer_idx}.{meta_part}.weight"
-            short = hf_part.split(".")[-1].removesuffix("_proj")
-            if split is Split.REPLICATED:
-                shape: tuple[int, ...] = (dim,)
-            elif short in ("o", "down"):
-                shape = (dim, spec.n_heads * hd if short == "o" else spec.ffn_dim)
-            else:
-                shape = (out_rows[short], dim)
-            layouts.append(TensorLayout(hf_name, meta_name, shape, split,
-                                        hd if rotary else None))
-    layouts.append(TensorLayout("model.norm.weight", "norm.weight", (dim,), Split.REPLICATED))
+        for hf_suffix, meta_suffix, split, rotary in _LAYER_TENSORS:
+            layouts.append(TensorLayout(
+                f"model.layers.{layer_idx}.{hf_suffix}.weight",
+                f"layers.{layer_idx}.{meta_suffix}.weight", _layer_shape(spec, hf_suffix), split,
+                spec.head_dim if rotary else None))
+    layouts.append(TensorLayout("model.norm.weight", "norm.weight", (spec.dim,),
+                                Split.REPLICATED))
     if not spec.tie_word_embeddings:
-        layouts.append(TensorLayout("lm_head.weight", "output.weight", (spec.vocab_size, dim),
-                                    Split.ROWS))
+        layouts.append(TensorLayout("lm_head.weight", "output.weight",
+                                    (spec.vocab_size, spec.dim), Split.ROWS))
     return layouts
 
 
