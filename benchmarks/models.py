@@ -1,0 +1,92 @@
+"""The benchmark's models: real LLaMA shapes from streamconv.synthetic.PRESETS, and layer slices.
+
+A slice keeps a big model's dim, heads, kv heads, FFN width, vocabulary and shard count and
+only cuts the number of layers, so every tensor (and every output row) has its real size: peak
+memory at 2, 4 and 8 layers then shows whether memory grows with the model or stays per-layer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+import torch
+
+from streamconv.synthetic import PRESETS, SyntheticSpec, shard_shapes
+
+# Keys accepted by --models; "slices" expands to SLICES.
+FULL_MODELS = ("7b", "13b", "8b")
+SLICES = ("70b-l2", "70b-l4", "70b-l8", "405b-l2", "405b-l4", "405b-l8")
+_SLICE_RE = re.compile(r"^(70b|405b)-l(\d+)$")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    key: str  # what --models takes: "7b", "70b-l4"
+    label: str  # for tables: "LLaMA-2 7B", "405B-style, 4 layers"
+    spec: SyntheticSpec
+    peer_version: str  # transformers' --llama_version for the same checkpoint
+    slice_of: str | None = None  # "70b" / "405b" for slices
+
+    @property
+    def n_layers(self) -> int:
+        return self.spec.n_layers
+
+    @property
+    def shard_bytes(self) -> list[int]:
+        """Tensor bytes of each consolidated.NN.pth (the pickle and zip headers add ~100 KB)."""
+        itemsize = torch.empty((), dtype=getattr(torch, self.spec.dtype)).element_size()
+        per_shard = sum(math.prod(s) for s in shard_shapes(self.spec).values()) * itemsize
+        return [per_shard] * self.spec.n_shards
+
+    @property
+    def checkpoint_bytes(self) -> int:
+        return sum(self.shard_bytes)
+
+    @property
+    def generation_peak_bytes(self) -> int:
+        """Disk needed while writing the checkpoint: synthetic.write_checkpoint keeps, for the
+        shard being written, a scratch mapping plus one mapped file per tensor next to the
+        .pth it is saving, so one shard costs three times its size until it is done."""
+        return self.checkpoint_bytes + 2 * max(self.shard_bytes)
+
+
+def _full(key: str, label: str, preset: str, peer_version: str) -> BenchModel:
+    return BenchModel(key, label, replace(PRESETS[preset], with_tokenizer=False), peer_version)
+
+
+_FULL: dict[str, BenchModel] = {
+    "7b": _full("7b", "LLaMA-2 7B", "llama2-7b", "2"),
+    "13b": _full("13b", "LLaMA-2 13B", "llama2-13b", "2"),
+    "8b": _full("8b", "LLaMA-3 8B", "llama3-8b", "3"),
+    # Seconds, not minutes: for checking the harness itself (--models tiny --reference tiny).
+    "tiny": _full("tiny", "tiny LLaMA-2 (harness check)", "tiny-llama2", "2"),
+}
+
+
+def _slice(family: str, n_layers: int) -> BenchModel:
+    # 405B: dim 16384, 128 heads, 8 kv heads, FFN 53248, vocabulary 128256, in 8 shards (the
+    # preset's shard count; Meta's MP16 download has 16).
+    preset, version = {"70b": ("llama2-70b", "2"), "405b": ("llama3.1-405b", "3.1")}[family]
+    spec = replace(PRESETS[preset], n_layers=n_layers, n_shards=8, with_tokenizer=False)
+    label = f"{family.upper()}-style, {n_layers} layer{'s' if n_layers > 1 else ''}"
+    return BenchModel(f"{family}-l{n_layers}", label, spec, version, slice_of=family)
+
+
+def resolve_models(text: str) -> list[BenchModel]:
+    """'7b,13b,slices' -> models in the order given (duplicates dropped)."""
+    keys: list[str] = []
+    for raw in (part.strip().lower() for part in text.split(",") if part.strip()):
+        keys += list(SLICES) if raw == "slices" else [raw]
+    models: list[BenchModel] = []
+    for key in dict.fromkeys(keys):
+        if key in _FULL:
+            models.append(_FULL[key])
+        elif match := _SLICE_RE.match(key):
+            models.append(_slice(match.group(1), int(match.group(2))))
+        else:
+            raise ValueError(f"unknown model {key!r} in --models; use {', '.join(FULL_MODELS)}, "
+                             "70b-lN or 405b-lN (N layers), or 'slices' for "
+                             f"{','.join(SLICES)}")
+    return models

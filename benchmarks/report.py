@@ -1,0 +1,267 @@
+"""benchmarks/results/*.json -> RESULTS.md and the PNG plots (python -m benchmarks.report).
+
+Only committed, small files are read (the per-run JSONs carry a downsampled RSS timeline), so
+the report can be rebuilt anywhere. Ratios divide runs of the same model and the same session
+only: a floor measured another day, under another load, would make a ratio meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+GIB = 1 << 30
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RUNNER_ORDER = {"floor-cp": 0, "floor-rw": 1, "streamconv": 2, "peer": 3}
+
+Result = dict[str, Any]
+
+
+def load_results(results_dir: Path) -> list[Result]:
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    return [r for r in results if "run_id" in r]
+
+
+def _sort_key(r: Result) -> tuple[int, int, int, int]:
+    budget = -(r["budget_bytes"] or 0)
+    return (r["slice_of"] is not None, r["n_layers"], RUNNER_ORDER.get(r["runner"], 9), budget)
+
+
+def _floor(results: Iterable[Result], r: Result) -> Result | None:
+    for other in results:
+        if (other["runner"] == "floor-cp" and other["model"] == r["model"]
+                and other["session"] == r["session"] and other["ok"]):
+            return other
+    return None
+
+
+def _g(n_bytes: float | None) -> str:
+    return "—" if n_bytes is None else f"{n_bytes / GIB:.2f}"
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return "—" if not b else f"{a / b:.2f}x"
+
+
+def _label(r: Result) -> str:
+    return {"floor-cp": "floor: cp + fsync", "floor-rw": "floor: read pass + write pass",
+            "peer": "transformers 4.47.1 script", "streamconv": "streamconv"}[r["runner"]]
+
+
+def _notes(r: Result) -> str:
+    if not r["ok"]:
+        return "FAILED: " + " | ".join(t.strip().splitlines()[-1] for t in r["errors"].values()
+                                       if t.strip())
+    if r["runner"] == "floor-cp":
+        return f"cp alone {r['cp_s']:.1f} s, then fsync {r['fsync_s']:.1f} s"
+    if r["runner"] == "floor-rw" and r.get("phases"):
+        p = r["phases"]
+        return (f"read {p['read_s']:.1f} s ({p['bytes'] / p['read_s'] / 2**20:.0f} MiB/s), "
+                f"write {p['write_s']:.1f} s incl. fsync {p['write_fsync_s']:.1f} s")
+    if r["runner"] == "peer":
+        return f"TMPDIR copy left behind: {_g(r.get('tmp_leftover_bytes'))} GiB"
+    report = r.get("streamconv_report") or {}
+    if report:
+        return (f"predicted peak {_g(report['predicted_peak_bytes'])} GiB, own VmHWM "
+                f"{_g(report['peak_rss_bytes'])} GiB")
+    return ""
+
+
+def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
+    lines = [
+        "| model | run | --max-ram | wall s | x floor (cp+fsync) | x cp alone | peak RSS GiB "
+        "| within --max-ram | read from disk GiB | written to disk GiB | MiB/s | notes |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        floor = _floor(results, r)
+        within = "—"
+        if r["budget_bytes"]:
+            within = "yes" if r["peak_rss_bytes"] <= r["budget_bytes"] else "**no**"
+        lines.append(
+            f"| {r['model_label']} | {_label(r)} | {r['budget'] or '—'} | {r['wall_s']:.1f} | "
+            f"{_ratio(r['wall_s'], floor['wall_s'] if floor else None)} | "
+            f"{_ratio(r['wall_s'], floor['cp_s'] if floor else None)} | "
+            f"{_g(r['peak_rss_bytes'])} | {within} | {_g(r['read_bytes'])} | "
+            f"{_g(r['write_bytes'])} | {r['throughput_mib_s']:.0f} | {_notes(r)} |")
+    return lines
+
+
+def _slice_table(rows: list[Result]) -> list[str]:
+    lines = [
+        "| shape | layers | checkpoint GiB | --max-ram | wall s | MiB/s | peak RSS GiB "
+        "| vs fewest layers | within --max-ram | notes |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for family in sorted({r["slice_of"] for r in rows}):
+        fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
+        base = fam[0]["peak_rss_bytes"]
+        for r in fam:
+            within = "yes" if r["peak_rss_bytes"] <= (r["budget_bytes"] or 0) else "**no**"
+            lines.append(
+                f"| {family.upper()}-style, {r['n_shards']} shards | {r['n_layers']} | "
+                f"{_g(r['checkpoint_bytes'])} | {r['budget']} | {r['wall_s']:.1f} | "
+                f"{r['throughput_mib_s']:.0f} | {_g(r['peak_rss_bytes'])} | "
+                f"{(r['peak_rss_bytes'] / base - 1) * 100:+.1f}% | {within} | {_notes(r)} |")
+    return lines
+
+
+def _header(results: list[Result]) -> list[str]:
+    sessions = sorted({r["session"] for r in results})
+    codes = sorted({(r["code"]["streamconv_sha"], r["code"]["git_head"][:10]) for r in results})
+    machine = results[0].get("machine", {})
+    return [
+        "# Benchmark results (issue 4)",
+        "",
+        "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; produced by "
+        "`bash benchmarks/run.sh` (see `benchmarks/README.md` for what each column means).",
+        "",
+        f"- sessions: {', '.join(sessions)} (ratios only divide runs of the same session)",
+        f"- streamconv code measured (content hash of streamconv/*.py, git HEAD): "
+        f"{', '.join(f'{s} @ {h}' for s, h in codes)}",
+        f"- machine: {machine.get('cpus', '?')} CPUs, {_g(machine.get('mem_total_bytes'))} GiB "
+        f"RAM, {machine.get('kernel', '?')}; one disk for inputs, outputs and TMPDIR",
+        "- every run starts cold: its input files fsynced and dropped from the page cache "
+        "(posix_fadvise DONTNEED); the output folder is new and deleted after the run",
+        "- wall = the command's own wall time (interpreter start to exit, fsync included); "
+        "**x floor** divides by `cp` + `sync FILE...` (fsync of the copies) of the same model in "
+        "the same session; `x cp alone` divides by `cp` without the fsync",
+        "- peak RSS = the largest of: ru_maxrss from wait4 (via a ~10 MB launcher), the largest "
+        "VmHWM sampled from /proc every 50 ms, the largest sampled RSS sum of the process tree",
+        "- read from / written to disk = /proc/<pid>/io read_bytes / write_bytes of the command "
+        "(page-cache misses / pages dirtied); MiB/s = checkpoint bytes / wall",
+        "",
+    ]
+
+
+def write_markdown(results: list[Result], path: Path, plots: list[Path]) -> None:
+    full = sorted((r for r in results if r["slice_of"] is None), key=_sort_key)
+    slices = [r for r in results if r["slice_of"] is not None and r["runner"] == "streamconv"]
+    lines = _header(results)
+    if full:
+        lines += ["## Full-size models", "", *_full_table(results, full), ""]
+        lines += _peer_lines(results)
+    if slices:
+        lines += ["## Layer slices: memory per layer", "",
+                  "Real dim, heads, kv heads, FFN, vocabulary and 8 shards; only the layer count "
+                  "changes.", "", *_slice_table(slices), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    path.write_text("\n".join(lines))
+
+
+def _peer_lines(results: list[Result]) -> list[str]:
+    lines = []
+    for peer in (r for r in results if r["runner"] == "peer" and r["ok"]):
+        for r in sorted((r for r in results if r["runner"] == "streamconv" and r["ok"]
+                         and r["model"] == peer["model"] and r["session"] == peer["session"]),
+                        key=_sort_key):
+            lines.append(f"- {peer['model_label']}: the transformers script takes "
+                         f"{peer['wall_s'] / r['wall_s']:.2f}x the wall time and "
+                         f"{peer['peak_rss_bytes'] / r['peak_rss_bytes']:.1f}x the peak RSS of "
+                         f"streamconv --max-ram {r['budget']}")
+    return [*lines, ""] if lines else []
+
+
+def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted((r for r in results if r["model"] == model and r["ok"]
+                   and r["runner"] in ("streamconv", "peer")), key=_sort_key)
+    if not runs:
+        return False
+    fig, (ax_all, ax_sc, ax_io) = plt.subplots(3, 1, figsize=(10, 11))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(runs):
+        t = [p[0] for p in r["timeline"]]
+        rss = [p[1] / GIB for p in r["timeline"]]
+        io = [(p[2] + p[3]) / GIB for p in r["timeline"]]
+        name = "transformers 4.47.1 script" if r["runner"] == "peer" else (
+            f"streamconv --max-ram {r['budget']}")
+        label = f"{name} ({r['wall_s']:.0f} s, peak {r['peak_rss_bytes'] / GIB:.2f} GiB)"
+        color = colors[i % len(colors)]
+        ax_all.plot(t, rss, label=label, color=color)
+        ax_io.plot(t, io, label=name, color=color)
+        if r["runner"] == "streamconv":
+            ax_sc.plot(t, rss, label=label, color=color)
+            ax_sc.axhline(r["budget_bytes"] / GIB, color=color, linestyle="--", linewidth=0.8)
+    label = runs[0]["model_label"]
+    ax_all.set_title(f"{label}: RSS of the converter's process tree (sampled every 50 ms)")
+    ax_sc.set_title("streamconv only; dashed: its --max-ram")
+    ax_io.set_title("bytes read from + written to disk so far (/proc/<pid>/io)")
+    for ax in (ax_all, ax_sc, ax_io):
+        ax.set_xlabel("seconds since start")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    ax_all.set_ylabel("RSS, GiB")
+    ax_sc.set_ylabel("RSS, GiB")
+    ax_io.set_ylabel("GiB")
+    ax_sc.set_ylim(bottom=0)
+    ax_all.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_slices(results: list[Result], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["slice_of"] and r["runner"] == "streamconv" and r["ok"]]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family in sorted({r["slice_of"] for r in rows}):
+        fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
+        xs = [r["n_layers"] for r in fam]
+        ys = [r["peak_rss_bytes"] / GIB for r in fam]
+        ax.plot(xs, ys, marker="o", label=f"{family.upper()}-style slices (8 shards)")
+        for x, y, r in zip(xs, ys, fam):
+            ax.annotate(f"{y:.2f} GiB\n({r['checkpoint_bytes'] / GIB:.0f} GiB ckpt)", (x, y),
+                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    budgets = {r["budget_bytes"] for r in rows}
+    for budget in budgets:
+        ax.axhline(budget / GIB, color="gray", linestyle="--", linewidth=0.8,
+                   label=f"--max-ram {budget / GIB:.0f} GiB")
+    ax.set_xlabel("layers in the slice")
+    ax.set_ylabel("peak RSS, GiB")
+    ax.set_ylim(0, max(max(budgets) / GIB, max(r["peak_rss_bytes"] for r in rows) / GIB) * 1.3)
+    ax.set_xticks(sorted({r["n_layers"] for r in rows}))
+    ax.set_title("streamconv peak RSS vs number of layers (real 70B / 405B tensor shapes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(results_dir: Path = RESULTS_DIR, *, reference: str = "7b") -> list[Path]:
+    results = load_results(results_dir)
+    if not results:
+        return []
+    plots = []
+    rss_path = results_dir / f"rss_over_time_{reference}.png"
+    if plot_rss_timeline(results, reference, rss_path):
+        plots.append(rss_path)
+    slices_path = results_dir / "slices_peak_rss.png"
+    if plot_slices(results, slices_path):
+        plots.append(slices_path)
+    md = results_dir / "RESULTS.md"
+    write_markdown(results, md, plots)
+    return [md, *plots]
+
+
+if __name__ == "__main__":
+    ref = sys.argv[1] if len(sys.argv) > 1 else "7b"
+    for written in write_report(RESULTS_DIR, reference=ref):
+        print(f"wrote {written}")

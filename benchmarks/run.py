@@ -1,0 +1,206 @@
+"""python -m benchmarks.run: generate (or reuse) checkpoints, run every configuration cold, write
+benchmarks/results/*.json, RESULTS.md and the plots. `bash benchmarks/run.sh` is the documented
+entry point (it installs matplotlib into .venv first); see benchmarks/README.md.
+
+One session runs everything one after the other on one machine, so the ratios (streamconv / floor,
+peer / streamconv) compare runs made under the same conditions; the report only divides figures
+of the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamconv.memory import parse_size
+
+from . import cache
+from .cache import CACHE_DIR, WORK_DIR, DiskError, gib
+from .models import BenchModel, resolve_models
+from .runners import (
+    Session,
+    ensure_peer_env,
+    run_floor_cp,
+    run_floor_rw,
+    run_peer,
+    run_streamconv,
+    snapshot_streamconv,
+)
+
+RESULTS_DIR = cache.BENCH_DIR / "results"
+# What the README documents and what was run for issue 4 (a 405B slice of 8 layers needs ~111 GiB
+# of disk, input plus output, more than the benchmark machine had: see README).
+DEFAULT_MODELS = "7b,13b,8b,70b-l2,70b-l4,70b-l8,405b-l1,405b-l2,405b-l4"
+RUNNERS = ("streamconv", "peer", "floor")
+
+
+@dataclass(frozen=True)
+class Run:
+    model: BenchModel
+    runner: str  # streamconv, peer, floor-cp, floor-rw
+    budget: str | None = None
+
+    def extra_disk_bytes(self) -> int:
+        """Disk a run needs beyond its input: one output; the peer also writes a full copy of
+        the model as .bin files into TMPDIR before saving the safetensors."""
+        return self.model.checkpoint_bytes * (2 if self.runner == "peer" else 1)
+
+
+def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
+              other_budget: str, runners: set[str]) -> list[Run]:
+    """The reference model gets every budget, the peer and both floors; other full-size models
+    one budget and the cp floor; slices one budget (they measure memory, not speed)."""
+    runs: list[Run] = []
+    for model in models:
+        is_ref = model.key == reference
+        if "floor" in runners and model.slice_of is None:
+            runs.append(Run(model, "floor-cp"))
+            if is_ref:
+                runs.append(Run(model, "floor-rw"))
+        if "streamconv" in runners:
+            runs += [Run(model, "streamconv", b) for b in (budgets if is_ref else [other_budget])]
+        if "peer" in runners and is_ref:
+            runs.append(Run(model, "peer"))
+    return runs
+
+
+def check_disk(runs: list[Run]) -> list[str]:
+    """Problems that would stop the session midway, found before anything starts.
+
+    A model fits when the room it needs (generation if not cached, then its input plus its
+    largest run's output) is free now once the other cached checkpoints are evicted.
+    """
+    free = cache.free_bytes()
+    cached = {p.name: cache.tree_bytes(p) for p in cache.cached_models()}
+    problems = []
+    for model in dict.fromkeys(r.model for r in runs):
+        extra = max(r.extra_disk_bytes() for r in runs if r.model == model)
+        own = cached.get(model.key, 0) if cache.is_cached(model) else 0
+        need = (max(model.generation_peak_bytes, model.checkpoint_bytes + extra)
+                if not own else extra)
+        available = free + sum(v for k, v in cached.items() if k != model.key)
+        if need + cache.DISK_MARGIN_BYTES > available:
+            problems.append(
+                f"{model.key} ({model.label}) needs {gib(need)} of disk (checkpoint "
+                f"{gib(model.checkpoint_bytes)}{'' if own else ', generated'} + outputs "
+                f"{gib(extra)}) + {gib(cache.DISK_MARGIN_BYTES)} margin, but only "
+                f"{gib(available)} can be freed on {CACHE_DIR}")
+    return problems
+
+
+def _describe(result: dict[str, Any]) -> str:
+    status = "ok" if result["ok"] else "FAILED"
+    return (f"{result['run_id']:<32} {status:<6} {result['wall_s']:8.1f} s  peak RSS "
+            f"{gib(result['peak_rss_bytes']):>9}  {result['throughput_mib_s']:7.0f} MiB/s")
+
+
+def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None]) -> None:
+    session_id = time.strftime("%Y%m%d-%H%M%S")
+    raw_dir = results_dir / "raw" / session_id
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    snapshot, code = snapshot_streamconv(CACHE_DIR)
+    session = Session(session_id, raw_dir, snapshot, code)
+    log(f"session {session_id}: streamconv {code['streamconv_sha']} (git {code['git_head'][:10]}"
+        f"{', uncommitted changes' if code['streamconv_uncommitted'] else ''})")
+    if any(r.runner == "peer" for r in runs):
+        ensure_peer_env()
+    models = list(dict.fromkeys(r.model for r in runs))
+    for model in models:
+        model_runs = [r for r in runs if r.model == model]
+        room = model.checkpoint_bytes + max(r.extra_disk_bytes() for r in model_runs)
+        if not cache.is_cached(model):
+            room = max(room, model.generation_peak_bytes)
+        evicted = cache.make_room(room, keep=[cache.checkpoint_dir(model)])
+        if evicted:
+            log(f"evicted cached checkpoints to make room: {', '.join(evicted)}")
+        started = time.monotonic()
+        ckpt = cache.ensure_checkpoint(model, log=log)
+        if time.monotonic() - started > 1:
+            log(f"  generated in {time.monotonic() - started:.0f} s")
+        for run in model_runs:
+            try:
+                result = _execute(session, run, ckpt)
+            except MemoryError as e:
+                log(f"{run.model.key} {run.runner}: {e}")
+                continue
+            path = results_dir / f"{result['run_id']}.json"
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            log(_describe(result))
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+
+
+def _execute(session: Session, run: Run, ckpt: Path) -> dict[str, Any]:
+    if run.runner == "streamconv":
+        assert run.budget is not None
+        return run_streamconv(session, run.model, ckpt, run.budget)
+    runner = {"peer": run_peer, "floor-cp": run_floor_cp, "floor-rw": run_floor_rw}[run.runner]
+    return runner(session, run.model, ckpt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help="comma-separated: 7b, 13b, 8b, 70b-lN, 405b-lN (N layers), or "
+                             f"'slices' (default {DEFAULT_MODELS})")
+    parser.add_argument("--reference", default="7b",
+                        help="the model measured at every --budgets with the peer and both floors")
+    parser.add_argument("--budgets", default="8G,2G,1G", help="--max-ram values for the reference")
+    parser.add_argument("--budget", default="2G", help="--max-ram for every other model")
+    parser.add_argument("--runners", default=",".join(RUNNERS),
+                        help="subset of streamconv,peer,floor")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs and check the disk, run nothing")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip RESULTS.md and the plots (python -m benchmarks.report later)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        models = resolve_models(args.models)
+        budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+        for size in [*budgets, args.budget]:
+            parse_size(size)
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    runners = {r.strip() for r in args.runners.split(",")}
+    if unknown := runners - set(RUNNERS):
+        print(f"error: unknown runner(s) {', '.join(sorted(unknown))}; use {','.join(RUNNERS)}")
+        return 2
+    runs = plan_runs(models, reference=args.reference, budgets=budgets,
+                     other_budget=args.budget, runners=runners)
+    for run in runs:
+        print(f"  {run.model.key:<9} {run.runner:<10} {run.budget or '':<4} "
+              f"checkpoint {gib(run.model.checkpoint_bytes)}")
+    if problems := check_disk(runs):
+        print("error: not enough disk to start; nothing was run:")
+        for problem in problems:
+            print(f"  - {problem}")
+        print("free space, or drop those models from --models")
+        return 1
+    if args.dry_run:
+        return 0
+    try:
+        run_session(runs, results_dir=args.results_dir, log=lambda s: print(s, flush=True))
+    except DiskError as e:
+        print(f"error: {e}")
+        return 1
+    if not args.no_report:
+        from .report import write_report
+
+        for path in write_report(args.results_dir, reference=args.reference):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
