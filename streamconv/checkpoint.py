@@ -88,10 +88,20 @@ def find_shard_paths(input_dir: Path) -> list[Path]:
                               "folder of Meta's original checkpoint")
     missing = [i for i in range(max(found) + 1) if i not in found]
     if missing:
-        names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
-        raise CheckpointError(f"{input_dir} is missing {names} (found {len(found)} of "
-                              f"{max(found) + 1} shards); download the missing files again")
+        raise missing_shards_error(input_dir, missing, len(found), max(found) + 1)
+    for path in found.values():
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "a broken link" if path.is_symlink() else (
+                "not a regular file")
+            raise CheckpointError(f"{path} is {what}, not a checkpoint file; download it again")
     return [found[i] for i in sorted(found)]
+
+
+def missing_shards_error(input_dir: Path, missing: list[int], n_found: int,
+                         n_expected: int) -> CheckpointError:
+    names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
+    return CheckpointError(f"{input_dir} is missing {names} (found {n_found} of {n_expected} "
+                           "shards); download the missing files again")
 
 
 def _data_member_offsets(path: Path) -> dict[int, int]:
@@ -125,20 +135,39 @@ def _storage_base(path: Path, storages: dict[int, int], members: dict[int, int])
                           "one torch writes; re-save it with torch.save or download it again")
 
 
+def _not_zip_error(path: Path) -> CheckpointError:
+    """Say which of the usual reasons it is: legacy format, truncated download, or junk."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":  # a pickle protocol marker: torch.save before torch 1.6
+        return CheckpointError(f"{path} uses the legacy (pre-zip) torch.save format, which cannot "
+                               "be read lazily; re-save it with a current torch, or download "
+                               "Meta's file again")
+    if head == b"PK\x03\x04":
+        return CheckpointError(f"{path} is truncated (its zip directory is missing); download "
+                               "it again")
+    return CheckpointError(f"{path} is corrupt or not a torch checkpoint at all (unrecognised "
+                           "content); download it again")
+
+
+def _refusal_reason(error: Exception) -> str:
+    """torch names what the pickle asked for on a `GLOBAL module.name` line; quote only that."""
+    match = re.search(r"GLOBAL (\S+)", str(error))
+    return f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
+
+
 def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path} is not a zip-format torch checkpoint (a legacy torch.save file, or "
-            "truncated/corrupt); download it again, or re-save it with a current torch")
+        raise _not_zip_error(path)
     try:
         state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} contains something other than plain tensors and was not "
-                              f"loaded, for safety ({first}); use Meta's original file") from e
+        raise CheckpointError(f"{path} was refused for safety and nothing in it ran: "
+                              f"{_refusal_reason(e)}, which a file of plain tensors never does; "
+                              "use Meta's original file") from e
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"cannot read {path} ({str(e).splitlines()[0]}); the file is "
-                              "corrupt or incomplete: download it again") from e
+        raise CheckpointError(f"{path} is corrupt (its zip archive cannot be read); download it "
+                              "again") from e
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path} does not hold a dict of named tensors; is it a Meta "

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -117,7 +118,7 @@ class RichProgress:
     def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
         spec, plan = prepared.spec, prepared.plan
         for warning in prepared.warnings:
-            self.console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+            self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
             f"{spec.family.label} {spec.size_label}, {spec.n_shards} shard(s), "
             f"{_dtype_name(plan.src_dtype)} -> {_dtype_name(plan.dst_dtype)}; "
@@ -153,7 +154,7 @@ def _print_summary(console: Console, report: Report) -> None:
         f"wrote {format_size(report.bytes_written)} "
         f"({report.bytes_written / max(report.seconds, 1e-9) / (1 << 20):.0f} MiB/s); "
         f"peak RSS {format_size(report.peak_rss_bytes)} of {format_size(report.max_ram_bytes)}; "
-        f"{len(report.files)} files in {report.output_dir}")
+        f"{len(report.files)} files in {escape(report.output_dir)}")
 
 
 def _run_convert(args: argparse.Namespace, console: Console) -> int:
@@ -184,7 +185,7 @@ def _run_verify(args: argparse.Namespace, console: Console) -> int:
     if result.ok:
         console.print(f"[green]verified[/green] {result.tensors_checked} tensors "
                       f"({format_size(result.bytes_checked)}), configs and tokenizer files: "
-                      f"{args.output_dir} matches {args.input_dir}")
+                      f"{escape(str(args.output_dir))} matches {escape(str(args.input_dir))}")
         return 0
     for problem in result.problems[:50]:
         console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
         run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
         return run(args, console)
     except Interrupted as e:
-        err_console.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
     except StreamconvError as e:
         if args.debug:
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
         return EXIT_ERROR
 

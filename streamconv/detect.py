@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint, ShardReader, TensorRef
+from .checkpoint import Checkpoint, ShardReader, TensorRef, missing_shards_error
 from .errors import CheckpointError, ParamsError
 from .family import BOS_TOKEN_ID, MAX_POSITION_EMBEDDINGS, Family
 from .params import MetaParams
@@ -99,6 +99,21 @@ def _check_names(ckpt: Checkpoint, params: MetaParams) -> None:
                 " it is not a plain LLaMA text checkpoint (n_layers in params.json may be wrong)")
 
 
+def _check_shard_count(ckpt: Checkpoint, params: MetaParams) -> None:
+    """wq is split by rows on every family, so its rows give the number of shards expected."""
+    wq = ckpt.tensors[0].get("layers.0.attention.wq.weight")
+    if wq is None or len(wq.shape) != 2 or wq.shape[0] == 0 or params.dim % wq.shape[0]:
+        return  # _check_names and check_shapes say what is wrong
+    expected = params.dim // wq.shape[0]
+    if expected > ckpt.n_shards:
+        raise missing_shards_error(ckpt.input_dir, list(range(ckpt.n_shards, expected)),
+                                   ckpt.n_shards, expected)
+    if expected < ckpt.n_shards:
+        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_shards} shards but their shapes "
+                              f"and params.json (dim={params.dim}) make {expected}; remove "
+                              "consolidated files that belong to another model")
+
+
 def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
     dtypes: dict[torch.dtype, str] = {}
     for refs in ckpt.tensors:
@@ -176,6 +191,7 @@ def _rope_scaling(family: Family, use_scaled_rope: bool) -> dict[str, Any] | Non
 def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Family | None,
                  tokenizer_kind: str | None) -> ModelSpec:
     """Resolve the architecture and check every tensor shape against it, before any write."""
+    _check_shard_count(ckpt, params)
     _check_names(ckpt, params)
     sources: dict[str, str] = {}
     dtype = _source_dtype(ckpt)

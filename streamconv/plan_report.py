@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .memory import format_flag_size, format_size
@@ -44,10 +45,11 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("max_position_embeddings", str(spec.max_position_embeddings),
          src("max_position_embeddings")),
         ("tie_word_embeddings", str(spec.tie_word_embeddings), src("tie_word_embeddings")),
-        ("tokenizer", f"{prepared.tokenizer_kind} ({prepared.tokenizer_path})"
+        ("tokenizer", f"{prepared.tokenizer_kind} ({escape(str(prepared.tokenizer_path))})"
          if prepared.tokenizer_path else "none", "tokenizer.model"),
     ]
-    console.print(_table(f"Input: {prepared.input_dir}", ("value", "", "source"), detected))
+    console.print(_table(f"Input: {escape(str(prepared.input_dir))}", ("value", "", "source"),
+                         detected))
     jobs_per_file = Counter(job.file_idx for job in plan.jobs)
     files = [(f.name, str(len(f.tensors)), format_size(f.total_bytes), str(jobs_per_file[i]))
              for i, f in enumerate(plan.files)]
@@ -70,4 +72,4 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     ]
     console.print(_table("Schedule", ("", ""), schedule))
     for warning in prepared.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, ShardReader, open_checkpoint
+from .checkpoint import Checkpoint, ShardReader, find_shard_paths, open_checkpoint
 from .detect import ModelSpec, detect_model
 from .errors import TokenizerError
 from .executor import as_buffer
@@ -102,6 +102,7 @@ def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
 
 def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
     """Read and check everything and decide the plan."""
+    find_shard_paths(input_dir)  # the folder itself first: a wrong folder is the likeliest error
     params = read_params(input_dir)
     checkpoint = open_checkpoint(input_dir)
     tokenizer_path = find_tokenizer(input_dir) if options.tokenizer else None
