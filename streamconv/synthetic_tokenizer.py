@@ -152,18 +152,19 @@ def build_sentencepiece_model(vocab_size: int, seed: int = 0) -> bytes:
     specials = [("<unk>", spm_proto.PIECE_UNKNOWN), ("<s>", spm_proto.PIECE_CONTROL)]
     specials.append(("</s>", spm_proto.PIECE_CONTROL))
     byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    printable = {chr(c) for c in range(0x21, 0x7F)}
-    base_chars = sorted(printable.union(*TRAINING_TEXT.split()))
-    base_chars.append(_SPACE)
+    base_chars = [chr(c) for c in range(0x21, 0x7F)] + [_SPACE]
     room = vocab_size - len(specials) - len(byte_pieces) - len(base_chars)
     if room < 0:
         raise ValueError(f"a SentencePiece vocab needs at least {vocab_size - room} pieces")
-    extra = [c for c in dict.fromkeys(_EXTRA_CHARS) if c not in base_chars][: room // 4]
+    # Up to a quarter of the room goes to more characters: the training text's first.
+    candidates = sorted(set().union(*TRAINING_TEXT.split())) + list(_EXTRA_CHARS)
+    extra = [c for c in dict.fromkeys(candidates) if c not in base_chars][: room // 4]
     chars = base_chars + extra
     runs = [_SPACE * n for n in range(2, 17)][: max(0, room - len(extra)) // 8]
     n_merges = room - len(extra) - len(runs)
 
-    words = Counter(tuple(_SPACE + w) for w in TRAINING_TEXT.split())
+    in_vocab = set(chars)
+    words = Counter(tuple(_SPACE + w) for w in TRAINING_TEXT.split() if in_vocab.issuperset(w))
     merged = _learn_merges(words, min(n_merges, _MAX_LEARNED))[:n_merges]
     known = set(chars) | set(merged)
     pool = [*chars, *merged]
@@ -220,9 +221,7 @@ def build_tiktoken_ranks(vocab_size: int, seed: int = 0) -> list[bytes]:
     merged = _learn_merges(words, min(n_merges, _MAX_LEARNED))[:n_merges]
     known = set(singles) | set(merged)
     pool = [*singles, *merged]
-    merged += _random_joins(
-        pool, known, n_merges - len(merged), random.Random(seed), right_ok=_any
-    )
+    merged += _random_joins(pool, known, n_merges - len(merged), random.Random(seed), right_ok=_any)
     return singles + merged
 
 

@@ -2,7 +2,8 @@
 
 LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x ships a tiktoken ranks file
 under the same name. This module tells them apart and dispatches; tokenizer_spm.py and
-tokenizer_tiktoken.py build the files. Nothing here imports tokenizers, transformers or tiktoken:
+tokenizer_tiktoken.py build the files, synthetic_tokenizer.py makes tokenizer.model files for
+tests and demos (re-exported here). Nothing here imports tokenizers, transformers or tiktoken:
 the output is plain JSON in the formats those libraries read.
 """
 
@@ -18,6 +19,14 @@ from typing import Any, Literal
 from . import tokenizer_spm, tokenizer_tiktoken
 from .errors import TokenizerError
 from .family import Family
+from .synthetic_tokenizer import write_synthetic_tokenizer
+
+__all__ = [
+    "detect_tokenizer_kind",
+    "tokenizer_vocab_size",
+    "write_synthetic_tokenizer",
+    "write_tokenizer_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,8 @@ def _read(path: Path) -> bytes:
         raise TokenizerError(
             f"{path} does not exist; copy the tokenizer.model shipped with the checkpoint there"
         ) from e
+    except IsADirectoryError as e:
+        raise TokenizerError(f"{path} is a folder; pass the tokenizer.model file itself") from e
     except OSError as e:
         raise TokenizerError(f"{path} cannot be read ({e.strerror}); check its permissions") from e
     if not data:

@@ -86,8 +86,8 @@ def load_spm(path: Path, data: bytes) -> SpmModel:
         settings = spm_proto.read_settings(data)
     except (RuntimeError, ValueError) as e:
         raise TokenizerError(
-            f"{path} is not a readable SentencePiece model ({e}); replace it with the "
-            "tokenizer.model shipped with the checkpoint"
+            f"{path} {_describe_load_error(e)}; replace it with the tokenizer.model shipped with "
+            "the checkpoint"
         ) from e
     size = processor.GetPieceSize()
     if len(types) != size or size == 0:
@@ -106,6 +106,14 @@ def load_spm(path: Path, data: bytes) -> SpmModel:
     )
     _check_supported(path, model)
     return model
+
+
+def _describe_load_error(error: Exception) -> str:
+    reason = str(error).strip()
+    # When the protobuf does not parse, sentencepiece names only its own source line.
+    if "ParseFromArray" in reason or isinstance(error, ValueError):
+        return "is neither a tiktoken ranks file nor a readable SentencePiece model"
+    return f"is not a usable SentencePiece model ({reason.removeprefix('INTERNAL: ')})"
 
 
 def _check_supported(path: Path, model: SpmModel) -> None:

@@ -168,6 +168,22 @@ def test_whitespace_runs_match_sentencepiece(
     assert not bad, "\n".join(bad[:10])
 
 
+@pytest.mark.parametrize("name", _model_params(["synthetic-32000", "llama2"]))
+def test_every_piece_as_text(converted: Callable[[str], Converted], name: str) -> None:
+    # Each normal piece's own text (its "▁" as spaces) exercises every merge at least once.
+    conv = converted(name)
+    sp = conv.sp
+    texts = [
+        sp.id_to_piece(i).replace("\u2581", " ")
+        for i in range(sp.vocab_size())
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))
+    ]
+    want = [[sp.bos_id(), *ids] for ids in sp.encode(texts)]
+    got = [e.ids for e in conv.fast.encode_batch(texts)]
+    bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:5]}"
+
+
 @pytest.mark.parametrize("name", _model_params(list(MODELS)))
 def test_decode_matches_sentencepiece(converted: Callable[[str], Converted], name: str) -> None:
     conv = converted(name)
@@ -231,7 +247,11 @@ def test_output_files(converted: Callable[[str], Converted]) -> None:
     assert (conv.out_dir / "tokenizer.model").read_bytes() == conv.model_path.read_bytes()
     config = json.loads((conv.out_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["add_bos_token"] is True and config["add_eos_token"] is False
-    assert (config["bos_token"], config["eos_token"], config["unk_token"]) == ("<s>", "</s>", "<unk>")
+    assert (config["bos_token"], config["eos_token"], config["unk_token"]) == (
+        "<s>",
+        "</s>",
+        "<unk>",
+    )
     assert config["model_max_length"] == 4096
     assert config["clean_up_tokenization_spaces"] is False
     special = json.loads((conv.out_dir / "special_tokens_map.json").read_text(encoding="utf-8"))
@@ -250,7 +270,12 @@ def test_output_files(converted: Callable[[str], Converted]) -> None:
 @pytest.mark.parametrize(
     "name",
     _model_params(
-        ["code-synthetic-normal", "code-synthetic-userdef", "code-llama2-normal", "code-llama2-userdef"]
+        [
+            "code-synthetic-normal",
+            "code-synthetic-userdef",
+            "code-llama2-normal",
+            "code-llama2-userdef",
+        ]
     ),
 )
 def test_code_llama_infilling_pieces(converted: Callable[[str], Converted], name: str) -> None:

@@ -1,0 +1,298 @@
+"""tiktoken ranks files (LLaMA 3.x) converted to tokenizer.json.
+
+tiktoken is the oracle: an Encoding built from the same ranks file with LLaMA 3's regex and the 256
+special tokens, `encode(text, allowed_special="all")` with BOS prepended, must equal what
+`tokenizers.Tokenizer.from_file` and `AutoTokenizer.from_pretrained` give on the output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from tokenizer_corpus import SAMPLES, fuzz_samples
+from tokenizers import Tokenizer, models
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
+
+from streamconv.family import Family
+from streamconv.synthetic_tokenizer import write_synthetic_tokenizer
+from streamconv.tokenizer import tokenizer_vocab_size, write_tokenizer_files
+from streamconv.tokenizer_tiktoken import (
+    LLAMA3_PATTERN,
+    byte_to_unicode,
+    derive_merges,
+    special_token_names,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LLAMA3_MODEL = SHARED_DATA / "llama3_tokenizer.model"
+needs_llama3 = pytest.mark.skipif(
+    not LLAMA3_MODEL.is_file(), reason=f"{LLAMA3_MODEL} not available (no ../shared/data)"
+)
+
+CORPUS = SAMPLES + fuzz_samples(400, seed=11)
+
+
+@dataclass(frozen=True)
+class Converted:
+    model_path: Path
+    out_dir: Path
+    family: Family
+    written: list[str]
+    enc: tiktoken.Encoding
+    bos_id: int
+    fast: Tokenizer
+    auto: PreTrainedTokenizerBase
+
+
+def _oracle(path: Path, family: Family) -> tuple[tiktoken.Encoding, int]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken caches by path; tmp paths get reused
+        ranks = load_tiktoken_bpe(str(path))
+    specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(family))}
+    enc = tiktoken.Encoding(
+        f"test-{path.stem}-{family.value}",
+        pat_str=LLAMA3_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens=specials,
+    )
+    return enc, specials["<|begin_of_text|>"]
+
+
+def _synthetic(vocab_size: int, seed: int) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        path = tmp / "tokenizer.model"
+        write_synthetic_tokenizer(path, kind="tiktoken", vocab_size=vocab_size, seed=seed)
+        return path
+
+    return make
+
+
+MODELS: dict[str, tuple[Callable[[Path], Path], Family, bool]] = {
+    "synthetic-1000-3.1-instruct": (_synthetic(1000, 0), Family.LLAMA3_1, True),
+    "synthetic-128000-3": (_synthetic(128000, 2), Family.LLAMA3, False),
+    "llama3-3.1-instruct": (lambda tmp: LLAMA3_MODEL, Family.LLAMA3_1, True),
+    "llama3-3": (lambda tmp: LLAMA3_MODEL, Family.LLAMA3, False),
+}
+
+
+def _params(names: list[str]) -> list[object]:
+    return [pytest.param(n, marks=needs_llama3 if "llama3" in n else ()) for n in names]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Converted]]:
+    cache: dict[str, Converted] = {}
+
+    def get(name: str) -> Converted:
+        if name not in cache:
+            make, family, instruct = MODELS[name]
+            tmp = tmp_path_factory.mktemp(name)
+            path = make(tmp)
+            out = tmp / "hf"
+            out.mkdir()
+            written = write_tokenizer_files(
+                path, out, family=family, instruct=instruct, model_max_length=8192
+            )
+            enc, bos_id = _oracle(path, family)
+            cache[name] = Converted(
+                model_path=path,
+                out_dir=out,
+                family=family,
+                written=written,
+                enc=enc,
+                bos_id=bos_id,
+                fast=Tokenizer.from_file(str(out / "tokenizer.json")),
+                auto=AutoTokenizer.from_pretrained(out),
+            )
+        return cache[name]
+
+    yield get
+
+
+@pytest.mark.parametrize("name", _params(list(MODELS)))
+def test_ids_match_tiktoken(converted: Callable[[str], Converted], name: str) -> None:
+    conv = converted(name)
+    bad = []
+    for sample, text in CORPUS:
+        want = [conv.bos_id, *conv.enc.encode(text, allowed_special="all")]
+        fast = conv.fast.encode(text).ids
+        auto = conv.auto.encode(text)
+        if fast != want or auto != want:
+            bad.append(f"{sample} {text!r}: tiktoken {want}, tokenizers {fast}, auto {auto}")
+    assert not bad, f"{len(bad)} of {len(CORPUS)} samples differ:\n" + "\n".join(bad[:10])
+
+
+@pytest.mark.parametrize("name", _params(list(MODELS)))
+def test_decode_round_trips(converted: Callable[[str], Converted], name: str) -> None:
+    conv = converted(name)
+    bad = []
+    for sample, text in CORPUS:
+        ids = conv.enc.encode(text, allowed_special="all")
+        assert conv.enc.decode(ids) == text
+        # Special-token strings in the text are tokens, so they must not be skipped here.
+        fast = conv.fast.decode(ids, skip_special_tokens=False)
+        auto = conv.auto.decode(ids, skip_special_tokens=False)
+        if fast != text or auto != text:
+            bad.append(f"{sample}: {text!r} -> tokenizers {fast!r}, auto {auto!r}")
+        with_bos = [conv.bos_id, *ids]
+        assert conv.auto.decode(with_bos, skip_special_tokens=True) == conv.enc.decode(
+            [i for i in ids if i < conv.bos_id]
+        )
+    assert not bad, "\n".join(bad[:10])
+
+
+@pytest.mark.parametrize("name", _params(["synthetic-128000-3", "llama3-3"]))
+def test_every_vocab_token_as_text(converted: Callable[[str], Converted], name: str) -> None:
+    # Each token's own text, where it is valid UTF-8: hits the tokens no merge sequence reaches
+    # (only ignore_merges produces them) and every merge at least once.
+    conv = converted(name)
+    texts = []
+    for rank in range(conv.enc.n_vocab - 256):
+        try:
+            texts.append(conv.enc.decode_single_token_bytes(rank).decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+    want = [[conv.bos_id, *ids] for ids in conv.enc.encode_ordinary_batch(texts)]
+    got = [e.ids for e in conv.fast.encode_batch(texts)]
+    bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:5]}"
+
+
+@needs_llama3
+def test_llama3_known_ids(converted: Callable[[str], Converted]) -> None:
+    conv = converted("llama3-3.1-instruct")
+    assert conv.fast.encode("Hello world").ids == [128000, 9906, 1917]
+    # clean_up_tokenization_spaces is off, so spaces before punctuation survive decoding.
+    for text in ("a . b", "don 't", "x , y ! z ?"):
+        assert conv.auto.decode(conv.auto.encode(text), skip_special_tokens=True) == text
+
+
+def test_special_token_ids() -> None:
+    # Ids from Meta's llama-models (tokenizer.py) and transformers' DEFAULT_LLAMA_SPECIAL_TOKENS.
+    v31 = special_token_names(Family.LLAMA3_1)
+    v30 = special_token_names(Family.LLAMA3)
+    for names in (v30, v31):
+        assert len(names) == len(set(names)) == 256
+        assert names[:2] == ["<|begin_of_text|>", "<|end_of_text|>"]
+        assert names[2:4] == ["<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
+        assert (names[6], names[7], names[9]) == (
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        )
+    assert v31[4:6] == ["<|finetune_right_pad_id|>", "<|reserved_special_token_2|>"]
+    assert (v31[8], v31[10], v31[11]) == (
+        "<|eom_id|>",
+        "<|python_tag|>",
+        "<|reserved_special_token_3|>",
+    )
+    assert v31[255] == "<|reserved_special_token_247|>"
+    assert v30[4:6] == ["<|reserved_special_token_2|>", "<|reserved_special_token_3|>"]
+    assert (v30[8], v30[10]) == ("<|reserved_special_token_4|>", "<|reserved_special_token_5|>")
+    assert v30[255] == "<|reserved_special_token_250|>"
+    for family in (Family.LLAMA3_2, Family.LLAMA3_3):
+        assert special_token_names(family) == v31
+
+
+@needs_llama3
+def test_special_tokens_in_output(converted: Callable[[str], Converted]) -> None:
+    conv = converted("llama3-3.1-instruct")
+    assert tokenizer_vocab_size(conv.model_path, family=Family.LLAMA3_1) == 128256
+    expected = {128000: "<|begin_of_text|>", 128004: "<|finetune_right_pad_id|>"}
+    expected.update({128008: "<|eom_id|>", 128009: "<|eot_id|>", 128010: "<|python_tag|>"})
+    expected[128255] = "<|reserved_special_token_247|>"
+    for idx, content in expected.items():
+        assert conv.fast.id_to_token(idx) == content
+        assert conv.auto.convert_ids_to_tokens(idx) == content
+    assert len(conv.auto) == 128256
+    assert conv.fast.encode("<|eom_id|>", add_special_tokens=False).ids == [128008]
+
+
+def test_config_base_vs_instruct(converted: Callable[[str], Converted]) -> None:
+    base = converted("synthetic-128000-3")
+    inst = converted("synthetic-1000-3.1-instruct")
+    assert sorted(base.written) == [
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    for conv, eos in ((base, "<|end_of_text|>"), (inst, "<|eot_id|>")):
+        config = json.loads((conv.out_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        special = json.loads((conv.out_dir / "special_tokens_map.json").read_text(encoding="utf-8"))
+        assert config["bos_token"] == "<|begin_of_text|>" and config["eos_token"] == eos
+        assert special["eos_token"]["content"] == eos
+        assert config["model_max_length"] == 8192
+        assert conv.auto.eos_token == eos and conv.auto.bos_token_id == conv.bos_id
+        assert list(conv.auto("hi")) == ["input_ids", "attention_mask"]
+    assert "chat_template" not in json.loads((base.out_dir / "tokenizer_config.json").read_text())
+
+
+def test_chat_template(converted: Callable[[str], Converted]) -> None:
+    conv = converted("synthetic-1000-3.1-instruct")
+    messages = [
+        {"role": "system", "content": "  Be brief. "},
+        {"role": "user", "content": "Hi there"},
+    ]
+    text = conv.auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert isinstance(text, str)
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    no_prompt = conv.auto.apply_chat_template(messages, tokenize=False)
+    assert isinstance(no_prompt, str)
+    assert text.startswith(no_prompt) and no_prompt.endswith("Hi there<|eot_id|>")
+    encoded = conv.auto.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    # transformers 5 returns a BatchEncoding, transformers 4 a list of ids.
+    ids = encoded["input_ids"] if isinstance(encoded, BatchEncoding) else encoded
+    assert isinstance(ids, list)
+    assert ids == conv.enc.encode(text, allowed_special="all")  # one BOS, from the template
+    assert [i for i in ids if i == conv.bos_id] == [conv.bos_id]
+
+
+@needs_llama3
+def test_real_file_converts_fast(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    write_tokenizer_files(
+        LLAMA3_MODEL, tmp_path, family=Family.LLAMA3_3, instruct=True, model_max_length=131072
+    )
+    assert time.perf_counter() - start < 10.0
+
+
+def _tiny_ranks(*tokens: bytes) -> dict[bytes, int]:
+    singles = [bytes([b]) for b in range(256)]
+    return {t: r for r, t in enumerate(singles + list(tokens))}
+
+
+def test_derive_merges_takes_the_split_bpe_makes() -> None:
+    # "abc" splits as a+bc or ab+c; BPE on its bytes joins "ab" (lower rank) first.
+    ranks = _tiny_ranks(b"ab", b"bc", b"abc")
+    assert derive_merges(ranks) == [(b"a", b"b"), (b"b", b"c"), (b"ab", b"c")]
+    # "xyz" is a token no merge sequence reaches (neither "xy" nor "yz" exists): no merge.
+    ranks = _tiny_ranks(b"xyz")
+    assert derive_merges(ranks) == []
+
+
+def test_merges_reproduce_tiktoken_on_ties_and_unreachable_tokens() -> None:
+    ranks = _tiny_ranks(b"aa", b"aaa", b"aaaa", b"ab", b"bc", b"abc", b"xyz", b"bca")
+    table = byte_to_unicode()
+
+    def mapped(token: bytes) -> str:
+        return "".join(table[b] for b in token)
+
+    bpe = models.BPE(
+        vocab={mapped(t): r for t, r in ranks.items()},
+        merges=[(mapped(a), mapped(b)) for a, b in derive_merges(ranks)],
+        ignore_merges=True,
+    )
+    enc = tiktoken.Encoding("tiny", pat_str=r"\S+", mergeable_ranks=ranks, special_tokens={})
+    for word in (b"aaaaaaa", b"abcabc", b"bcabca", b"xyz", b"xyzxyz", b"aabca", b"abcaaab"):
+        assert [t.id for t in bpe.tokenize(mapped(word))] == enc.encode(word.decode()), word
