@@ -9,7 +9,7 @@ named here; field numbers come from sentencepiece's ``sentencepiece_model.proto`
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -94,9 +94,9 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def read_fields(data: bytes) -> list[Field]:
-    """Split one message into its fields; raises ValueError on anything that is not protobuf."""
-    fields: list[Field] = []
+def iter_fields(data: bytes) -> Iterator[tuple[int, int, FieldValue, int, int]]:
+    """(number, wire type, value, start, end) of each field of one message, without copying
+    raw bytes; raises ValueError on anything that is not protobuf."""
     pos = 0
     while pos < len(data):
         start = pos
@@ -119,8 +119,25 @@ def read_fields(data: bytes) -> list[Field]:
             value, pos = int.from_bytes(data[pos : pos + width], "little"), pos + width
         else:
             raise ValueError(f"unsupported wire type {wire_type} at byte {start}")
-        fields.append(Field(number, wire_type, value, data[start:pos]))
-    return fields
+        yield number, wire_type, value, start, pos
+
+
+def read_fields(data: bytes) -> list[Field]:
+    """Split one message into its fields; raises ValueError on anything that is not protobuf."""
+    return [Field(n, w, v, data[start:end]) for n, w, v, start, end in iter_fields(data)]
+
+
+def piece_types(model_fields: list[Field]) -> list[int]:
+    """Piece types by id, from a ModelProto's fields (NORMAL where the type is left out)."""
+    types: list[int] = []
+    for field in model_fields:
+        if field.number == MODEL_PIECES and isinstance(field.value, bytes):
+            piece_type = PIECE_NORMAL
+            for number, _, value, _, _ in iter_fields(field.value):
+                if number == PIECE_TYPE and isinstance(value, int):
+                    piece_type = value
+            types.append(piece_type)
+    return types
 
 
 def _last(fields: list[Field], number: int) -> FieldValue | None:
@@ -141,9 +158,9 @@ def _message(fields: list[Field], number: int) -> list[Field]:
     return read_fields(payload)
 
 
-def read_settings(model: bytes) -> SpmSettings:
-    """Read the trainer and normalizer settings of a serialized ModelProto."""
-    top = read_fields(model)
+def read_settings(model: bytes | list[Field]) -> SpmSettings:
+    """Read the trainer and normalizer settings of a ModelProto, serialized or split in fields."""
+    top = read_fields(model) if isinstance(model, bytes) else model
     trainer = _message(top, MODEL_TRAINER_SPEC)
     normalizer = _message(top, MODEL_NORMALIZER_SPEC)
     model_type = _last(trainer, TRAINER_MODEL_TYPE)

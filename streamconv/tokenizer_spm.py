@@ -62,28 +62,16 @@ class SpmModel:
         return len(self.pieces)
 
 
-def read_piece_types(model: bytes) -> list[int]:
-    """Piece types by id; SentencePieceProcessor has no accessor for USER_DEFINED."""
-    types: list[int] = []
-    for field in spm_proto.read_fields(model):
-        if field.number != spm_proto.MODEL_PIECES:
-            continue
-        assert isinstance(field.value, bytes)
-        piece_type = spm_proto.PIECE_NORMAL
-        for sub in spm_proto.read_fields(field.value):
-            if sub.number == spm_proto.PIECE_TYPE and isinstance(sub.value, int):
-                piece_type = sub.value
-        types.append(piece_type)
-    return types
-
-
 def load_spm(path: Path, data: bytes) -> SpmModel:
     """Parse and validate a SentencePiece model whose bytes were read from ``path``."""
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(data)
-        types = read_piece_types(data)
-        settings = spm_proto.read_settings(data)
+        fields = spm_proto.read_fields(data)
+        # The proto is read by hand for what the processor does not expose: USER_DEFINED piece
+        # types and the normalizer settings.
+        types = spm_proto.piece_types(fields)
+        settings = spm_proto.read_settings(fields)
     except (RuntimeError, ValueError) as e:
         raise TokenizerError(
             f"{path} {_describe_load_error(e)}; replace it with the tokenizer.model shipped with "
