@@ -20,11 +20,13 @@ from tokenizer_corpus import SAMPLES, SPM_SPECIAL_STRINGS, fuzz_samples
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from streamconv import spm_proto
 from streamconv.family import Family
 from streamconv.synthetic_tokenizer import (
     CODE_LLAMA_INFILL,
     CODE_LLAMA_PIECES,
     add_code_llama_pieces,
+    build_sentencepiece_model,
     write_synthetic_tokenizer,
 )
 from streamconv.tokenizer import tokenizer_vocab_size, write_tokenizer_files
@@ -316,3 +318,20 @@ def test_user_defined_pieces_and_literal_space_char(converted: Callable[[str], C
     # Models without user-defined pieces have no exception.
     plain = converted("synthetic-32000")
     assert plain.fast.encode("\u2581x").ids == [1, *plain.sp.encode("\u2581x")]
+
+
+def test_model_without_dummy_prefix(tmp_path: Path) -> None:
+    # Not LLaMA's setting, but a supported one: no Prepend normalizer and no Strip decoder.
+    no_prefix = spm_proto.len_field(
+        spm_proto.MODEL_NORMALIZER_SPEC,
+        spm_proto.varint_field(spm_proto.NORMALIZER_ADD_DUMMY_PREFIX, 0),
+    )
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(build_sentencepiece_model(2000, seed=5) + no_prefix)
+    conv = _convert(path, tmp_path / "hf", Family.LLAMA2)
+    assert not conv.sp.encode("Hello", out_type=str)[0].startswith("\u2581")  # setting applied
+    bad = _mismatches(conv, PLAIN)
+    assert not bad, "\n".join(bad[:10])
+    for _, text in PLAIN[:50]:
+        ids = conv.fast.encode(text).ids
+        assert conv.fast.decode(ids, skip_special_tokens=True) == conv.sp.decode(ids)
