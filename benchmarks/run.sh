@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one command for issue 4's benchmarks:
+#   bash benchmarks/run.sh [options of python -m benchmarks.run]   (--help lists them)
+# Sets up .venv if missing, adds matplotlib (benchmark-only), then runs the whole session; the
+# peer venv (.venv-peer) is built by scripts/make_peer_env.sh from inside the session.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+[ -x .venv/bin/python ] || bash scripts/setup.sh
+.venv/bin/python -c "import matplotlib" 2>/dev/null \
+    || .venv/bin/python -m pip install --quiet -r benchmarks/requirements.txt
+exec .venv/bin/python -m benchmarks.run "$@"
