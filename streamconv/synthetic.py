@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -238,7 +238,8 @@ def write_checkpoint(spec: SyntheticSpec, out_dir: Path) -> Path:
     if spec.with_tokenizer:
         from .tokenizer import write_synthetic_tokenizer
 
-        kind = "tiktoken" if spec.family.is_llama3 else "sentencepiece"
+        kind: Literal["sentencepiece", "tiktoken"] = (
+            "tiktoken" if spec.family.is_llama3 else "sentencepiece")
         pieces = spec.vocab_size - 256 if kind == "tiktoken" else spec.vocab_size
         write_synthetic_tokenizer(out_dir / "tokenizer.model", kind=kind, vocab_size=pieces,
                                   seed=spec.seed)
