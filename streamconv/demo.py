@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
-from .cli import main as cli_main
 from .family import Family
 from .synthetic import SyntheticSpec, write_checkpoint
 
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(DEMO_SPEC, src)
     size = sum(p.stat().st_size for p in src.iterdir())
     console.print(f"checkpoint: {size / 1e9:.2f} GB; converting with --max-ram {args.max_ram}")
-    code = cli_main([str(src), str(dst), "--max-ram", args.max_ram, "--force"], console=console)
+    # A fresh process, so its peak RSS is the conversion's own and not the generator's.
+    code = subprocess.call([sys.executable, "-m", "streamconv", str(src), str(dst),
+                            "--max-ram", args.max_ram, "--force"])
     if code == 0:
         console.print(f"[green]the Hugging Face model is in {dst}[/green] (load it with "
                       "transformers' AutoModelForCausalLM.from_pretrained)")
