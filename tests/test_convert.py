@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -174,3 +176,42 @@ def test_refuses_non_empty_output_and_overlap(make_checkpoint: MakeCkpt, tmp_pat
     assert not (src / "hf").exists()
     assert run(src, tmp_path, "--no-tokenizer", "--quiet", "--force") == 0
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_archive_folder_name_is_not_assumed(make_checkpoint: MakeCkpt, tmp_path: Path) -> None:
+    """torch names the zip's inner folder after the file a checkpoint was first saved as."""
+    spec = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False)
+    src = tmp_path / "in"
+    shutil.copytree(make_checkpoint(spec), src)
+    for path in sorted(src.glob("consolidated.*.pth")):
+        state = torch.load(path, weights_only=True)
+        renamed = tmp_path / f"rank_{path.name[13:15]}_final.pt"
+        torch.save(state, renamed)
+        shutil.move(renamed, path)
+    with zipfile.ZipFile(src / "consolidated.01.pth") as archive:
+        assert archive.namelist()[0].startswith("rank_01_final/")
+    assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet") == 0
+    got = load_output(tmp_path / "out")
+    for name, tensor in expected_tensors(src, spec, torch.float32).items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_norms_differing_across_shards_warn_and_use_shard_0(make_checkpoint: MakeCkpt,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    spec = tiny(Family.LLAMA3_1, n_shards=2, with_tokenizer=False)
+    src = tmp_path / "in"
+    shutil.copytree(make_checkpoint(spec), src)
+    shard1 = src / "consolidated.01.pth"
+    state = torch.load(shard1, weights_only=True)
+    state["layers.1.ffn_norm.weight"] = state["layers.1.ffn_norm.weight"] + 1e-3
+    torch.save(state, shard1)
+    out = tmp_path / "out"
+    assert main([str(src), str(out), "--no-tokenizer", "--max-ram", "2G"]) == 0
+    printed = capsys.readouterr().out
+    assert "layers.1.ffn_norm.weight differs across shards [0, 1]" in " ".join(printed.split())
+    got = load_output(out)
+    shard0 = torch.load(src / "consolidated.00.pth", weights_only=True)
+    assert torch.equal(got["model.layers.1.post_attention_layernorm.weight"],
+                       shard0["layers.1.ffn_norm.weight"])

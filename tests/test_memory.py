@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from streamconv.family import Family
 from streamconv.memory import parse_size
-from streamconv.synthetic import SyntheticSpec
+from streamconv.synthetic import PRESETS, SyntheticSpec
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads VmHWM from /proc (Linux)")
@@ -94,3 +95,21 @@ def test_ctrl_c_exits_130_and_publishes_nothing(mid_checkpoint: Path, tmp_path: 
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not (out / "model.safetensors.index.json").exists()
     assert not list(out.glob("*.json")) and not list(out.glob("model-*"))
+
+
+@pytest.mark.parametrize("n_layers", [
+    4, pytest.param(16, marks=pytest.mark.slow, id="16-full-1b")])
+def test_llama32_1b_shape_within_1g(n_layers: int,
+                                    make_checkpoint: Callable[[SyntheticSpec], Path],
+                                    tmp_path: Path) -> None:
+    """LLaMA 3.2 1B's 128256 x 2048 embedding (525 MB in bf16) and its tied copy, with the
+    tiktoken tokenizer converted too, under --max-ram 1G: the embedding goes in pieces."""
+    spec = replace(PRESETS["llama3.2-1b"], n_layers=n_layers)
+    src = make_checkpoint(spec)
+    code, peak, stderr = run_child(tmp_path, str(src), str(tmp_path / "out"), "--quiet",
+                                   "--max-ram", "1G")
+    assert code == 0, stderr
+    assert peak <= parse_size("1G"), f"peak RSS {peak >> 20} MiB"
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["rope_scaling"]["factor"] == 32.0
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
