@@ -116,27 +116,23 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     try:
         with ShardReader(prepared.checkpoint.shard_paths) as reader, \
                 ShardWriter(output_dir, plan.files, resume=resume) as writer:
-            journal = Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume)
+            with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
+                         sync=writer.sync) as journal:
 
-            def on_done(job: Job, n_read: int, crc: int) -> None:
-                nonlocal bytes_read
-                bytes_read += n_read
-                journal.record(job.file_idx, job.file_offset, job.out_bytes, crc)
-                progress.job_done(job, bytes_read=n_read)
-                if journal.due():
-                    writer.sync()
-                    journal.commit()
+                def on_done(job: Job, n_read: int, crc: int) -> None:
+                    nonlocal bytes_read
+                    bytes_read += n_read
+                    journal.record(job.file_idx, job.file_offset, job.out_bytes, crc)
+                    progress.job_done(job, bytes_read=n_read)
 
-            runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job)
-            try:
-                run_jobs(plan, jobs, runner, on_done)
-            except BaseException:
-                with contextlib.suppress(Exception):  # keep what is durable for --resume
-                    writer.sync()
-                    journal.commit()
-                raise
-            writer.sync()
-            journal.commit()
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job)
+                try:
+                    run_jobs(plan, jobs, runner, on_done)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # keep what is durable for --resume
+                        journal.flush()
+                    raise
+                journal.flush()
             extra = extra_files(prepared, staging, instruct=options.instruct)
             if options.force:
                 _remove_stale_outputs(output_dir, prepared)

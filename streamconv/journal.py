@@ -18,6 +18,8 @@ import os
 import time
 import zipfile
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .checkpoint import Checkpoint
@@ -66,15 +68,31 @@ def read_journal(path: Path, fingerprint: str) -> list[Range]:
 
 
 class Journal:
-    """Appends durable job records; commit() is called by the converter after an fsync."""
+    """Appends durable range records; the fsync and the append run on a background thread.
 
-    def __init__(self, path: Path, fingerprint: str, *, fresh: bool) -> None:
+    Syncing in the job loop would stall reading while the disk catches up with writes; on its
+    own thread the fsync overlaps the next jobs, which is what keeps resumability nearly free.
+    Records are handed over only after the jobs completed, and appended only after the fsync
+    that covers them returned.
+    """
+
+    def __init__(self, path: Path, fingerprint: str, *, fresh: bool,
+                 sync: Callable[[], None]) -> None:
         self.path = path
+        self._sync = sync
         self._pending: list[Range] = []
         self._pending_bytes = 0
         self._last_commit = time.monotonic()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._inflight: Future[None] | None = None
         if fresh:
             self._append({"fingerprint": fingerprint, "version": 1})
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._worker.shutdown(wait=True)
 
     def _append(self, record: dict[str, object]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -82,21 +100,33 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
 
+    def _commit(self, batch: list[Range]) -> None:
+        self._sync()
+        if batch:
+            self._append({"ranges": batch})
+
     def record(self, file_idx: int, offset: int, n_bytes: int, crc: int) -> None:
+        """A job's bytes are written (not yet durable); commit soon if enough has piled up."""
         self._pending.append((file_idx, offset, n_bytes, crc))
         self._pending_bytes += n_bytes
+        if self._inflight is not None:
+            if not self._inflight.done():
+                return
+            self._inflight.result()  # a failed fsync surfaces here
+            self._inflight = None
+        if self._pending_bytes >= COMMIT_BYTES or (
+                time.monotonic() - self._last_commit >= COMMIT_SECONDS):
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._last_commit = time.monotonic()
+            self._inflight = self._worker.submit(self._commit, batch)
 
-    def due(self) -> bool:
-        return bool(self._pending) and (
-            self._pending_bytes >= COMMIT_BYTES
-            or time.monotonic() - self._last_commit >= COMMIT_SECONDS)
-
-    def commit(self) -> None:
-        """Record pending jobs; the caller has fsynced the shards they were written to."""
-        if self._pending:
-            self._append({"ranges": self._pending})
-        self._pending, self._pending_bytes = [], 0
-        self._last_commit = time.monotonic()
+    def flush(self) -> None:
+        """Wait for the background commit, then make everything recorded durable."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        self._commit(batch)
 
 
 def verified_ranges(staging: Path, plan: Plan, ranges: list[Range]) -> list[Range]:
