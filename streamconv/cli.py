@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamconv",
         description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors in "
                     "one streaming pass, never using more memory than --max-ram. "
-                    "'convert' is the default command: streamconv --max-ram 8G IN OUT.")
+                    "'convert' is the default command: streamconv --max-ram 8G IN OUT.",
+        epilog="examples:\n"
+               "  streamconv --max-ram 8G llama-2-7b/ llama-2-7b-hf/\n"
+               "  streamconv plan llama-3.1-70b/ --max-ram 4G\n"
+               "  streamconv llama-2-7b/ llama-2-7b-hf/ --resume     # after Ctrl-C or a crash\n"
+               "  streamconv verify llama-2-7b/ llama-2-7b-hf/\n"
+               "all options: streamconv convert --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{convert,plan,verify}")
     conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")
     _add_model_options(conv)
