@@ -47,13 +47,21 @@ class BenchModel:
     @property
     def generation_peak_bytes(self) -> int:
         """Disk needed while writing the checkpoint: synthetic.write_checkpoint keeps, for the
-        shard being written, a scratch mapping plus one mapped file per tensor next to the
-        .pth it is saving, so one shard costs three times its size until it is done."""
-        return self.checkpoint_bytes + 2 * max(self.shard_bytes)
+        shard being written, a scratch mapping next to the .pth it is saving (plus one mapped
+        file per tensor unless share_storage), so a shard costs 2-3 times its size until done."""
+        copies = 1 if self.spec.share_storage else 2
+        return self.checkpoint_bytes + copies * max(self.shard_bytes)
+
+
+# share_storage: each rank's tensors in one storage (as in some Meta files), so generating a
+# shard needs twice its size on disk instead of three times (synthetic.py otherwise copies every
+# tensor into a file of its own before torch.save). The bytes are in the same order either way
+# (one zip entry instead of one per tensor), so a converter reads the same ranges.
+_COMMON = {"with_tokenizer": False, "share_storage": True}
 
 
 def _full(key: str, label: str, preset: str, peer_version: str) -> BenchModel:
-    return BenchModel(key, label, replace(PRESETS[preset], with_tokenizer=False), peer_version)
+    return BenchModel(key, label, replace(PRESETS[preset], **_COMMON), peer_version)
 
 
 _FULL: dict[str, BenchModel] = {
@@ -69,7 +77,7 @@ def _slice(family: str, n_layers: int) -> BenchModel:
     # 405B: dim 16384, 128 heads, 8 kv heads, FFN 53248, vocabulary 128256, in 8 shards (the
     # preset's shard count; Meta's MP16 download has 16).
     preset, version = {"70b": ("llama2-70b", "2"), "405b": ("llama3.1-405b", "3.1")}[family]
-    spec = replace(PRESETS[preset], n_layers=n_layers, n_shards=8, with_tokenizer=False)
+    spec = replace(PRESETS[preset], n_layers=n_layers, n_shards=8, **_COMMON)
     label = f"{family.upper()}-style, {n_layers} layer{'s' if n_layers > 1 else ''}"
     return BenchModel(f"{family}-l{n_layers}", label, spec, version, slice_of=family)
 

@@ -42,6 +42,19 @@ def _g(n_bytes: float | None) -> str:
     return "—" if n_bytes is None else f"{n_bytes / GIB:.2f}"
 
 
+def _peak(r: Result) -> int:
+    """Peak RSS: the largest over repeats (a budget holds only if every run held it)."""
+    return int(r.get("peak_rss_bytes_max", r["peak_rss_bytes"]))
+
+
+def _wall(r: Result) -> str:
+    """The median run's wall time, with the range over repeats when there were several."""
+    walls = [x["wall_s"] for x in r.get("repeats", []) if x["ok"]]
+    if len(walls) < 2:
+        return f"{r['wall_s']:.1f}"
+    return f"{r['wall_s']:.1f} ({min(walls):.1f}-{max(walls):.1f}, n={len(walls)})"
+
+
 def _ratio(a: float, b: float | None) -> str:
     return "—" if not b else f"{a / b:.2f}x"
 
@@ -80,12 +93,12 @@ def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
         floor = _floor(results, r)
         within = "—"
         if r["budget_bytes"]:
-            within = "yes" if r["peak_rss_bytes"] <= r["budget_bytes"] else "**no**"
+            within = "yes" if _peak(r) <= r["budget_bytes"] else "**no**"
         lines.append(
-            f"| {r['model_label']} | {_label(r)} | {r['budget'] or '—'} | {r['wall_s']:.1f} | "
+            f"| {r['model_label']} | {_label(r)} | {r['budget'] or '—'} | {_wall(r)} | "
             f"{_ratio(r['wall_s'], floor['wall_s'] if floor else None)} | "
             f"{_ratio(r['wall_s'], floor['cp_s'] if floor else None)} | "
-            f"{_g(r['peak_rss_bytes'])} | {within} | {_g(r['read_bytes'])} | "
+            f"{_g(_peak(r))} | {within} | {_g(r['read_bytes'])} | "
             f"{_g(r['write_bytes'])} | {r['throughput_mib_s']:.0f} | {_notes(r)} |")
     return lines
 
@@ -98,14 +111,14 @@ def _slice_table(rows: list[Result]) -> list[str]:
     ]
     for family in sorted({r["slice_of"] for r in rows}):
         fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
-        base = fam[0]["peak_rss_bytes"]
+        base = _peak(fam[0])
         for r in fam:
-            within = "yes" if r["peak_rss_bytes"] <= (r["budget_bytes"] or 0) else "**no**"
+            within = "yes" if _peak(r) <= (r["budget_bytes"] or 0) else "**no**"
             lines.append(
                 f"| {family.upper()}-style, {r['n_shards']} shards | {r['n_layers']} | "
-                f"{_g(r['checkpoint_bytes'])} | {r['budget']} | {r['wall_s']:.1f} | "
-                f"{r['throughput_mib_s']:.0f} | {_g(r['peak_rss_bytes'])} | "
-                f"{(r['peak_rss_bytes'] / base - 1) * 100:+.1f}% | {within} | {_notes(r)} |")
+                f"{_g(r['checkpoint_bytes'])} | {r['budget']} | {_wall(r)} | "
+                f"{r['throughput_mib_s']:.0f} | {_g(_peak(r))} | "
+                f"{(_peak(r) / base - 1) * 100:+.1f}% | {within} | {_notes(r)} |")
     return lines
 
 
@@ -161,7 +174,7 @@ def _peer_lines(results: list[Result]) -> list[str]:
                         key=_sort_key):
             lines.append(f"- {peer['model_label']}: the transformers script takes "
                          f"{peer['wall_s'] / r['wall_s']:.2f}x the wall time and "
-                         f"{peer['peak_rss_bytes'] / r['peak_rss_bytes']:.1f}x the peak RSS of "
+                         f"{_peak(peer) / _peak(r):.1f}x the peak RSS of "
                          f"streamconv --max-ram {r['budget']}")
     return [*lines, ""] if lines else []
 
@@ -184,7 +197,7 @@ def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
         io = [(p[2] + p[3]) / GIB for p in r["timeline"]]
         name = "transformers 4.47.1 script" if r["runner"] == "peer" else (
             f"streamconv --max-ram {r['budget']}")
-        label = f"{name} ({r['wall_s']:.0f} s, peak {r['peak_rss_bytes'] / GIB:.2f} GiB)"
+        label = f"{name} ({r['wall_s']:.0f} s, peak {_peak(r) / GIB:.2f} GiB)"
         color = colors[i % len(colors)]
         ax_all.plot(t, rss, label=label, color=color)
         ax_io.plot(t, io, label=name, color=color)
@@ -223,7 +236,7 @@ def plot_slices(results: list[Result], path: Path) -> bool:
     for family in sorted({r["slice_of"] for r in rows}):
         fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
         xs = [r["n_layers"] for r in fam]
-        ys = [r["peak_rss_bytes"] / GIB for r in fam]
+        ys = [_peak(r) / GIB for r in fam]
         ax.plot(xs, ys, marker="o", label=f"{family.upper()}-style slices (8 shards)")
         for x, y, r in zip(xs, ys, fam):
             ax.annotate(f"{y:.2f} GiB\n({r['checkpoint_bytes'] / GIB:.0f} GiB ckpt)", (x, y),
@@ -234,7 +247,7 @@ def plot_slices(results: list[Result], path: Path) -> bool:
                    label=f"--max-ram {budget / GIB:.0f} GiB")
     ax.set_xlabel("layers in the slice")
     ax.set_ylabel("peak RSS, GiB")
-    ax.set_ylim(0, max(max(budgets) / GIB, max(r["peak_rss_bytes"] for r in rows) / GIB) * 1.3)
+    ax.set_ylim(0, max(max(budgets) / GIB, max(_peak(r) for r in rows) / GIB) * 1.3)
     ax.set_xticks(sorted({r["n_layers"] for r in rows}))
     ax.set_title("streamconv peak RSS vs number of layers (real 70B / 405B tensor shapes)")
     ax.grid(alpha=0.3)
