@@ -56,20 +56,28 @@ class BenchModel:
 # share_storage: each rank's tensors in one storage (as in some Meta files), so generating a
 # shard needs twice its size on disk instead of three times (synthetic.py otherwise copies every
 # tensor into a file of its own before torch.save). The bytes are in the same order either way
-# (one zip entry instead of one per tensor), so a converter reads the same ranges.
+# (one zip entry instead of one per tensor), so streamconv and cp read the same ranges. Not for
+# a model the peer converts: its per-layer torch.save of views into one storage writes the
+# whole storage into every layer file (13 GB x 33 files for 7B: it filled the disk once).
 _COMMON = {"with_tokenizer": False, "share_storage": True}
 
 
-def _full(key: str, label: str, preset: str, peer_version: str) -> BenchModel:
-    return BenchModel(key, label, replace(PRESETS[preset], **_COMMON), peer_version)
+def _full(key: str, label: str, preset: str, peer_version: str, *,
+          storage_per_tensor: bool = False) -> BenchModel:
+    spec = replace(PRESETS[preset], **_COMMON)
+    if storage_per_tensor:
+        spec = replace(spec, share_storage=False)
+    return BenchModel(key, label, spec, peer_version)
 
 
 _FULL: dict[str, BenchModel] = {
-    "7b": _full("7b", "LLaMA-2 7B", "llama2-7b", "2"),
+    # The reference, converted by the peer too: one storage per tensor, as Meta ships it.
+    "7b": _full("7b", "LLaMA-2 7B", "llama2-7b", "2", storage_per_tensor=True),
     "13b": _full("13b", "LLaMA-2 13B", "llama2-13b", "2"),
     "8b": _full("8b", "LLaMA-3 8B", "llama3-8b", "3"),
     # Seconds, not minutes: for checking the harness itself (--models tiny --reference tiny).
-    "tiny": _full("tiny", "tiny LLaMA-2 (harness check)", "tiny-llama2", "2"),
+    "tiny": _full("tiny", "tiny LLaMA-2 (harness check)", "tiny-llama2", "2",
+                  storage_per_tensor=True),
 }
 
 

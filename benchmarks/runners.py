@@ -179,6 +179,10 @@ def run_streamconv(session: Session, model: BenchModel, ckpt: Path, budget: str
 def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
     """transformers 4.47.1's write_model(); its temporary copy goes to TMPDIR on this disk."""
     rid = run_id(model, "peer", None)
+    if model.spec.share_storage:
+        raise MemoryError(f"{model.key} is generated with one storage per shard, which the "
+                          "peer's per-layer torch.save would copy whole into every layer file; "
+                          "not run (use a model with storage_per_tensor in models.py)")
     # It holds every shard in RAM, then the reloaded model plus safetensors' bytes copy of one
     # 5 GB output file: on a shared machine, refuse rather than wake the OOM killer.
     need = model.checkpoint_bytes + (5 << 30) + (1 << 30)
