@@ -121,6 +121,7 @@ class RichProgress:
             console=console, transient=False)
         self.task: TaskID | None = None
         self.budget = 0
+        self.n_layers = 0
 
     def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
         spec, plan = prepared.spec, prepared.plan
@@ -133,6 +134,7 @@ class RichProgress:
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
         self.console.print(f"  family: {spec.sources['family']}", style="dim")
         self.budget = plan.budget_bytes
+        self.n_layers = spec.n_layers
         self.bar.start()
         if resumed_bytes:
             self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
@@ -145,7 +147,10 @@ class RichProgress:
 
     def job_done(self, job: Job, *, bytes_read: int) -> None:
         if self.task is not None:
-            self.bar.update(self.task, advance=job.out_bytes, rss=self._rss())
+            parts = job.hf_name.split(".")
+            where = (f"layer {int(parts[2]) + 1}/{self.n_layers}" if parts[1:2] == ["layers"]
+                     else parts[-2])
+            self.bar.update(self.task, advance=job.out_bytes, rss=self._rss(), description=where)
 
     def stop(self) -> None:
         self.bar.stop()
