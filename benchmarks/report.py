@@ -161,9 +161,51 @@ def write_markdown(results: list[Result], path: Path, plots: list[Path]) -> None
         lines += ["## Layer slices: memory per layer", "",
                   "Real dim, heads, kv heads, FFN, vocabulary and 8 shards; only the layer count "
                   "changes.", "", *_slice_table(slices), ""]
+    lines += _profile_lines(path.parent)
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     path.write_text("\n".join(lines))
+
+
+def _profile_lines(results_dir: Path) -> list[str]:
+    """The profile_<model>.json written by benchmarks.profile_streamconv, if any."""
+    lines: list[str] = []
+    for path in sorted(results_dir.glob("profile_*.json")):
+        prof = json.loads(path.read_text())
+        lines += [f"## Where streamconv's time goes ({prof['model']}, --max-ram "
+                  f"{prof['budget']}, session {prof['session']}, code "
+                  f"{prof['code']['streamconv_sha']})", ""]
+        spy = prof.get("pyspy")
+        if spy:
+            lines += [f"py-spy, 100 Hz, --threads --idle, one cold run ({spy['wall_s']:.1f} s "
+                      "under the profiler); thread-seconds by what the innermost streamconv "
+                      "frame was doing:", "",
+                      "| thread | category | thread-seconds | share |", "|---|---|---:|---:|"]
+            for kind, cats in spy["thread_seconds"].items():
+                total = sum(cats.values()) or 1
+                for cat, sec in cats.items():
+                    if sec / total >= 0.01:
+                        lines.append(f"| {kind} | {cat} | {sec:.1f} | {sec / total:.0%} |")
+            lines.append("")
+        variants = prof.get("variants", [])
+        if variants:
+            lines += ["Counterfactuals: the same cold conversion with one mechanism switched off "
+                      "by a monkeypatch in the child (streamconv/ unchanged), in interleaved "
+                      "rounds:", "",
+                      "| variant | wall s (each round) | median | user s | sys s |",
+                      "|---|---|---:|---:|---:|"]
+            for name in dict.fromkeys(v["variant"] for v in variants):
+                rows = [v for v in variants if v["variant"] == name and v["ok"]]
+                if not rows:
+                    continue
+                walls = sorted(v["wall_s"] for v in rows)
+                med = walls[(len(walls) - 1) // 2]
+                each = ", ".join(f"{v['wall_s']:.1f}" for v in rows)
+                lines.append(f"| {name} | {each} | "
+                             f"{med:.1f} | {sum(v['user_s'] for v in rows) / len(rows):.1f} | "
+                             f"{sum(v['sys_s'] for v in rows) / len(rows):.1f} |")
+            lines.append("")
+    return lines
 
 
 def _peer_lines(results: list[Result]) -> list[str]:

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,20 @@ def check_disk(runs: list[Run]) -> list[str]:
     cached = {p.name: cache.tree_bytes(p) for p in cache.cached_models()}
     problems = []
     for model in dict.fromkeys(r.model for r in runs):
-        extra = max(r.extra_disk_bytes() for r in runs if r.model == model)
+        # The peer's second copy is checked again before its run and skipped alone if short.
+        extra = max((r.extra_disk_bytes() for r in runs
+                    if r.model == model and r.runner != "peer"), default=0)
+        peer_extra = max((r.extra_disk_bytes() for r in runs
+                          if r.model == model and r.runner == "peer"), default=0)
         own = cached.get(model.key, 0) if cache.is_cached(model) else 0
         need = (max(model.generation_peak_bytes, model.checkpoint_bytes + extra)
                 if not own else extra)
         # Everything the benchmark caches can go, except this model's own valid checkpoint
         # (already counted in `free`); a stale one is deleted before regenerating.
         available = free + sum(v for k, v in cached.items() if k != model.key or not own)
+        if peer_extra and (need - extra + peer_extra + cache.DISK_MARGIN_BYTES > available):
+            print(f"warning: the peer on {model.key} needs {gib(peer_extra)} besides its input "
+                  f"and will be skipped unless the disk frees up ({gib(available)} now)")
         if need + cache.DISK_MARGIN_BYTES > available:
             problems.append(
                 f"{model.key} ({model.label}) needs {gib(need)} of disk (checkpoint "
@@ -116,7 +123,7 @@ def median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None],
-                repeat: int = 1) -> None:
+                repeat: int = 1, peer_repeat: int = 1) -> None:
     session_id = time.strftime("%Y%m%d-%H%M%S")
     raw_dir = results_dir / "raw" / session_id
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +136,10 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
     models = list(dict.fromkeys(r.model for r in runs))
     for model in models:
         model_runs = [r for r in runs if r.model == model]
-        room = model.checkpoint_bytes + max(r.extra_disk_bytes() for r in model_runs)
+        # The peer's extra room is checked before each of its runs (it is skipped alone when the
+        # disk is short), not here: it should not cost the model its other runs.
+        room = model.checkpoint_bytes + max(r.extra_disk_bytes() for r in model_runs
+                                            if r.runner != "peer" or len(model_runs) == 1)
         if not cache.is_cached(model):
             room = max(room, model.generation_peak_bytes)
         evicted = cache.make_room(room, keep=[cache.checkpoint_dir(model)])
@@ -149,18 +159,31 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
         if time.monotonic() - started > 1:
             log(f"  generated in {time.monotonic() - started:.0f} s")
         done: dict[str, list[dict[str, Any]]] = {}
-        for _ in range(repeat):  # rounds, so slow drift in the machine's load hits every run
+        for round_idx in range(repeat):  # rounds: slow drift in the load hits every run
+            # Each round keeps its own logs and per-run JSON (with the full timeline).
+            round_session = replace(session, raw_dir=session.raw_dir / f"round{round_idx + 1}")
+            round_session.raw_dir.mkdir(parents=True, exist_ok=True)
             for run in model_runs:
+                if run.runner == "peer" and round_idx >= peer_repeat:
+                    continue
+                free = cache.free_bytes()
+                if free < run.extra_disk_bytes() + cache.DISK_MARGIN_BYTES:
+                    log(f"skipped {run.model.key} {run.runner} {run.budget or ''}: it writes "
+                        f"{gib(run.extra_disk_bytes())}, {gib(free)} is free now (others "
+                        f"write to this disk too; {gib(cache.DISK_MARGIN_BYTES)} margin)")
+                    continue
                 try:
-                    result = _execute(session, run, ckpt)
-                except MemoryError as e:
+                    result = _execute(round_session, run, ckpt)
+                except (MemoryError, RuntimeError) as e:  # RuntimeError: the launcher died
                     log(f"{run.model.key} {run.runner}: {e}")
                     continue
-                done.setdefault(result["run_id"], []).append(result)
+                rid = result["run_id"]
+                (round_session.raw_dir / f"{rid}.json").write_text(json.dumps(result) + "\n")
+                done.setdefault(rid, []).append(result)
+                # Rewritten after every run, so an interrupted session keeps what it measured.
+                (results_dir / f"{rid}.json").write_text(
+                    json.dumps(median_result(done[rid]), indent=1) + "\n")
                 log(_describe(result))
-        for rid, results in done.items():
-            path = results_dir / f"{rid}.json"
-            path.write_text(json.dumps(median_result(results), indent=1) + "\n")
     shutil.rmtree(WORK_DIR, ignore_errors=True)
 
 
@@ -186,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every configuration N times, in rounds; the JSON keeps the "
                              "median run and lists all")
+    parser.add_argument("--peer-repeat", type=int, default=1,
+                        help="rounds that include the peer (default 1: it takes ~1 min and "
+                             "writes twice the model to disk)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--dry-run", action="store_true",
                         help="list the runs and check the disk, run nothing")
@@ -222,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return 0
     run_session(runs, results_dir=args.results_dir, log=lambda s: print(s, flush=True),
-                repeat=args.repeat)
+                repeat=args.repeat, peer_repeat=args.peer_repeat)
     if not args.no_report:
         from .report import write_report
 
