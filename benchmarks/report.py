@@ -221,6 +221,18 @@ def _peer_lines(results: list[Result]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _cumulative(values: list[float]) -> list[float]:
+    """I/O counters of a run made of several processes (cp, then sync) restart at each one;
+    carry the total over so the curve stays cumulative."""
+    out, base, last = [], 0.0, 0.0
+    for v in values:
+        if v + base < last:
+            base = last
+        last = v + base
+        out.append(last)
+    return out
+
+
 def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
     import matplotlib
 
@@ -246,6 +258,12 @@ def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
         if r["runner"] == "streamconv":
             ax_sc.plot(t, rss, label=label, color=color)
             ax_sc.axhline(r["budget_bytes"] / GIB, color=color, linestyle="--", linewidth=0.8)
+    floors = [r for r in results if r["model"] == model and r["ok"]
+              and r["runner"] in ("floor-cp", "floor-rw")]
+    for r, style in zip(sorted(floors, key=_sort_key), ("--", ":")):
+        io = _cumulative([(p[2] + p[3]) / GIB for p in r["timeline"]])
+        ax_io.plot([p[0] for p in r["timeline"]], io, color="gray", linestyle=style,
+                   label=f"{_label(r)} ({r['wall_s']:.0f} s)")
     label = runs[0]["model_label"]
     ax_all.set_title(f"{label}: RSS of the converter's process tree (sampled every 50 ms)")
     ax_sc.set_title("streamconv only; dashed: its --max-ram")

@@ -128,9 +128,13 @@ def _result(session: Session, model: BenchModel, runner: str, budget: str | None
     wall = sum(m.wall_s for m in steps.values())
     samples: list[tuple[float, int, int, int]] = []
     offset = 0.0
-    for m in steps.values():  # steps run one after the other: one timeline
-        samples += [(t + offset, rss, r, w) for t, rss, r, w in m.samples]
+    read_base = write_base = 0
+    for m in steps.values():  # steps run one after the other: one timeline, cumulative I/O
+        samples += [(t + offset, rss, r + read_base, w + write_base)
+                    for t, rss, r, w in m.samples]
         offset += m.wall_s
+        read_base += m.read_bytes
+        write_base += m.write_bytes
     failed = {name: m.output_tail for name, m in steps.items() if m.returncode != 0}
     return {
         "run_id": run_id(model, runner, budget),
