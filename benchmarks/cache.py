@@ -15,10 +15,13 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from streamconv.synthetic import spec_summary, write_checkpoint
+import torch
+
+from streamconv.synthetic import SyntheticSpec, spec_summary, write_checkpoint
 
 from .models import BenchModel
 
@@ -102,9 +105,32 @@ def ensure_checkpoint(model: BenchModel, *, log: Callable[[str], None]) -> Path:
                         f"(+{gib(DISK_MARGIN_BYTES)} margin), {gib(free_bytes())} is free")
     log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.spec.n_shards} "
         f"shard(s)) into {out_dir}")
-    write_checkpoint(model.spec, out_dir)
+    if model.spec.share_storage:
+        write_checkpoint(model.spec, out_dir)
+    else:
+        write_checkpoint_lean(model.spec, out_dir)
     (out_dir / MARKER).write_text(json.dumps(_marker_content(model), indent=2))
     return out_dir
+
+
+def write_checkpoint_lean(spec: SyntheticSpec, out_dir: Path) -> None:
+    """synthetic.write_checkpoint's files byte for byte (same tensors, same order, one storage
+    per tensor), at twice a shard's size on disk instead of three times.
+
+    write_checkpoint first fills one scratch mapping with the whole shard and then copies each
+    tensor into a mapped file of its own; here each tensor goes straight to its own file. Uses
+    synthetic's private helpers on purpose: the bytes must stay those of write_checkpoint.
+    """
+    from streamconv.synthetic import _own_storage, _rank_tensors
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for shard_idx in range(spec.n_shards):
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch_dir:
+            state = {meta_name: _own_storage(tensor, scratch_dir)
+                     for meta_name, tensor in _rank_tensors(spec, shard_idx)}
+            torch.save(state, out_dir / f"consolidated.{shard_idx:02d}.pth")
+            del state
+    (out_dir / "params.json").write_text(json.dumps(spec.params_json()))
 
 
 def input_files(ckpt_dir: Path) -> list[Path]:

@@ -46,11 +46,9 @@ class BenchModel:
 
     @property
     def generation_peak_bytes(self) -> int:
-        """Disk needed while writing the checkpoint: synthetic.write_checkpoint keeps, for the
-        shard being written, a scratch mapping next to the .pth it is saving (plus one mapped
-        file per tensor unless share_storage), so a shard costs 2-3 times its size until done."""
-        copies = 1 if self.spec.share_storage else 2
-        return self.checkpoint_bytes + copies * max(self.shard_bytes)
+        """Disk needed while writing the checkpoint: the shard being written also exists as
+        mapped scratch files until torch.save is done (cache.ensure_checkpoint)."""
+        return self.checkpoint_bytes + max(self.shard_bytes)
 
 
 # share_storage: each rank's tensors in one storage (as in some Meta files), so generating a
