@@ -14,6 +14,7 @@ The headline peak is the largest of the three. RSS over time is the sampled tree
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -42,6 +43,14 @@ class Measurement:
     rchar: int  # bytes passed to read-like syscalls, cached or not
     wchar: int
     major_faults: int
+    # From /proc/<pid>/task/<tid>/schedstat, summed over every thread of the tree: time on a CPU
+    # and time runnable but waiting for one (the kernel's run delay: CPU starvation, directly).
+    cpu_run_s: float
+    cpu_wait_s: float
+    # System-wide pressure (/proc/pressure/*) during the run: share of wall time in which some
+    # task waited for a CPU / for I/O. Other people's jobs show up here.
+    psi_cpu_some: float
+    psi_io_some: float
     # (seconds since start, tree RSS, tree read_bytes, tree write_bytes) every ~50 ms
     samples: list[tuple[float, int, int, int]] = field(repr=False)
     output_tail: str = ""
@@ -54,6 +63,32 @@ class Measurement:
         """Everything but the samples, for the per-run JSON."""
         return {k: v for k, v in self.__dict__.items() if k != "samples"} | {
             "peak_rss_bytes": self.peak_rss_bytes, "n_samples": len(self.samples)}
+
+
+def _psi_total_us(resource: str) -> int:
+    try:
+        with open(f"/proc/pressure/{resource}") as f:
+            first = f.readline()  # "some avg10=... total=N"
+        return int(first.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _thread_schedstats(pid: int) -> dict[int, tuple[int, int]]:
+    """{tid: (ns on CPU, ns waiting on a run queue)} for every thread of pid."""
+    stats: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return stats
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run_ns, wait_ns, _ = f.read().split()
+            stats[int(tid)] = (int(run_ns), int(wait_ns))
+        except (OSError, ValueError):
+            continue
+    return stats
 
 
 def _vmhwm_bytes(pid: int) -> int:
@@ -74,6 +109,7 @@ class _TreeSampler:
         self.root = psutil.Process(launcher_pid)
         self.samples: list[tuple[float, int, int, int]] = []
         self.vmhwm: dict[int, int] = {}
+        self.sched: dict[int, tuple[int, int]] = {}  # last seen per thread id
         self.start = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
@@ -107,6 +143,7 @@ class _TreeSampler:
             except psutil.Error:
                 continue  # exited between listing and reading
             self.vmhwm[proc.pid] = max(self.vmhwm.get(proc.pid, 0), _vmhwm_bytes(proc.pid))
+            self.sched.update(_thread_schedstats(proc.pid))
         if procs:
             self.samples.append((time.monotonic() - self.start, rss, read, written))
 
@@ -118,10 +155,12 @@ def measure(argv: list[str], *, raw_dir: Path, run_id: str, cwd: Path | None = N
     launcher_json = raw_dir / f"{run_id}.launcher.json"
     log_path = raw_dir / f"{run_id}.log"
     cmd = [sys.executable, "-S", "-I", str(LAUNCHER), str(launcher_json), "--", *argv]
+    psi_before = {r: _psi_total_us(r) for r in ("cpu", "io")}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         with _TreeSampler(proc.pid) as sampler:
             proc.wait()
+    psi = {r: (_psi_total_us(r) - psi_before[r]) / 1e6 for r in psi_before}
     if proc.returncode != 0 or not launcher_json.exists():
         raise RuntimeError(f"launcher failed for {argv}: see {log_path}")
     kernel = json.loads(launcher_json.read_text())
@@ -134,5 +173,9 @@ def measure(argv: list[str], *, raw_dir: Path, run_id: str, cwd: Path | None = N
         peak_vmhwm_bytes=max(sampler.vmhwm.values(), default=0),
         peak_tree_rss_bytes=max((s[1] for s in samples), default=0),
         read_bytes=io["read_bytes"], write_bytes=io["write_bytes"], rchar=io["rchar"],
-        wchar=io["wchar"], major_faults=kernel["major_faults"], samples=samples,
+        wchar=io["wchar"], major_faults=kernel["major_faults"],
+        cpu_run_s=sum(r for r, _ in sampler.sched.values()) / 1e9,
+        cpu_wait_s=sum(w for _, w in sampler.sched.values()) / 1e9,
+        psi_cpu_some=psi["cpu"] / kernel["wall_s"], psi_io_some=psi["io"] / kernel["wall_s"],
+        samples=samples,
         output_tail=tail)

@@ -91,7 +91,8 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
         match = _FRAME_RE.match(frame.strip())
         if not match:
             continue
-        func, file = match["func"], match["file"]
+        # py-spy names methods Class.method; the method is what tells.
+        func, file = match["func"].rsplit(".", 1)[-1], match["file"]
         text = lines.get(file, int(match["line"] or 0)) if "streamconv" in file else ""
         if "crc32" in text:
             return "crc32 of output rows"
@@ -110,7 +111,8 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
         if func in ("get", "wait", "_wait_for_tstate_lock", "acquire", "result", "join",
                     "_worker") and "streamconv" not in file:
             return "idle: waiting for work/slot"
-        if "importlib" in file or func == "_find_and_load":
+        if ("importlib" in file or "<frozen" in file or func in ("_find_and_load",
+                                                                  "exec_module")):
             return "start-up: imports"
         if func in ("prepare", "open_checkpoint", "open_shard", "conversion_fingerprint",
                     "plan_conversion", "detect_model"):
@@ -127,9 +129,10 @@ def summarise_pyspy(raw: Path, snapshot: Path) -> dict[str, dict[str, float]]:
     for row in raw.read_text().splitlines():
         stack, _, count = row.rpartition(" ")
         frames = stack.split(";")
-        kind = "job threads" if any("_worker" in f for f in frames) else "main thread"
-        if len(frames) <= 1:
-            kind = "main thread"
+        # "thread (1234): job_0" with --threads: the name says which pool it belongs to.
+        name = frames[0].partition("): ")[2]
+        kind = ("job threads" if name.startswith("job") else
+                "journal thread" if name.startswith("journal") else "main thread")
         totals[kind][_categorise(frames[1:], lines)] += int(count)
     return {kind: {cat: n / RATE_HZ for cat, n in c.most_common()} for kind, c in totals.items()}
 
@@ -160,9 +163,11 @@ def run_variants(ckpt: Path, snapshot: Path, raw_dir: Path, budget: str,
             shutil.rmtree(out_dir, ignore_errors=True)
             rows.append({"variant": variant, "repeat": rep, "wall_s": m.wall_s,
                          "user_s": m.user_s, "sys_s": m.sys_s, "ok": m.returncode == 0,
+                         "cpu_wait_s": m.cpu_wait_s, "psi_cpu_some": m.psi_cpu_some,
                          "peak_rss_bytes": m.peak_rss_bytes})
             print(f"  {variant:<28} rep {rep}: {m.wall_s:6.1f} s  user {m.user_s:5.1f}  "
-                  f"sys {m.sys_s:5.1f}", flush=True)
+                  f"sys {m.sys_s:5.1f}  waiting for a CPU {m.cpu_wait_s:5.1f} s  "
+                  f"(machine: CPU pressure {m.psi_cpu_some:.0%})", flush=True)
     return rows
 
 

@@ -86,8 +86,9 @@ def _notes(r: Result) -> str:
 def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
     lines = [
         "| model | run | --max-ram | wall s | x floor (cp+fsync) | x cp alone | peak RSS GiB "
-        "| within --max-ram | read from disk GiB | written to disk GiB | MiB/s | notes |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| within --max-ram | read from disk GiB | written to disk GiB | MiB/s "
+        "| CPU s (user+sys) | waiting for a CPU s | notes |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         floor = _floor(results, r)
@@ -99,8 +100,23 @@ def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
             f"{_ratio(r['wall_s'], floor['wall_s'] if floor else None)} | "
             f"{_ratio(r['wall_s'], floor['cp_s'] if floor else None)} | "
             f"{_g(_peak(r))} | {within} | {_g(r['read_bytes'])} | "
-            f"{_g(r['write_bytes'])} | {r['throughput_mib_s']:.0f} | {_notes(r)} |")
+            f"{_g(r['write_bytes'])} | {r['throughput_mib_s']:.0f} | {_cpu(r)} | "
+            f"{_cpu_wait(r)} | {_notes(r)} |")
     return lines
+
+
+def _cpu(r: Result) -> str:
+    return f"{sum(s['user_s'] + s['sys_s'] for s in r['steps'].values()):.1f}"
+
+
+def _cpu_wait(r: Result) -> str:
+    """Run-queue delay summed over the command's threads (schedstat), with the machine's CPU
+    pressure (PSI some) over the run; — for results measured before these were recorded."""
+    steps = list(r["steps"].values())
+    if not all("cpu_wait_s" in s for s in steps):
+        return "—"
+    psi = max(s["psi_cpu_some"] for s in steps)
+    return f"{sum(s['cpu_wait_s'] for s in steps):.1f} (PSI {psi:.0%})"
 
 
 def _slice_table(rows: list[Result]) -> list[str]:
