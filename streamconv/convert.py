@@ -119,13 +119,15 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
                          sync=writer.sync) as journal:
 
-                def on_done(job: Job, n_read: int, crc: int) -> None:
+                def on_done(job: Job, n_read: int) -> None:
                     nonlocal bytes_read
                     bytes_read += n_read
+                    crc = writer.sample_crc(job.file_idx, job.file_offset, job.out_bytes)
                     journal.record(job.file_idx, job.file_offset, job.out_bytes, crc)
                     progress.job_done(job, bytes_read=n_read)
 
-                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job)
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job,
+                                   copy_sink=writer.copy_job)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:

@@ -10,7 +10,6 @@ would otherwise leave allocator slack that the OS still counts).
 from __future__ import annotations
 
 import queue
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,11 +18,14 @@ from typing import Any
 import torch
 
 from .checkpoint import ShardReader, TensorRef
-from .layout import permute_rotary_into
+from .layout import CopyBlock, permute_rotary_into
 from .plan import Job, Plan, needs_stage, slot_layout
 
 Sink = Callable[[Job, memoryview], None]
-JobDone = Callable[[Job, int, int], None]  # job, bytes read, crc32 of its output rows
+JobDone = Callable[[Job, int], None]  # job, bytes read
+# A plain byte move handed to the writer: [(shard fd, shard offset, offset in job, length)];
+# it returns False when the OS cannot copy file to file here.
+CopySink = Callable[[Job, list[tuple[int, int, int, int]]], bool]
 
 
 def as_buffer(raw: torch.Tensor) -> memoryview:
@@ -36,16 +38,37 @@ class JobRunner:
     """Fills one slot with one job's output rows and hands them to the sink."""
 
     def __init__(self, plan: Plan, refs: tuple[dict[str, TensorRef], ...], reader: ShardReader,
-                 sink: Sink) -> None:
+                 sink: Sink, *, copy_sink: CopySink | None = None) -> None:
         self.plan = plan
         self.refs = refs
         self.reader = reader
         self.sink = sink
+        # Jobs that are plain byte moves (no cast, no permute, no side-by-side shards) go to
+        # copy_sink when there is one (convert: copy_file_range, which costs no user-space copy
+        # and no RSS); the rest, and everything where the OS cannot do that, go through the slot.
+        self.copy_sink = copy_sink
         self.src_item = torch.empty((), dtype=plan.src_dtype).element_size()
         self.dst_item = torch.empty((), dtype=plan.dst_dtype).element_size()
 
-    def run(self, job: Job, slot: torch.Tensor) -> tuple[int, int]:
-        """(bytes read, crc32 of the output rows)."""
+    def is_plain_copy(self, job: Job) -> bool:
+        same = self.plan.src_dtype == self.plan.dst_dtype
+        return not any(needs_stage(b, n_cols=job.n_cols, rotary=job.rotary_head_dim,
+                                   same_dtype=same) for b in job.blocks)
+
+    def source_offset(self, block: CopyBlock) -> int:
+        ref = self.refs[block.shard_idx][block.meta_name]
+        return ref.offset_bytes + block.src_row_start * ref.shape[-1] * self.src_item
+
+    def run(self, job: Job, slot: torch.Tensor) -> int:
+        """Bytes read from the shards."""
+        if self.copy_sink is not None and self.is_plain_copy(job):
+            row_bytes = job.n_cols * self.dst_item
+            moves = [(self.reader.fd(b.shard_idx), self.source_offset(b),
+                      (b.dst_row_start - job.row_start) * row_bytes, b.n_rows * row_bytes)
+                     for b in job.blocks]
+            if self.copy_sink(job, moves):
+                return job.out_bytes
+            self.copy_sink = None  # not supported here: through the slots from now on
         plan, same = self.plan, self.plan.src_dtype == self.plan.dst_dtype
         out_offset, stage_offset = slot_layout(job)
         out_raw = slot[out_offset:out_offset + job.out_bytes]
@@ -53,8 +76,7 @@ class JobRunner:
         row_bytes = job.n_cols * self.dst_item
         bytes_read = 0
         for block in job.blocks:
-            ref = self.refs[block.shard_idx][block.meta_name]
-            file_offset = ref.offset_bytes + block.src_row_start * ref.shape[-1] * self.src_item
+            file_offset = self.source_offset(block)
             n_bytes = block.n_rows * block.n_cols * self.src_item
             first = block.dst_row_start - job.row_start
             if not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
@@ -72,9 +94,8 @@ class JobRunner:
                 else:
                     dst.copy_(src)
             bytes_read += n_bytes
-        data = as_buffer(out_raw)
-        self.sink(job, data)
-        return bytes_read, zlib.crc32(data)
+        self.sink(job, as_buffer(out_raw))
+        return bytes_read
 
 
 def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDone) -> None:
@@ -87,9 +108,9 @@ def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDon
     free: queue.Queue[torch.Tensor] = queue.Queue()
     for _ in range(plan.depth):
         free.put(torch.empty(plan.slot_bytes, dtype=torch.uint8))
-    pending: deque[tuple[Job, Future[tuple[int, int]]]] = deque()
+    pending: deque[tuple[Job, Future[int]]] = deque()
 
-    def task(job: Job, slot: torch.Tensor) -> tuple[int, int]:
+    def task(job: Job, slot: torch.Tensor) -> int:
         try:
             return runner.run(job, slot)
         finally:
@@ -98,8 +119,7 @@ def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDon
     def reap(*, wait: bool) -> None:
         while pending and (wait or pending[0][1].done()):
             job, future = pending.popleft()
-            n_read, crc = future.result()  # a worker's error surfaces here
-            on_done(job, n_read, crc)
+            on_done(job, future.result())  # a worker's error surfaces here
 
     with ThreadPoolExecutor(max_workers=plan.depth, thread_name_prefix="job") as pool:
         try:
@@ -121,9 +141,7 @@ def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDon
             raise
 
 
-def _report_finished(pending: deque[tuple[Job, Future[tuple[int, int]]]],
-                     on_done: JobDone) -> None:
+def _report_finished(pending: deque[tuple[Job, Future[int]]], on_done: JobDone) -> None:
     for job, future in pending:
         if future.done() and not future.cancelled() and future.exception() is None:
-            n_read, crc = future.result()
-            on_done(job, n_read, crc)
+            on_done(job, future.result())

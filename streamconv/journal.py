@@ -1,9 +1,10 @@
-"""The resume journal: which byte ranges of the staged shards are durable, with their CRC32.
+"""The resume journal: which byte ranges of the staged shards are durable, with a checksum.
 
 OUT/.streamconv-partial/journal.jsonl. The first line identifies the conversion: the input
 (shard names, sizes and the CRC32 of every zip member, straight from each archive's directory, so
 no data is read) and the output layout (every file's name and header, hence every tensor's dtype,
-shape and offset). Each later line lists the output ranges (file, offset, length, crc32) of jobs
+shape and offset). Each later line lists the output ranges (file, offset, length, sampled CRC32:
+see sampling.py) of jobs
 completed since the previous line, appended only after the shard files were fsynced, so a line
 means those bytes survive a crash or power loss. Ranges rather than job numbers, because how the
 budget cuts tensors into jobs depends on --max-ram and on the process's own size, which may
@@ -17,7 +18,6 @@ import json
 import os
 import time
 import zipfile
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +25,7 @@ from pathlib import Path
 from .checkpoint import Checkpoint
 from .errors import OutputError
 from .plan import Plan
+from .sampling import sample_crc
 
 JOURNAL_NAME = "journal.jsonl"
 COMMIT_BYTES = 256 << 20
@@ -43,7 +44,7 @@ def conversion_fingerprint(checkpoint: Checkpoint, plan: Plan) -> str:
     return digest.hexdigest()
 
 
-Range = tuple[int, int, int, int]  # file_idx, offset, n_bytes, crc32
+Range = tuple[int, int, int, int]  # file_idx, offset, n_bytes, sampled crc32
 
 
 def read_journal(path: Path, fingerprint: str) -> list[Range]:
@@ -130,30 +131,24 @@ class Journal:
 
 
 def verified_ranges(staging: Path, plan: Plan, ranges: list[Range]) -> list[Range]:
-    """The recorded ranges whose bytes in the staged files still match their CRC32."""
+    """The recorded ranges whose bytes in the staged files still match their sampled CRC."""
     by_file: dict[int, list[Range]] = {}
     for entry in ranges:
         if 0 <= entry[0] < len(plan.files):
             by_file.setdefault(entry[0], []).append(entry)
     good: list[Range] = []
-    chunk = bytearray(4 << 20)
     for file_idx, entries in by_file.items():
         path = staging / plan.files[file_idx].name
         if not path.is_file() or path.stat().st_size != plan.files[file_idx].total_bytes:
             continue
         with open(path, "rb") as f:
-            for entry in sorted(set(entries)):
-                _, offset, n_bytes, crc = entry
-                f.seek(offset)
-                value, left = 0, n_bytes
-                while left > 0:
-                    got = f.readinto(memoryview(chunk)[:min(left, len(chunk))])
-                    if not got:
-                        break
-                    value = zlib.crc32(memoryview(chunk)[:got], value)
-                    left -= got
-                if left == 0 and value == crc:
-                    good.append(entry)
+
+            def read(position: int, size: int) -> bytes:
+                f.seek(position)
+                return f.read(size)
+
+            good += [entry for entry in sorted(set(entries))
+                     if sample_crc(read, entry[1], entry[2]) == entry[3]]
     return good
 
 

@@ -183,7 +183,7 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
     with ShardReader(prepared.checkpoint.shard_paths) as reader, comparer.reader:
         runner = JobRunner(prepared.plan, prepared.checkpoint.tensors, reader, comparer)
 
-        def on_done(job: Job, n_read: int, crc: int) -> None:
+        def on_done(job: Job, n_read: int) -> None:
             result.bytes_checked += job.out_bytes
 
         run_jobs(prepared.plan, prepared.plan.jobs, runner, on_done)
