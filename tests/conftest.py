@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,3 +26,21 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Synth
         return cache[spec]
 
     return make
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _free_disk_after_test(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Big tests write GBs of output: a passing test's folder is removed as soon as it passes
+    (a failing one's is kept to look at)."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.passed:
+        shutil.rmtree(tmp_path, ignore_errors=True)
