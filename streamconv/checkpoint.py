@@ -230,9 +230,6 @@ class ShardReader:
             os.close(fd)
         self._fds = []
 
-    def fd(self, shard_idx: int) -> int:
-        return self._fds[shard_idx]
-
     def read_into(self, shard_idx: int, offset: int, buffer: memoryview) -> None:
         """Fill buffer from the file at offset; short reads are retried, EOF is an error."""
         fd = self._fds[shard_idx]

@@ -126,8 +126,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                     journal.record(job.file_idx, job.file_offset, job.out_bytes, crc)
                     progress.job_done(job, bytes_read=n_read)
 
-                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job,
-                                   copy_sink=writer.copy_job)
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:

@@ -23,11 +23,6 @@ from .plan import Job, Plan, needs_stage, slot_layout
 
 Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
-# A plain byte move handed to the writer: [(shard fd, shard offset, offset in job, length)];
-# it returns False when the OS cannot copy file to file here.
-CopySink = Callable[[Job, list[tuple[int, int, int, int]]], bool]
-
-
 def as_buffer(raw: torch.Tensor) -> memoryview:
     """A writable view of a uint8 tensor's bytes, for positioned reads and writes (no copy)."""
     array: Any = raw.numpy()
@@ -38,22 +33,13 @@ class JobRunner:
     """Fills one slot with one job's output rows and hands them to the sink."""
 
     def __init__(self, plan: Plan, refs: tuple[dict[str, TensorRef], ...], reader: ShardReader,
-                 sink: Sink, *, copy_sink: CopySink | None = None) -> None:
+                 sink: Sink) -> None:
         self.plan = plan
         self.refs = refs
         self.reader = reader
         self.sink = sink
-        # Jobs that are plain byte moves (no cast, no permute, no side-by-side shards) go to
-        # copy_sink when there is one (convert: copy_file_range, which costs no user-space copy
-        # and no RSS); the rest, and everything where the OS cannot do that, go through the slot.
-        self.copy_sink = copy_sink
         self.src_item = torch.empty((), dtype=plan.src_dtype).element_size()
         self.dst_item = torch.empty((), dtype=plan.dst_dtype).element_size()
-
-    def is_plain_copy(self, job: Job) -> bool:
-        same = self.plan.src_dtype == self.plan.dst_dtype
-        return not any(needs_stage(b, n_cols=job.n_cols, rotary=job.rotary_head_dim,
-                                   same_dtype=same) for b in job.blocks)
 
     def source_offset(self, block: CopyBlock) -> int:
         ref = self.refs[block.shard_idx][block.meta_name]
@@ -61,14 +47,6 @@ class JobRunner:
 
     def run(self, job: Job, slot: torch.Tensor) -> int:
         """Bytes read from the shards."""
-        if self.copy_sink is not None and self.is_plain_copy(job):
-            row_bytes = job.n_cols * self.dst_item
-            moves = [(self.reader.fd(b.shard_idx), self.source_offset(b),
-                      (b.dst_row_start - job.row_start) * row_bytes, b.n_rows * row_bytes)
-                     for b in job.blocks]
-            if self.copy_sink(job, moves):
-                return job.out_bytes
-            self.copy_sink = None  # not supported here: through the slots from now on
         plan, same = self.plan, self.plan.src_dtype == self.plan.dst_dtype
         out_offset, stage_offset = slot_layout(job)
         out_raw = slot[out_offset:out_offset + job.out_bytes]

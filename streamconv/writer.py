@@ -25,8 +25,7 @@ from .sampling import sample_crc
 from .shards import INDEX_NAME, OutputFile, index_json
 
 STAGING_DIR = ".streamconv-partial"
-# copy_file_range errors that mean "not here" (another file system, old kernel, unsupported).
-_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+
 
 
 class _State(enum.Enum):
@@ -125,32 +124,6 @@ class ShardWriter:
             self._pwrite(self._fds[job.file_idx], data, job.file_offset)
         except OSError as e:
             raise _disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
-
-    def copy_job(self, job: Job, moves: list[tuple[int, int, int, int]]) -> bool:
-        """Copy a job's bytes file to file in the kernel (copy_file_range); False where the OS
-        or file system cannot, so the caller goes through memory instead."""
-        if self._state is not _State.OPEN:
-            raise AssertionError(f"copy_job() while writer is {self._state.value}")
-        if not hasattr(os, "copy_file_range"):
-            return False
-        dst_fd = self._fds[job.file_idx]
-        for src_fd, src_offset, rel_offset, n_bytes in moves:
-            done = 0
-            while done < n_bytes:
-                try:
-                    copied = os.copy_file_range(src_fd, dst_fd, n_bytes - done,
-                                                src_offset + done,
-                                                job.file_offset + rel_offset + done)
-                except OSError as e:
-                    if e.errno in _NO_KERNEL_COPY:
-                        return False  # nothing is lost: the job is redone through memory
-                    raise _disk_error(e, self.staging / self.files[job.file_idx].name,
-                                      n_bytes) from e
-                if copied == 0:
-                    raise OutputError(f"a checkpoint file ended while copying "
-                                      f"{job.hf_name}; download it again")
-                done += copied
-        return True
 
     def sample_crc(self, file_idx: int, offset: int, n_bytes: int) -> int:
         """Sampled CRC32 of written bytes (see journal.sample_crc), read back from the file."""

@@ -106,22 +106,16 @@ def test_disk_full_then_resume_is_byte_identical(source: Path, reference: dict[s
     out = tmp_path / "out"
     calls = 0
 
-    def filling_disk(real: Callable[..., int]) -> Callable[..., int]:
-        """Writes through memory (pwrite) and file to file (copy_file_range) both fail."""
+    real_pwrite = os.pwrite
 
-        def write(*args: object) -> int:
-            nonlocal calls
-            calls += 1
-            if calls > 12:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real(*args)
+    def filling_disk(fd: int, data: bytes, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
 
-        return write
-
-    monkeypatch.setattr(writer_module.os, "pwrite", filling_disk(os.pwrite))
-    if hasattr(os, "copy_file_range"):
-        monkeypatch.setattr(writer_module.os, "copy_file_range",
-                            filling_disk(os.copy_file_range))
+    monkeypatch.setattr(writer_module.os, "pwrite", filling_disk)
     assert main([str(source), str(out), *ARGS]) == 1
     monkeypatch.undo()
     err = capsys.readouterr().err
@@ -155,19 +149,4 @@ def test_resume_redoes_a_recorded_range_whose_bytes_changed(source: Path,
         f.seek(64 * 1024)
         f.write(bytes(1 << 20))
     assert main([str(source), str(out), *ARGS, "--resume"]) == 0
-    assert digests(out) == reference
-
-
-def test_without_kernel_copy_the_output_is_the_same(source: Path, reference: dict[str, str],
-                                                    tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where copy_file_range is missing or refused (macOS, another file system), every job goes
-    through memory; the bytes must not change."""
-
-    def refuse(*args: object) -> int:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(writer_module.os, "copy_file_range", refuse, raising=False)
-    out = tmp_path / "out"
-    assert main([str(source), str(out), *ARGS]) == 0
     assert digests(out) == reference
