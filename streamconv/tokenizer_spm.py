@@ -33,14 +33,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sentencepiece
 
 from . import spm_proto
 from .errors import TokenizerError
-
-JsonDict = dict[str, Any]
+from .tokenizer_json import JsonDict, added_token, bos_template
 
 _SPACE = "▁"  # U+2581, sentencepiece's escaped space
 
@@ -151,41 +149,15 @@ def derive_merges(model: SpmModel) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in ranked]
 
 
-def _added_token(idx: int, content: str, *, special: bool) -> JsonDict:
-    return {
-        "id": idx,
-        "content": content,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        # User-defined pieces are matched after normalization, as sentencepiece matches them.
-        "normalized": not special,
-        "special": special,
-    }
-
-
 def added_tokens(model: SpmModel) -> list[JsonDict]:
     special_types = (spm_proto.PIECE_UNKNOWN, spm_proto.PIECE_CONTROL)
     return [
-        _added_token(idx, piece, special=piece_type in special_types)
+        added_token(idx, piece, special=piece_type in special_types,
+                    # user-defined pieces are matched after normalization, as sentencepiece does
+                    normalized=piece_type not in special_types)
         for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types))
         if piece_type in (*special_types, spm_proto.PIECE_USER_DEFINED)
     ]
-
-
-def _template(bos: str, bos_id: int) -> JsonDict:
-    def special(type_id: int) -> JsonDict:
-        return {"SpecialToken": {"id": bos, "type_id": type_id}}
-
-    def sequence(name: str, type_id: int) -> JsonDict:
-        return {"Sequence": {"id": name, "type_id": type_id}}
-
-    return {
-        "type": "TemplateProcessing",
-        "single": [special(0), sequence("A", 0)],
-        "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-    }
 
 
 def _replace(old: str, new: str) -> JsonDict:
@@ -216,7 +188,7 @@ def build_tokenizer_json(model: SpmModel) -> JsonDict:
         "added_tokens": added_tokens(model),
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": None,
-        "post_processor": _template(model.pieces[model.bos_id], model.bos_id),
+        "post_processor": bos_template(model.pieces[model.bos_id], model.bos_id),
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
             "type": "BPE",

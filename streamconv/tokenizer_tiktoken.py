@@ -19,13 +19,11 @@ import base64
 import binascii
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .errors import TokenizerError
 from .family import Family
+from .tokenizer_json import JsonDict, added_token, bos_template
 from .tokenizer_spm import added_tokens_decoder, special_token_entry
-
-JsonDict = dict[str, Any]
 
 # LLaMA 3's pre-tokenizer regex (Meta's llama3/tokenizer.py pat_str).
 LLAMA3_PATTERN = (
@@ -63,6 +61,12 @@ CHAT_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
+
+
+def _special_tokens(specials: Sequence[str], n_ranks: int) -> list[JsonDict]:
+    """LLaMA 3's specials take the ids right after the ranks (128000... in Meta's file)."""
+    return [added_token(n_ranks + i, name, special=True, normalized=False)
+            for i, name in enumerate(specials)]
 
 
 def special_token_names(family: Family) -> list[str]:
@@ -153,33 +157,6 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return [(left, right) for _, left, right in merges]
 
 
-def _added_token(idx: int, content: str) -> JsonDict:
-    return {
-        "id": idx,
-        "content": content,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": True,
-    }
-
-
-def _template(bos_id: int) -> JsonDict:
-    def special(type_id: int) -> JsonDict:
-        return {"SpecialToken": {"id": BOS, "type_id": type_id}}
-
-    def sequence(name: str, type_id: int) -> JsonDict:
-        return {"Sequence": {"id": name, "type_id": type_id}}
-
-    return {
-        "type": "TemplateProcessing",
-        "single": [special(0), sequence("A", 0)],
-        "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
-        "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}},
-    }
-
-
 def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> JsonDict:
     return {
         "type": "ByteLevel",
@@ -201,7 +178,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [_added_token(n_ranks + i, name) for i, name in enumerate(specials)],
+        "added_tokens": _special_tokens(specials, n_ranks),
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
@@ -219,7 +196,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
             "type": "Sequence",
             "processors": [
                 _byte_level(add_prefix_space=True, trim_offsets=False, use_regex=True),
-                _template(n_ranks + specials.index(BOS)),
+                bos_template(BOS, n_ranks + specials.index(BOS)),
             ],
         },
         "decoder": _byte_level(add_prefix_space=True, trim_offsets=True, use_regex=True),
@@ -255,7 +232,7 @@ def build_tokenizer_config(
         "model_max_length": model_max_length,
         "model_input_names": ["input_ids", "attention_mask"],
         "added_tokens_decoder": added_tokens_decoder(
-            [_added_token(n_ranks + i, name) for i, name in enumerate(specials)]
+            _special_tokens(specials, n_ranks)
         ),
     }
     if instruct:
