@@ -11,12 +11,14 @@ other people use this machine, and /proc/sys/vm/drop_caches would also measure t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -42,6 +44,31 @@ class DiskError(RuntimeError):
 
 def gib(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
+
+
+@contextlib.contextmanager
+def exclusive_session() -> Iterator[None]:
+    """Hold benchmarks/cache/.lock for a whole session, or refuse to start.
+
+    Two sessions at once share the work folder (one deletes the other's output mid-run) and
+    the disk and CPUs (each one's timings measure the other): that happened once, and both
+    sessions' figures were spoiled. flock is released by the kernel if the process dies.
+    """
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise DiskError(f"another benchmark session ({holder}) is running on this cache; "
+                            "wait for it to finish: two sessions disturb each other's "
+                            "timings and share benchmarks/cache/work") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        yield
 
 
 def free_bytes() -> int:

@@ -20,15 +20,25 @@ import argparse
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .cache import CACHE_DIR, WORK_DIR, ensure_checkpoint, evict_from_page_cache, input_files
+from .cache import (
+    CACHE_DIR,
+    WORK_DIR,
+    DiskError,
+    ensure_checkpoint,
+    evict_from_page_cache,
+    exclusive_session,
+    input_files,
+)
 from .models import resolve_models
-from .monitor import measure
+from .monitor import Measurement, measure
 from .runners import REPO, snapshot_streamconv
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -47,10 +57,15 @@ if "no-periodic-fsync" in variant:
 if "no-crc" in variant:
     import streamconv.executor as executor
     executor.zlib = types.SimpleNamespace(crc32=lambda data, value=0: 0)
+if variant.startswith("depth"):
+    import streamconv.plan as plan
+    plan.MAX_DEPTH = int(variant[len("depth"):])  # job threads / slots in flight
 from streamconv.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 VARIANTS = ("baseline", "no-periodic-fsync", "no-crc", "no-periodic-fsync+no-crc")
+# A floor run interleaved with the variants, so each round has its own reference.
+FLOOR = "floor: cp + fsync"
 
 _FRAME_RE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -96,6 +111,8 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
         text = lines.get(file, int(match["line"] or 0)) if "streamconv" in file else ""
         if "crc32" in text:
             return "crc32 of output rows"
+        if "copy_file_range" in text:
+            return "copy_file_range (kernel file-to-file copy)"
         if func == "read_into" or "preadv" in text:
             return "read: preadv"
         if func in ("_pwrite", "write_job") or "pwrite" in text:
@@ -150,16 +167,75 @@ def run_pyspy(ckpt: Path, snapshot: Path, raw_dir: Path, budget: str) -> dict[st
             "thread_seconds": summarise_pyspy(raw, snapshot) if raw.exists() else {}}
 
 
+def _perf_top(data: Path, *, n: int = 15) -> list[tuple[str, float]]:
+    """(symbol, % of samples) by self time, from perf report."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                          "--sort", "dso,sym", "-g", "none", "--percent-limit", "0.5"],
+                         capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and not line.startswith("#"):
+            rows.append((" ".join(parts[1:]), float(parts[0].rstrip("%"))))
+    return rows[:n]
+
+
+def run_perf(ckpt: Path, snapshot: Path, raw_dir: Path, budget: str) -> dict[str, Any]:
+    """perf record (cpu-clock, 499 Hz, kernel + user) of streamconv and of the cp floor: where
+    the CPU time of each goes, kernel copies and page-cache work included (py-spy stops at the
+    syscall). Needs perf and perf_event_paranoid <= 2."""
+    if shutil.which("perf") is None:
+        return {"error": "perf not installed"}
+    out_dir = WORK_DIR / "out"
+    result: dict[str, Any] = {}
+    commands = {
+        "streamconv": [sys.executable, "-m", "streamconv", *_convert_args(ckpt, out_dir, budget)],
+        "cp": ["cp", "--reflink=never", *map(str, input_files(ckpt)), str(out_dir)],
+    }
+    for name, argv in commands.items():
+        _cold(ckpt, out_dir)
+        if name == "cp":
+            out_dir.mkdir(parents=True)
+        data = raw_dir / f"perf.{name}.data"
+        m = measure(["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-o", str(data),
+                     "--", *argv], raw_dir=raw_dir, run_id=f"perf.{name}", cwd=snapshot)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        result[name] = {"wall_s": m.wall_s, "user_s": m.user_s, "sys_s": m.sys_s,
+                        "cpu_wait_s": m.cpu_wait_s, "psi_cpu_some": m.psi_cpu_some,
+                        "top_symbols_pct": _perf_top(data)}
+        print(f"  perf {name}: {m.wall_s:.1f} s, user {m.user_s:.1f} s, sys {m.sys_s:.1f} s",
+              flush=True)
+        for sym, pct in result[name]["top_symbols_pct"][:8]:
+            print(f"    {pct:5.1f}%  {sym}")
+    return result
+
+
+def _measure_floor(ckpt: Path, out_dir: Path, raw_dir: Path, rep: int) -> Measurement:
+    """cp + fsync of the inputs as one measurement (wall and CPU summed)."""
+    out_dir.mkdir(parents=True)
+    files = input_files(ckpt)
+    cp = measure(["cp", "--reflink=never", *map(str, files), str(out_dir)], raw_dir=raw_dir,
+                 run_id=f"floor.cp.{rep}")
+    sync = measure(["sync", "--", *(str(out_dir / f.name) for f in files)], raw_dir=raw_dir,
+                   run_id=f"floor.sync.{rep}")
+    return replace(cp, wall_s=cp.wall_s + sync.wall_s, user_s=cp.user_s + sync.user_s,
+                   sys_s=cp.sys_s + sync.sys_s, cpu_wait_s=cp.cpu_wait_s + sync.cpu_wait_s,
+                   returncode=cp.returncode or sync.returncode)
+
+
 def run_variants(ckpt: Path, snapshot: Path, raw_dir: Path, budget: str,
-                 repeats: int) -> list[dict[str, Any]]:
+                 repeats: int, variants: list[str]) -> list[dict[str, Any]]:
     out_dir = WORK_DIR / "out"
     rows = []
     for rep in range(repeats):
-        for variant in VARIANTS:
+        for variant in variants:
             _cold(ckpt, out_dir)
-            argv = [sys.executable, "-c", VARIANT_CODE, variant,
-                    *_convert_args(ckpt, out_dir, budget)]
-            m = measure(argv, raw_dir=raw_dir, run_id=f"{variant}.{rep}", cwd=snapshot)
+            if variant == FLOOR:
+                m = _measure_floor(ckpt, out_dir, raw_dir, rep)
+            else:
+                argv = [sys.executable, "-c", VARIANT_CODE, variant,
+                        *_convert_args(ckpt, out_dir, budget)]
+                m = measure(argv, raw_dir=raw_dir, run_id=f"{variant}.{rep}", cwd=snapshot)
             shutil.rmtree(out_dir, ignore_errors=True)
             rows.append({"variant": variant, "repeat": rep, "wall_s": m.wall_s,
                          "user_s": m.user_s, "sys_s": m.sys_s, "ok": m.returncode == 0,
@@ -177,12 +253,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="2G")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-pyspy", action="store_true")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated, from {', '.join(VARIANTS)}, depthN (at most N "
+                             f"jobs in flight) and '{FLOOR}' (default: the first four)")
+    parser.add_argument("--perf", action="store_true",
+                        help="also perf record streamconv and cp (kernel time included)")
+    parser.add_argument("--out", default=None,
+                        help="result file name in results/ (default profile_<model>.json)")
     parser.add_argument("--snapshot", default=None,
                         help="streamconv content hash of an earlier session (its copy in "
                              "benchmarks/cache/snapshot/) to profile the code that session ran")
     args = parser.parse_args(argv)
+    try:
+        with exclusive_session():
+            return _profile(args)
+    except DiskError as e:
+        print(f"error: {e}")
+        return 1
+
+
+def _profile(args: argparse.Namespace) -> int:
     (model,) = resolve_models(args.model)
-    ckpt = ensure_checkpoint(model, log=print)
+    ckpt = ensure_checkpoint(model, log=lambda m: print(m, flush=True))
     snapshot, code = snapshot_streamconv(CACHE_DIR)
     if args.snapshot:
         snapshot = CACHE_DIR / "snapshot" / args.snapshot
@@ -198,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pyspy:
         result["pyspy"] = run_pyspy(ckpt, snapshot, raw_dir, args.budget)
         print(json.dumps(result["pyspy"], indent=1))
-    result["variants"] = run_variants(ckpt, snapshot, raw_dir, args.budget, args.repeats)
+    if args.perf:
+        result["perf"] = run_perf(ckpt, snapshot, raw_dir, args.budget)
+    if args.repeats:
+        variants = args.variants.split(",") if args.variants else list(VARIANTS)
+        result["variants"] = run_variants(ckpt, snapshot, raw_dir, args.budget, args.repeats,
+                                          variants)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
-    out = RESULTS_DIR / f"profile_{model.key}.json"
+    out = RESULTS_DIR / (args.out or f"profile_{model.key}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

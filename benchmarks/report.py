@@ -25,9 +25,15 @@ def load_results(results_dir: Path) -> list[Result]:
     return [r for r in results if "run_id" in r]
 
 
-def _sort_key(r: Result) -> tuple[int, int, int, int]:
+def _sort_key(r: Result) -> tuple[bool, int, str, int, int]:
     budget = -(r["budget_bytes"] or 0)
-    return (r["slice_of"] is not None, r["n_layers"], RUNNER_ORDER.get(r["runner"], 9), budget)
+    return (r["slice_of"] is not None, r["checkpoint_bytes"], r["session"],
+            RUNNER_ORDER.get(r["runner"], 9), budget)
+
+
+def _session(r: Result) -> str:
+    """Session (its time of day) and the streamconv code it ran, both short."""
+    return f"{r['session'][-6:-4]}:{r['session'][-4:-2]} · {r['code']['streamconv_sha'][:7]}"
 
 
 def _floor(results: Iterable[Result], r: Result) -> Result | None:
@@ -85,10 +91,11 @@ def _notes(r: Result) -> str:
 
 def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
     lines = [
-        "| model | run | --max-ram | wall s | x floor (cp+fsync) | x cp alone | peak RSS GiB "
+        "| model | session · code | run | --max-ram | wall s | x floor (cp+fsync) "
+        "| x cp alone | peak RSS GiB "
         "| within --max-ram | read from disk GiB | written to disk GiB | MiB/s "
         "| CPU s (user+sys) | waiting for a CPU s | notes |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         floor = _floor(results, r)
@@ -96,7 +103,8 @@ def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
         if r["budget_bytes"]:
             within = "yes" if _peak(r) <= r["budget_bytes"] else "**no**"
         lines.append(
-            f"| {r['model_label']} | {_label(r)} | {r['budget'] or '—'} | {_wall(r)} | "
+            f"| {r['model_label']} | {_session(r)} | {_label(r)} | {r['budget'] or '—'} | "
+            f"{_wall(r)} | "
             f"{_ratio(r['wall_s'], floor['wall_s'] if floor else None)} | "
             f"{_ratio(r['wall_s'], floor['cp_s'] if floor else None)} | "
             f"{_g(_peak(r))} | {within} | {_g(r['read_bytes'])} | "
@@ -121,17 +129,20 @@ def _cpu_wait(r: Result) -> str:
 
 def _slice_table(rows: list[Result]) -> list[str]:
     lines = [
-        "| shape | layers | checkpoint GiB | --max-ram | wall s | MiB/s | peak RSS GiB "
+        "| shape | session · code | layers | checkpoint GiB | --max-ram | wall s | MiB/s "
+        "| peak RSS GiB "
         "| vs fewest layers | within --max-ram | notes |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|---|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|",
     ]
-    for family in sorted({r["slice_of"] for r in rows}):
-        fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
-        base = _peak(fam[0])
+    for family, session in sorted({(r["slice_of"], r["session"]) for r in rows}):
+        fam = sorted((r for r in rows if r["slice_of"] == family and r["session"] == session),
+                     key=lambda r: r["n_layers"])
+        base = _peak(fam[0])  # fewest layers of the same session (same code)
         for r in fam:
             within = "yes" if _peak(r) <= (r["budget_bytes"] or 0) else "**no**"
             lines.append(
-                f"| {family.upper()}-style, {r['n_shards']} shards | {r['n_layers']} | "
+                f"| {family.upper()}-style, {r['n_shards']} shards | {_session(r)} | "
+                f"{r['n_layers']} | "
                 f"{_g(r['checkpoint_bytes'])} | {r['budget']} | {_wall(r)} | "
                 f"{r['throughput_mib_s']:.0f} | {_g(_peak(r))} | "
                 f"{(_peak(r) / base - 1) * 100:+.1f}% | {within} | {_notes(r)} |")
@@ -186,8 +197,8 @@ def write_markdown(results: list[Result], path: Path, plots: list[Path]) -> None
 def _profile_lines(results_dir: Path) -> list[str]:
     """The profile_<model>.json written by benchmarks.profile_streamconv, if any."""
     lines: list[str] = []
-    for path in sorted(results_dir.glob("profile_*.json")):
-        prof = json.loads(path.read_text())
+    profiles = [json.loads(p.read_text()) for p in results_dir.glob("profile_*.json")]
+    for prof in sorted(profiles, key=lambda p: p["session"], reverse=True):  # newest first
         lines += [f"## Where streamconv's time goes ({prof['model']}, --max-ram "
                   f"{prof['budget']}, session {prof['session']}, code "
                   f"{prof['code']['streamconv_sha']})", ""]
@@ -203,13 +214,24 @@ def _profile_lines(results_dir: Path) -> list[str]:
                     if sec / total >= 0.01:
                         lines.append(f"| {kind} | {cat} | {sec:.1f} | {sec / total:.0%} |")
             lines.append("")
+        perf = prof.get("perf", {})
+        if perf and "error" not in perf:
+            lines += ["perf record -e cpu-clock -F 499 -g (kernel and user), one cold run each; "
+                      "the largest symbols by self time, % of the command's CPU samples:", ""]
+            for name, run in perf.items():
+                lines += [f"- **{name}**: wall {run['wall_s']:.1f} s, user {run['user_s']:.1f} s, "
+                          f"sys {run['sys_s']:.1f} s, waiting for a CPU {run['cpu_wait_s']:.1f} s: "
+                          + "; ".join(f"{sym.split()[-1][:60]} {pct:.1f}%"
+                                      for sym, pct in run["top_symbols_pct"][:8])]
+            lines.append("")
         variants = prof.get("variants", [])
         if variants:
             lines += ["Counterfactuals: the same cold conversion with one mechanism switched off "
                       "by a monkeypatch in the child (streamconv/ unchanged), in interleaved "
                       "rounds:", "",
-                      "| variant | wall s (each round) | median | user s | sys s |",
-                      "|---|---|---:|---:|---:|"]
+                      "| variant | wall s (each round) | median | user s | sys s "
+                      "| waiting for a CPU s |",
+                      "|---|---|---:|---:|---:|---:|"]
             for name in dict.fromkeys(v["variant"] for v in variants):
                 rows = [v for v in variants if v["variant"] == name and v["ok"]]
                 if not rows:
@@ -219,9 +241,15 @@ def _profile_lines(results_dir: Path) -> list[str]:
                 each = ", ".join(f"{v['wall_s']:.1f}" for v in rows)
                 lines.append(f"| {name} | {each} | "
                              f"{med:.1f} | {sum(v['user_s'] for v in rows) / len(rows):.1f} | "
-                             f"{sum(v['sys_s'] for v in rows) / len(rows):.1f} |")
+                             f"{sum(v['sys_s'] for v in rows) / len(rows):.1f} | "
+                             f"{_mean_wait(rows)} |")
             lines.append("")
     return lines
+
+
+def _mean_wait(rows: list[dict[str, Any]]) -> str:
+    waits = [v["cpu_wait_s"] for v in rows if "cpu_wait_s" in v]
+    return f"{sum(waits) / len(waits):.1f}" if waits else "—"
 
 
 def _peer_lines(results: list[Result]) -> list[str]:
@@ -309,11 +337,17 @@ def plot_slices(results: list[Result], path: Path) -> bool:
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
-    for family in sorted({r["slice_of"] for r in rows}):
-        fam = sorted((r for r in rows if r["slice_of"] == family), key=lambda r: r["n_layers"])
+    latest = max(r["session"] for r in rows)
+    for family, session in sorted({(r["slice_of"], r["session"]) for r in rows}):
+        fam = sorted((r for r in rows if r["slice_of"] == family and r["session"] == session),
+                     key=lambda r: r["n_layers"])
         xs = [r["n_layers"] for r in fam]
         ys = [_peak(r) / GIB for r in fam]
-        ax.plot(xs, ys, marker="o", label=f"{family.upper()}-style slices (8 shards)")
+        old = session != latest  # earlier sessions: thin dashed, not annotated
+        ax.plot(xs, ys, marker="o", linestyle="--" if old else "-", alpha=0.5 if old else 1.0,
+                label=f"{family.upper()}-style slices, 8 shards ({_session(fam[0])})")
+        if old:
+            continue
         for x, y, r in zip(xs, ys, fam):
             ax.annotate(f"{y:.2f} GiB\n({r['checkpoint_bytes'] / GIB:.0f} GiB ckpt)", (x, y),
                         textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)

@@ -247,8 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.dry_run:
         return 0
-    run_session(runs, results_dir=args.results_dir, log=lambda s: print(s, flush=True),
-                repeat=args.repeat, peer_repeat=args.peer_repeat)
+    try:
+        with cache.exclusive_session():
+            run_session(runs, results_dir=args.results_dir,
+                        log=lambda s: print(s, flush=True), repeat=args.repeat,
+                        peer_repeat=args.peer_repeat)
+    except DiskError as e:
+        print(f"error: {e}")
+        return 1
     if not args.no_report:
         from .report import write_report
 
