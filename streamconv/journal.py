@@ -96,10 +96,15 @@ class Journal:
         self._worker.shutdown(wait=True)
 
     def _append(self, record: dict[str, object]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OutputError(f"cannot write {self.path} ({e.strerror}); was the output folder "
+                              "moved or deleted during the conversion? run again with --force") \
+                from e
 
     def _commit(self, batch: list[Range]) -> None:
         self._sync()

@@ -142,8 +142,11 @@ class ShardWriter:
         """Make every byte written so far durable (the journal records only after this).
 
         fdatasync suffices: the files' sizes were fixed when they were created."""
-        for fd in self._fds:
-            _datasync(fd)
+        for file_idx, fd in enumerate(self._fds):
+            try:
+                _datasync(fd)
+            except OSError as e:
+                raise _disk_error(e, self.staging / self.files[file_idx].name, 0) from e
 
     def publish(self, extra_files: Mapping[str, bytes]) -> list[Path]:
         """fsync everything, then move it into OUT; the index goes last."""
