@@ -26,8 +26,10 @@ from streamconv.synthetic import PRESETS, SyntheticSpec
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads VmHWM from /proc (Linux)")
 
-# ~1.29 GB of bf16 weights: 10 layers of a 2048-wide model with LLaMA 2's 32000 vocabulary.
-MID = SyntheticSpec(Family.LLAMA2, 2048, 10, 16, None, 32000, with_tokenizer=False)
+# ~1.6 GB of bf16 weights: 13 layers of a 2048-wide model with LLaMA 2's 32000 vocabulary.
+# Budgets below leave room for the interpreter and torch, whose RSS at start varies from about
+# 220 to 330 MB with how much of libtorch the page cache holds (fault-around maps cached pages).
+MID = SyntheticSpec(Family.LLAMA2, 2048, 13, 16, None, 32000, with_tokenizer=False)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def run_child(tmp_path: Path, *argv: str) -> tuple[int, int, str]:
     return proc.returncode, int(hwm_file.read_text()), proc.stderr
 
 
-@pytest.mark.parametrize("max_ram,dtype", [("300M", "auto"), ("350M", "auto"), ("350M", "fp32")])
+@pytest.mark.parametrize("max_ram,dtype", [("450M", "auto"), ("500M", "auto"), ("500M", "fp32")])
 def test_peak_rss_under_budget(max_ram: str, dtype: str, mid_checkpoint: Path,
                                tmp_path: Path) -> None:
     checkpoint_bytes = sum(p.stat().st_size for p in mid_checkpoint.glob("*.pth"))
@@ -83,7 +85,7 @@ def test_budget_below_minimum_fails_before_writing(mid_checkpoint: Path, tmp_pat
 def test_ctrl_c_exits_130_and_publishes_nothing(mid_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "streamconv", str(mid_checkpoint), str(out),
-                             "--no-tokenizer", "--quiet", "--max-ram", "300M"],
+                             "--no-tokenizer", "--quiet", "--max-ram", "600M"],
                             stderr=subprocess.PIPE, text=True)
     staging = out / ".streamconv-partial"
     deadline = time.monotonic() + 60
