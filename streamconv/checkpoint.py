@@ -69,10 +69,6 @@ class Checkpoint:
     def n_shards(self) -> int:
         return len(self.shard_paths)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.shard_paths)
-
 
 def find_shard_paths(input_dir: Path) -> list[Path]:
     """consolidated.00.pth ... in rank order; a gap in the numbering is an error."""

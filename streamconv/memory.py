@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import resource
 import sys
-import threading
 from pathlib import Path
 
 import psutil
@@ -75,28 +74,3 @@ def default_max_ram_bytes() -> int:
     available = int(psutil.virtual_memory().available)
     return max(available // 2, 1 << 30)
 
-
-class RssSampler:
-    """Samples RSS on a background thread; a context manager so the thread always stops."""
-
-    def __init__(self, *, interval_s: float = 0.1) -> None:
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._process = psutil.Process()
-
-    def _run(self) -> None:
-        import time
-
-        start = time.monotonic()
-        while not self._stop.wait(self.interval_s):
-            self.samples.append((time.monotonic() - start, int(self._process.memory_info().rss)))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
