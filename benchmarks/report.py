@@ -15,7 +15,7 @@ from typing import Any
 
 GIB = 1 << 30
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-RUNNER_ORDER = {"floor-cp": 0, "floor-rw": 1, "streamconv": 2, "peer": 3}
+RUNNER_ORDER = {"floor-cp": 0, "floor-rw": 1, "floor-direct": 2, "streamconv": 3, "peer": 4}
 
 Result = dict[str, Any]
 
@@ -36,9 +36,9 @@ def _session(r: Result) -> str:
     return f"{r['session'][-6:-4]}:{r['session'][-4:-2]} · {r['code']['streamconv_sha'][:7]}"
 
 
-def _floor(results: Iterable[Result], r: Result) -> Result | None:
+def _floor(results: Iterable[Result], r: Result, runner: str = "floor-cp") -> Result | None:
     for other in results:
-        if (other["runner"] == "floor-cp" and other["model"] == r["model"]
+        if (other["runner"] == runner and other["model"] == r["model"]
                 and other["session"] == r["session"] and other["ok"]):
             return other
     return None
@@ -67,6 +67,7 @@ def _ratio(a: float, b: float | None) -> str:
 
 def _label(r: Result) -> str:
     return {"floor-cp": "floor: cp + fsync", "floor-rw": "floor: read pass + write pass",
+            "floor-direct": "floor: O_DIRECT read pass + write pass",
             "peer": "transformers 4.47.1 script", "streamconv": "streamconv"}[r["runner"]]
 
 
@@ -76,7 +77,7 @@ def _notes(r: Result) -> str:
                                        if t.strip())
     if r["runner"] == "floor-cp":
         return f"cp alone {r['cp_s']:.1f} s, then fsync {r['fsync_s']:.1f} s"
-    if r["runner"] == "floor-rw" and r.get("phases"):
+    if r["runner"] in ("floor-rw", "floor-direct") and r.get("phases"):
         p = r["phases"]
         return (f"read {p['read_s']:.1f} s ({p['bytes'] / p['read_s'] / 2**20:.0f} MiB/s), "
                 f"write {p['write_s']:.1f} s incl. fsync {p['write_fsync_s']:.1f} s")
@@ -92,13 +93,14 @@ def _notes(r: Result) -> str:
 def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
     lines = [
         "| model | session · code | run | --max-ram | wall s | x floor (cp+fsync) "
-        "| x cp alone | peak RSS GiB "
+        "| x cp alone | x O_DIRECT floor | peak RSS GiB "
         "| within --max-ram | read from disk GiB | written to disk GiB | MiB/s "
         "| CPU s (user+sys) | waiting for a CPU s | notes |",
-        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         floor = _floor(results, r)
+        direct = _floor(results, r, "floor-direct")
         within = "—"
         if r["budget_bytes"]:
             within = "yes" if _peak(r) <= r["budget_bytes"] else "**no**"
@@ -107,6 +109,7 @@ def _full_table(results: list[Result], rows: list[Result]) -> list[str]:
             f"{_wall(r)} | "
             f"{_ratio(r['wall_s'], floor['wall_s'] if floor else None)} | "
             f"{_ratio(r['wall_s'], floor['cp_s'] if floor else None)} | "
+            f"{_ratio(r['wall_s'], direct['wall_s'] if direct else None)} | "
             f"{_g(_peak(r))} | {within} | {_g(r['read_bytes'])} | "
             f"{_g(r['write_bytes'])} | {r['throughput_mib_s']:.0f} | {_cpu(r)} | "
             f"{_cpu_wait(r)} | {_notes(r)} |")
@@ -169,7 +172,10 @@ def _header(results: list[Result]) -> list[str]:
         "(posix_fadvise DONTNEED); the output folder is new and deleted after the run",
         "- wall = the command's own wall time (interpreter start to exit, fsync included); "
         "**x floor** divides by `cp` + `sync FILE...` (fsync of the copies) of the same model in "
-        "the same session; `x cp alone` divides by `cp` without the fsync",
+        "the same session; `x cp alone` divides by `cp` without the fsync; `x O_DIRECT floor` "
+        "divides by a read pass and then a write pass of the same bytes, both bypassing the "
+        "page cache (the disk's own speed, without the kernel's copies; a converter that "
+        "overlaps reading with writing can beat it)",
         "- peak RSS = the largest of: ru_maxrss from wait4 (via a ~10 MB launcher), the largest "
         "VmHWM sampled from /proc every 50 ms, the largest sampled RSS sum of the process tree",
         "- read from / written to disk = /proc/<pid>/io read_bytes / write_bytes of the command "
@@ -311,8 +317,8 @@ def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
         if r["runner"] == "streamconv":
             ax_sc.plot(t, rss, label=label, color=color)
             ax_sc.axhline(r["budget_bytes"] / GIB, color=color, linestyle="--", linewidth=0.8)
-    floors = [r for r in mine if r["runner"] in ("floor-cp", "floor-rw")]
-    for r, style in zip(sorted(floors, key=_sort_key), ("--", ":")):
+    floors = [r for r in mine if r["runner"] in ("floor-cp", "floor-rw", "floor-direct")]
+    for r, style in zip(sorted(floors, key=_sort_key), ("--", ":", "-.")):
         io = _cumulative([(p[2] + p[3]) / GIB for p in r["timeline"]])
         ax_io.plot([p[0] for p in r["timeline"]], io, color="gray", linestyle=style,
                    label=f"{_label(r)} ({r['wall_s']:.0f} s)")

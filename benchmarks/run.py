@@ -27,6 +27,7 @@ from .runners import (
     Session,
     ensure_peer_env,
     run_floor_cp,
+    run_floor_direct,
     run_floor_rw,
     run_peer,
     run_streamconv,
@@ -43,7 +44,7 @@ RUNNERS = ("streamconv", "peer", "floor")
 @dataclass(frozen=True)
 class Run:
     model: BenchModel
-    runner: str  # streamconv, peer, floor-cp, floor-rw
+    runner: str  # streamconv, peer, floor-cp, floor-rw, floor-direct
     budget: str | None = None
 
     def extra_disk_bytes(self) -> int:
@@ -54,8 +55,9 @@ class Run:
 
 def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
               other_budget: str, runners: set[str]) -> list[Run]:
-    """The reference model gets every budget, the peer and both floors; other full-size models
-    one budget and the cp floor; slices one budget (they measure memory, not speed)."""
+    """The reference model gets every budget, the peer and all three floors; other full-size
+    models one budget, the cp floor and the direct I/O floor; slices one budget (they measure
+    memory, not speed)."""
     runs: list[Run] = []
     for model in models:
         is_ref = model.key == reference
@@ -63,6 +65,7 @@ def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
             runs.append(Run(model, "floor-cp"))
             if is_ref:
                 runs.append(Run(model, "floor-rw"))
+            runs.append(Run(model, "floor-direct"))
         if "streamconv" in runners:
             runs += [Run(model, "streamconv", b) for b in (budgets if is_ref else [other_budget])]
         if "peer" in runners and is_ref:
@@ -191,7 +194,8 @@ def _execute(session: Session, run: Run, ckpt: Path) -> dict[str, Any]:
     if run.runner == "streamconv":
         assert run.budget is not None
         return run_streamconv(session, run.model, ckpt, run.budget)
-    runner = {"peer": run_peer, "floor-cp": run_floor_cp, "floor-rw": run_floor_rw}[run.runner]
+    runner = {"peer": run_peer, "floor-cp": run_floor_cp, "floor-rw": run_floor_rw,
+              "floor-direct": run_floor_direct}[run.runner]
     return runner(session, run.model, ckpt)
 
 

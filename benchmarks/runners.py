@@ -1,4 +1,4 @@
-"""The measured commands: streamconv at a budget, transformers' script (the peer), two floors.
+"""The measured commands: streamconv at a budget, transformers' script (the peer), three floors.
 
 Every runner gets the same cold start (the checkpoint's files fsynced and dropped from the page
 cache, an empty output folder on the same disk) and returns one result dict, which run.py writes
@@ -230,17 +230,25 @@ def run_floor_cp(session: Session, model: BenchModel, ckpt: Path) -> dict[str, A
                    output_bytes=written, cp_s=cp.wall_s, fsync_s=sync.wall_s)
 
 
-def run_floor_rw(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
-    """A read pass over the inputs, then a write + fsync of as many bytes (benchmarks/floor_io)."""
-    rid = run_id(model, "floor-rw", None)
+def run_floor_rw(session: Session, model: BenchModel, ckpt: Path, *,
+                 direct: bool = False) -> dict[str, Any]:
+    """A read pass over the inputs, then a write + fsync of as many bytes (benchmarks/floor_io);
+    direct: both passes with O_DIRECT (floor-direct)."""
+    runner = "floor-direct" if direct else "floor-rw"
+    rid = run_id(model, runner, None)
     out_dir = WORK_DIR / "out"
     cold = _cold_start(ckpt, out_dir)
     phases_path = session.raw_dir / f"{rid}.phases.json"
-    argv = [sys.executable, str(Path(__file__).with_name("floor_io.py")), str(out_dir),
+    argv = [sys.executable, str(Path(__file__).with_name("floor_io.py")),
+            *(["--direct"] if direct else []), str(out_dir),
             str(phases_path), *map(str, input_files(ckpt))]
     m = measure(argv, raw_dir=session.raw_dir, run_id=rid)
     written = tree_bytes(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     phases = json.loads(phases_path.read_text()) if phases_path.exists() else None
-    return _result(session, model, "floor-rw", None, {"read+write": m}, cold,
+    return _result(session, model, runner, None, {"read+write": m}, cold,
                    output_bytes=written, phases=phases)
+
+
+def run_floor_direct(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
+    return run_floor_rw(session, model, ckpt, direct=True)

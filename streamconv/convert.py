@@ -30,6 +30,7 @@ from .memory import peak_rss_bytes
 from .plan import Job
 from .preflight import check_output_dir
 from .prepare import ConvertOptions, Prepared, prepare
+from .sampling import sample_crc_of_buffer
 from .writer import STAGING_DIR, ShardWriter
 
 __all__ = ["ConvertOptions", "Prepared", "Progress", "Report", "convert", "prepare"]
@@ -119,14 +120,20 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
                          sync=writer.sync) as journal:
 
+                crcs: dict[int, int] = {}
+
+                def write(job: Job, data: memoryview) -> None:
+                    writer.write_job(job, data)
+                    crcs[job.job_idx] = sample_crc_of_buffer(data, job.file_offset)
+
                 def on_done(job: Job, n_read: int) -> None:
                     nonlocal bytes_read
                     bytes_read += n_read
-                    crc = writer.sample_crc(job.file_idx, job.file_offset, job.out_bytes)
-                    journal.record(job.file_idx, job.file_offset, job.out_bytes, crc)
+                    journal.record(job.file_idx, job.file_offset, job.out_bytes,
+                                   crcs.pop(job.job_idx))
                     progress.job_done(job, bytes_read=n_read)
 
-                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, writer.write_job)
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:

@@ -23,6 +23,18 @@ from .plan import Job, Plan, needs_stage, slot_layout
 
 Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
+# Slots start on this boundary so that a job's rows (at the slot's start) can be written with
+# O_DIRECT, which needs block-aligned memory.
+SLOT_ALIGN = 4096
+
+
+def aligned_empty(n_bytes: int, align: int = SLOT_ALIGN) -> torch.Tensor:
+    """A uint8 buffer whose first byte is align-aligned (torch only promises 64)."""
+    raw = torch.empty(n_bytes + align, dtype=torch.uint8)
+    skip = -raw.data_ptr() % align
+    return raw[skip:skip + n_bytes]
+
+
 def as_buffer(raw: torch.Tensor) -> memoryview:
     """A writable view of a uint8 tensor's bytes, for positioned reads and writes (no copy)."""
     array: Any = raw.numpy()
@@ -85,7 +97,7 @@ def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDon
     """
     free: queue.Queue[torch.Tensor] = queue.Queue()
     for _ in range(plan.depth):
-        free.put(torch.empty(plan.slot_bytes, dtype=torch.uint8))
+        free.put(aligned_empty(plan.slot_bytes))
     pending: deque[tuple[Job, Future[int]]] = deque()
 
     def task(job: Job, slot: torch.Tensor) -> int:

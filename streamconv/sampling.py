@@ -27,9 +27,18 @@ def sample_positions(offset: int, n_bytes: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def sample_crc(read: Callable[[int, int], bytes], offset: int, n_bytes: int) -> int:
+def sample_crc(read: Callable[[int, int], bytes | memoryview], offset: int, n_bytes: int) -> int:
     """read(position, length) -> bytes; short reads make the CRC differ, as they should."""
     value = zlib.crc32(n_bytes.to_bytes(8, "little"))
     for pos, size in sample_positions(offset, n_bytes):
         value = zlib.crc32(read(pos, size), value)
     return value
+
+
+def sample_crc_of_buffer(data: memoryview, offset: int) -> int:
+    """The sampled CRC of bytes about to sit at file position offset, taken from memory: after a
+    successful write it equals sample_crc of the file's range, without reading the disk back
+    (with O_DIRECT writes the bytes are not in the page cache)."""
+    view = data.cast("B")
+    return sample_crc(lambda pos, size: view[pos - offset:pos - offset + size], offset,
+                      view.nbytes)

@@ -5,10 +5,18 @@ final size with their headers, so a full disk fails at the start, not at minute 
 writes its bytes at a known offset in any order. Only when every byte is on disk (fsync) are the
 files moved into OUT, the index last: until then OUT holds nothing that transformers would load
 as a model.
+
+Job bytes that are block-aligned (offset, length and buffer address; real models' are) go through
+a second descriptor opened with O_DIRECT, straight from the job's buffer to the disk. Through the
+page cache, the kernel copied every output byte once more and then wrote it back, the largest
+CPU cost of a conversion on a small machine (a 4 GB write here: 3.4-10.9 s of system time buffered
+against 0.6 s direct). Anything unaligned, and file systems without O_DIRECT (tmpfs), use the
+ordinary descriptor; the kernel keeps the two coherent.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import errno
 import json
@@ -21,11 +29,10 @@ from pathlib import Path
 from .errors import OutputError
 from .memory import format_size
 from .plan import Job
-from .sampling import sample_crc
-from .shards import INDEX_NAME, OutputFile, index_json
+from .shards import DATA_ALIGN, INDEX_NAME, OutputFile, index_json
 
 STAGING_DIR = ".streamconv-partial"
-
+DIRECT_ALIGN = DATA_ALIGN  # covers 512-byte and 4 KiB logical blocks
 
 
 class _State(enum.Enum):
@@ -52,6 +59,32 @@ def _datasync(fd: int) -> None:
         os.fsync(fd)
 
 
+def buffer_address(data: memoryview) -> int | None:
+    """Where a buffer's bytes live, or None if that cannot be known (read-only buffers)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(data))
+    except (TypeError, ValueError):
+        return None
+
+
+def is_direct_aligned(data: memoryview, offset: int) -> bool:
+    address = buffer_address(data)
+    return (address is not None and address % DIRECT_ALIGN == 0
+            and offset % DIRECT_ALIGN == 0 and data.nbytes % DIRECT_ALIGN == 0 and data.nbytes > 0)
+
+
+def open_direct(path: Path) -> int | None:
+    """A write descriptor that bypasses the page cache, or None where the OS or file system
+    has none."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name == "nt":
         return  # Windows cannot open a directory for fsync; renames there are journaled
@@ -72,6 +105,9 @@ class ShardWriter:
         self.staging = out_dir / STAGING_DIR
         self.files = files
         self._fds: list[int] = []
+        self._direct_fds: list[int | None] = []
+        self._refused: list[int] = []
+        self.direct_bytes = 0  # written through O_DIRECT, for tests and reports
         self._locks = [threading.Lock() for _ in files]
         self._state = _State.NEW
 
@@ -83,6 +119,7 @@ class ShardWriter:
         try:
             for out_file in self.files:
                 self._fds.append(self._create(out_file))
+                self._direct_fds.append(open_direct(self.staging / out_file.name))
         except BaseException:
             self._close_fds()
             raise
@@ -121,22 +158,29 @@ class ShardWriter:
         if self._state is not _State.OPEN:
             raise AssertionError(f"write_job() while writer is {self._state.value}")
         try:
-            self._pwrite(self._fds[job.file_idx], data, job.file_offset)
+            if not self._write_direct(job.file_idx, data, job.file_offset):
+                self._pwrite(self._fds[job.file_idx], data, job.file_offset)
         except OSError as e:
             raise _disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
 
-    def sample_crc(self, file_idx: int, offset: int, n_bytes: int) -> int:
-        """Sampled CRC32 of written bytes (see journal.sample_crc), read back from the file."""
-        fd, lock = self._fds[file_idx], self._locks[file_idx]
-
-        def read(position: int, size: int) -> bytes:
-            if hasattr(os, "pread"):
-                return os.pread(fd, size, position)
-            with lock:  # Windows
-                os.lseek(fd, position, os.SEEK_SET)
-                return os.read(fd, size)
-
-        return sample_crc(read, offset, n_bytes)
+    def _write_direct(self, file_idx: int, data: memoryview, offset: int) -> bool:
+        """Whether the bytes went through O_DIRECT; False leaves them to the caller."""
+        fd = self._direct_fds[file_idx]
+        if fd is None or not is_direct_aligned(data, offset):
+            return False
+        try:
+            self._pwrite(fd, data, offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The file system opened the file with O_DIRECT but refuses the I/O: stop trying
+            # (the descriptor stays open until close, another thread may be using it).
+            self._direct_fds[file_idx] = None
+            self._refused.append(fd)
+            return False
+        with self._locks[file_idx]:
+            self.direct_bytes += data.nbytes
+        return True
 
     def sync(self) -> None:
         """Make every byte written so far durable (the journal records only after this).
@@ -175,9 +219,10 @@ class ShardWriter:
         return published
 
     def _close_fds(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        for fd in [*self._fds, *self._direct_fds, *self._refused]:
+            if fd is not None:
+                os.close(fd)
+        self._fds, self._direct_fds, self._refused = [], [], []
 
     def __exit__(self, *exc: object) -> None:
         self._close_fds()

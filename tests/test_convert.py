@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from streamconv.cli import main
 from streamconv.convert import ConvertOptions, prepare
 from streamconv.family import Family
 from streamconv.synthetic import SyntheticSpec, tiny
+from streamconv.writer import ShardWriter, open_direct
 
 prepare_module = importlib.import_module("streamconv.prepare")
 
@@ -83,6 +85,9 @@ def run(*argv: str | Path) -> int:
     return main([str(a) for a in argv])
 
 
+# Every tensor a multiple of 4 KiB, like real models: the writer sends job bytes with O_DIRECT.
+ALIGNED = tiny(Family.LLAMA2, dim=2048, n_heads=16, n_layers=1, n_shards=2, dtype="bfloat16")
+
 CASES = [
     ("llama1-fp16-2", tiny(Family.LLAMA1, n_shards=2)),
     ("llama2-1", tiny(Family.LLAMA2)),
@@ -92,6 +97,7 @@ CASES = [
     ("llama3.1-2-shared", tiny(Family.LLAMA3_1, n_shards=2, share_storage=True)),
     ("llama3.1-8-kv-copies", tiny(Family.LLAMA3_1, n_shards=8)),
     ("llama3.2-tied", tiny(Family.LLAMA3_2, n_shards=2)),
+    ("aligned-direct-2", ALIGNED),
 ]
 
 
@@ -215,3 +221,58 @@ def test_norms_differing_across_shards_warn_and_use_shard_0(make_checkpoint: Mak
     shard0 = torch.load(src / "consolidated.00.pth", weights_only=True)
     assert torch.equal(got["model.layers.1.post_attention_layernorm.weight"],
                        shard0["layers.1.ffn_norm.weight"])
+
+
+def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    fd = open_direct(probe)
+    if fd is None:
+        pytest.skip(f"{tmp_path} has no O_DIRECT")
+    os.close(fd)
+    written: list[tuple[bool, int]] = []
+    write_direct = ShardWriter._write_direct
+
+    def spy(self: ShardWriter, file_idx: int, data: memoryview, offset: int) -> bool:
+        went_direct = write_direct(self, file_idx, data, offset)
+        written.append((went_direct, data.nbytes))
+        return went_direct
+
+    monkeypatch.setattr(ShardWriter, "_write_direct", spy)
+    spec = replace(ALIGNED, with_tokenizer=False)
+    src = make_checkpoint(spec)
+    assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-ram", "1G") == 0
+    total = sum(n for _, n in written)
+    assert written and all(went_direct for went_direct, _ in written)
+    got = load_output(tmp_path / "out")
+    assert total == sum(t.numel() * t.element_size() for t in got.values())
+    for name, tensor in expected_tensors(src, spec, torch.bfloat16).items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_direct_and_page_cache_writes_mix_in_one_file(make_checkpoint: MakeCkpt, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64-wide fp32 model: the embedding (512 x 256 B) is block-aligned, the norms (256 B)
+    are not, so one file gets both kinds of write; its bytes must still be exact."""
+    results: list[bool] = []
+    write_direct = ShardWriter._write_direct
+
+    def spy(self: ShardWriter, file_idx: int, data: memoryview, offset: int) -> bool:
+        results.append(write_direct(self, file_idx, data, offset))
+        return results[-1]
+
+    monkeypatch.setattr(ShardWriter, "_write_direct", spy)
+    spec = replace(tiny(Family.LLAMA2), with_tokenizer=False)
+    src = make_checkpoint(spec)
+    assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-shard-size", "100G") == 0
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == 1
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    fd = open_direct(probe)
+    if fd is not None:
+        os.close(fd)
+        assert any(results) and not all(results)
+    got = load_output(tmp_path / "out")
+    for name, tensor in expected_tensors(src, spec, torch.float32).items():
+        assert torch.equal(got[name], tensor), name

@@ -15,7 +15,7 @@ from streamconv.family import Family
 from streamconv.layout import Split, copy_blocks, hf_layouts, permute_rotary_into
 from streamconv.memory import parse_size
 from streamconv.plan import RUNTIME_ALLOWANCE_BYTES, plan_conversion
-from streamconv.shards import layout_output_files
+from streamconv.shards import DATA_ALIGN, layout_output_files
 
 MiB = 1 << 20
 
@@ -114,6 +114,7 @@ def test_output_files_respect_max_shard_size_and_header_format() -> None:
         assert out_file.data_bytes <= 400 * MiB or big_alone
         (n,) = struct.unpack("<Q", out_file.header[:8])
         assert n % 8 == 0 and len(out_file.header) == 8 + n
+        assert len(out_file.header) % DATA_ALIGN == 0
         header = json.loads(out_file.header[8:])
         assert header.pop("__metadata__") == {"format": "pt"}
         offsets = sorted(tuple(v["data_offsets"]) for v in header.values())
