@@ -1,8 +1,14 @@
-"""streamconv: Meta LLaMA checkpoints -> Hugging Face safetensors within a RAM budget."""
+"""streamconv: Meta LLaMA checkpoints -> Hugging Face safetensors within a RAM budget.
+
+The public names load on first use (PEP 562): importing the package, or its command line, must
+not import torch, which takes over a second; the command line starts reading the checkpoint
+while torch loads (see prefetch.py).
+"""
 
 from __future__ import annotations
 
-from .convert import ConvertOptions, Report, convert, prepare
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BudgetError,
     CheckpointError,
@@ -13,8 +19,20 @@ from .errors import (
     TokenizerError,
 )
 
+if TYPE_CHECKING:
+    from .conversion import ConvertOptions, Report, convert, prepare
+
 __all__ = [
     "BudgetError", "CheckpointError", "ConvertOptions", "Interrupted", "OutputError",
     "ParamsError", "Report", "StreamconvError", "TokenizerError", "convert", "prepare",
 ]
 __version__ = "0.1.0"
+_FROM_CONVERT = ("ConvertOptions", "Report", "convert", "prepare")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM_CONVERT:
+        raise AttributeError(f"module 'streamconv' has no attribute {name!r}")
+    from . import conversion
+
+    return getattr(conversion, name)

@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,11 +26,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .convert import ConvertOptions, Prepared, Report, convert, prepare
 from .errors import Interrupted, StreamconvError
 from .family import Family
 from .memory import current_rss_bytes, default_max_ram_bytes, format_size, parse_size
-from .plan import Job
+from .prefetch import start_prefetch
+
+if TYPE_CHECKING:  # the modules that import torch load only once a command runs
+    from .conversion import ConvertOptions, Prepared, Report
+    from .plan import Job
 
 COMMANDS = ("convert", "plan", "verify")
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> ConvertOptions:
+    from .conversion import ConvertOptions
+
     return ConvertOptions(max_ram_bytes=args.max_ram, dtype=args.dtype,
                           max_shard_bytes=args.max_shard_size, llama_version=args.llama_version,
                           force=getattr(args, "force", False),
@@ -170,6 +176,9 @@ def _print_summary(console: Console, report: Report) -> None:
 
 
 def _run_convert(args: argparse.Namespace, console: Console) -> int:
+    start_prefetch(args.input_dir)
+    from .conversion import convert
+
     progress = None if args.quiet else RichProgress(console)
     try:
         report = convert(args.input_dir, args.output_dir, _options(args), progress)
@@ -184,6 +193,7 @@ def _run_convert(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_plan(args: argparse.Namespace, console: Console) -> int:
+    from .conversion import prepare
     from .plan_report import print_plan
 
     print_plan(console, prepare(args.input_dir, _options(args)))

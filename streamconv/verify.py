@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import ShardReader
-from .convert import extra_files
+from .conversion import extra_files
 from .errors import OutputError
 from .executor import JobRunner, run_jobs
 from .plan import Job

@@ -31,8 +31,8 @@ from streamconv.cli import main
 from streamconv.family import Family
 from streamconv.synthetic import SyntheticSpec, tiny
 
-# streamconv.convert is shadowed in the package namespace by the convert() function.
-convert_module = importlib.import_module("streamconv.convert")
+# The conversion module, whose names the tests patch.
+conversion_module = importlib.import_module("streamconv.conversion")
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 # A word the message must contain, or a tuple of words of which it must contain one.
@@ -394,7 +394,7 @@ class _DiskUsage(NamedTuple):
 def test_disk_too_small(make_checkpoint: MakeCkpt, tmp_path: Path,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     src = fresh_copy(make_checkpoint, tmp_path)
-    monkeypatch.setattr(convert_module.shutil, "disk_usage",
+    monkeypatch.setattr(conversion_module.shutil, "disk_usage",
                         lambda path: _DiskUsage(1 << 30, (1 << 30) - (1 << 20), 1 << 20))
     out = tmp_path / "out"
     result = run_cli(src, out, *RUN_ARGS, "--no-tokenizer")

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from streamconv.cli import main
-from streamconv.convert import ConvertOptions, prepare
+from streamconv.conversion import ConvertOptions, prepare
 from streamconv.family import Family
 from streamconv.synthetic import SyntheticSpec, tiny
 from streamconv.writer import ShardWriter, open_direct
