@@ -17,6 +17,7 @@ storages. We find that constant and check it against every storage's size before
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .direct_io import ALIGN, is_aligned, open_direct
 from .errors import CheckpointError
 
 SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
@@ -201,12 +203,21 @@ def open_checkpoint(input_dir: Path) -> Checkpoint:
 
 
 class ShardReader:
-    """Open file handles for positioned reads into caller-owned buffers, from many threads."""
+    """Open file handles for positioned reads into caller-owned buffers, from many threads.
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    read_span reads with O_DIRECT where it can (see direct_io.py): the device's DMA fills the
+    buffer instead of the kernel copying out of the page cache. Bytes below cached_prefix of
+    every file are read through the page cache instead, because the command line has asked the
+    kernel to read them there already (prefetch.py) and O_DIRECT would read them again.
+    """
+
+    def __init__(self, paths: Sequence[Path], *, cached_prefix: int = 0) -> None:
         self._paths = list(paths)
         self._fds: list[int] = []
+        self._direct_fds: list[int | None] = []
+        self._refused: list[int] = []
         self._locks = [threading.Lock() for _ in self._paths]
+        self.cached_prefix = cached_prefix
 
     def __enter__(self) -> ShardReader:
         for path in self._paths:
@@ -216,15 +227,61 @@ class ShardReader:
                 self.close()
                 raise CheckpointError(f"cannot open {path} ({e.strerror}); check that it is "
                                       "readable") from e
+            self._direct_fds.append(open_direct(path, os.O_RDONLY))
         return self
+
+    def direct(self, shard_idx: int) -> bool:
+        """Whether read_span can bypass the page cache for this file."""
+        return self._direct_fds[shard_idx] is not None
+
+    def read_span(self, shard_idx: int, offset: int, n_bytes: int, area: memoryview) -> int:
+        """Read [offset, offset + n_bytes) of a file into area; returns where in area it starts.
+
+        area needs n_bytes + SPAN_SLACK bytes: O_DIRECT reads whole blocks, so the bytes land
+        at offset's distance from the block boundary below it."""
+        fd = self._direct_fds[shard_idx]
+        start = offset % ALIGN
+        length = -(-(start + n_bytes) // ALIGN) * ALIGN
+        window = area[:length]
+        if (fd is None or offset + n_bytes <= self.cached_prefix or len(window) < length
+                or not is_aligned(window, offset - start)):
+            self.read_into(shard_idx, offset, area[:n_bytes])
+            return 0
+        try:
+            got = self._pread_all(fd, window, offset - start)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The file system opened the file with O_DIRECT but refuses the I/O: stop trying
+            # (the descriptor stays open until close, another thread may be using it).
+            self._direct_fds[shard_idx] = None
+            self._refused.append(fd)
+            self.read_into(shard_idx, offset, area[:n_bytes])
+            return 0
+        if got < start + n_bytes:
+            raise CheckpointError(f"{self._paths[shard_idx]} ended early (truncated?); "
+                                  "download it again")
+        return start
+
+    @staticmethod
+    def _pread_all(fd: int, window: memoryview, position: int) -> int:
+        """Bytes read into window from position, fewer only at the end of the file."""
+        done = 0
+        while done < len(window):
+            n = os.preadv(fd, [window[done:]], position + done)
+            done += n
+            if n == 0 or n % ALIGN:  # a part block: the end of the file
+                break
+        return done
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        for fd in [*self._fds, *self._direct_fds, *self._refused]:
+            if fd is not None:
+                os.close(fd)
+        self._fds, self._direct_fds, self._refused = [], [], []
 
     def read_into(self, shard_idx: int, offset: int, buffer: memoryview) -> None:
         """Fill buffer from the file at offset; short reads are retried, EOF is an error."""

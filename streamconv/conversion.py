@@ -28,6 +28,7 @@ from .journal import (
 )
 from .memory import peak_rss_bytes
 from .plan import Job
+from .prefetch import prefetched_bytes
 from .preflight import check_output_dir
 from .prepare import ConvertOptions, Prepared, prepare
 from .sampling import sample_crc_of_buffer
@@ -115,7 +116,8 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     progress.started(prepared, resumed_bytes=resumed_bytes)
     bytes_read = 0
     try:
-        with ShardReader(prepared.checkpoint.shard_paths) as reader, \
+        paths = prepared.checkpoint.shard_paths
+        with ShardReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
                 ShardWriter(output_dir, plan.files, resume=resume) as writer:
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
                          sync=writer.sync) as journal:

@@ -18,18 +18,17 @@ from typing import Any
 import torch
 
 from .checkpoint import ShardReader, TensorRef
+from .direct_io import ALIGN
 from .layout import CopyBlock, permute_rotary_into
 from .plan import Job, Plan, needs_stage, slot_layout
 
 Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
-# Slots start on this boundary so that a job's rows (at the slot's start) can be written with
-# O_DIRECT, which needs block-aligned memory.
-SLOT_ALIGN = 4096
 
 
-def aligned_empty(n_bytes: int, align: int = SLOT_ALIGN) -> torch.Tensor:
-    """A uint8 buffer whose first byte is align-aligned (torch only promises 64)."""
+def aligned_empty(n_bytes: int, align: int = ALIGN) -> torch.Tensor:
+    """A uint8 buffer whose first byte is align-aligned (torch only promises 64), so that a
+    slot's output rows and staging area can take O_DIRECT writes and reads."""
     raw = torch.empty(n_bytes + align, dtype=torch.uint8)
     skip = -raw.data_ptr() % align
     return raw[skip:skip + n_bytes]
@@ -69,13 +68,20 @@ class JobRunner:
             file_offset = self.source_offset(block)
             n_bytes = block.n_rows * block.n_cols * self.src_item
             first = block.dst_row_start - job.row_start
-            if not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
-                               same_dtype=same):
-                target = out_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
+            plain = not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
+                                    same_dtype=same)
+            target = out_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
+            if plain and not self.reader.direct(block.shard_idx):
                 self.reader.read_into(block.shard_idx, file_offset, as_buffer(target))
+                bytes_read += n_bytes
+                continue
+            stage_area = slot[stage_offset:stage_offset + job.stage_bytes]
+            start = self.reader.read_span(block.shard_idx, file_offset, n_bytes,
+                                          as_buffer(stage_area))
+            stage_raw = stage_area[start:start + n_bytes]
+            if plain:
+                target.copy_(stage_raw)
             else:
-                stage_raw = slot[stage_offset:stage_offset + n_bytes]
-                self.reader.read_into(block.shard_idx, file_offset, as_buffer(stage_raw))
                 src = stage_raw.view(plan.src_dtype).view(block.n_rows, block.n_cols)
                 dst = out[first:first + block.n_rows,
                           block.dst_col_start:block.dst_col_start + block.n_cols]

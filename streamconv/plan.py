@@ -5,8 +5,9 @@ memory the process already uses, and returns the output files (with their header
 write order, and the memory schedule. `streamconv plan` prints it; convert runs it.
 
 Memory model. Jobs run in `depth` slots; a slot is one buffer, allocated once and reused, that
-holds a job's output rows (in the output dtype) followed by a staging area for shard bytes that
-cannot be read straight into place (a cast, the q/k permute, or side-by-side shards). Resident
+holds a job's output rows (in the output dtype) followed by a staging area for the shard bytes
+of one copy block: they are read there (with O_DIRECT, in whole disk blocks, hence SPAN_SLACK)
+and then copied, cast or permuted into place. Resident
 memory is therefore the baseline (interpreter, torch, metadata) plus depth x slot_bytes, and the
 budget decides the slot size: a tensor bigger than a slot is cut into row ranges (whole heads for
 q/k), so the smallest workable budget depends on the widest row, not on the model's size.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .detect import ModelSpec
+from .direct_io import ALIGN, SPAN_SLACK
 from .errors import BudgetError
 from .layout import CopyBlock, TensorLayout, copy_blocks
 from .memory import format_flag_size, format_size
@@ -33,6 +35,9 @@ MAX_DEPTH = 3
 # Interpreter growth during the run (thread stacks, job objects, allocator slack), measured on
 # Linux with the memory tests; kept as an allowance so peak RSS stays under --max-ram.
 RUNTIME_ALLOWANCE_BYTES = 48 << 20
+# A slot's bytes beyond its output rows and staged block: the staging area starts on a block
+# boundary and holds whole blocks.
+SLOT_SLACK = ALIGN + SPAN_SLACK
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype: bool) -> bool:
-    """Whether a block's bytes must land in staging first: a cast, the q/k permute, or a block
-    that is only some of the output's columns. Otherwise they are read straight into place."""
+    """Whether a block's bytes must be transformed on the way (a cast, the q/k permute, or a
+    block that is only some of the output's columns); otherwise they are a plain copy, which
+    can be read straight into place when O_DIRECT is not available."""
     return not same_dtype or rotary is not None or block.n_cols != n_cols
 
 
@@ -95,21 +101,22 @@ def _choose_slots(layouts: list[TensorLayout], *, src_item: int, dst_item: int,
     stage_ratio = max(src_item / dst_item, 1.0)
     widest = max(_unit_bytes(t, dst_item) for t in layouts)
     largest = max(t.n_rows * t.n_cols * dst_item for t in layouts)
-    if avail < widest * (1 + stage_ratio):
+    unit = int(widest * (1 + stage_ratio)) + SLOT_SLACK
+    if avail < unit:
         raise BudgetError(
             f"--max-ram {format_size(budget)} is too small: one unit of work needs "
-            f"{format_size(widest * (1 + stage_ratio))} on top of the "
-            f"{format_size(min_budget - widest * (1 + stage_ratio))} the process itself uses; "
+            f"{format_size(unit)} on top of the "
+            f"{format_size(min_budget - unit)} the process itself uses; "
             f"use --max-ram {format_flag_size(min_budget)} or more")
     for depth in range(MAX_DEPTH, 0, -1):
-        out_cap = int(avail / (depth * (1 + stage_ratio)))
+        out_cap = int((avail - depth * SLOT_SLACK) / (depth * (1 + stage_ratio)))
         if out_cap >= min(GOOD_PIECE_BYTES, largest) or depth == 1:
             return depth, max(min(out_cap, MAX_PIECE_BYTES), widest)
     raise AssertionError("unreachable")
 
 
 def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_item: int,
-              src_item: int, same_dtype: bool, file_idx: int, data_start: int,
+              src_item: int, file_idx: int, data_start: int,
               first_idx: int) -> list[Job]:
     row_bytes = layout.n_cols * dst_item
     rows_per_job = max(out_cap // row_bytes // layout.row_unit, 1) * layout.row_unit
@@ -117,9 +124,7 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_item: 
     for row_start in range(0, layout.n_rows, rows_per_job):
         row_stop = min(row_start + rows_per_job, layout.n_rows)
         blocks = copy_blocks(layout, spec, row_start, row_stop)
-        stage = max((b.n_rows * b.n_cols * src_item for b in blocks
-                     if needs_stage(b, n_cols=layout.n_cols, rotary=layout.rotary_head_dim,
-                                    same_dtype=same_dtype)), default=0)
+        stage = max(b.n_rows * b.n_cols * src_item for b in blocks) + SPAN_SLACK
         jobs.append(Job(first_idx + len(jobs), layout.hf_name, file_idx,
                         data_start + row_start * row_bytes, row_start, row_stop,
                         (row_stop - row_start) * row_bytes, stage, layout.rotary_head_dim,
@@ -128,8 +133,9 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_item: 
 
 
 def slot_layout(job: Job) -> tuple[int, int]:
-    """(output offset, staging offset) inside a slot; staging 64-byte aligned for fast copies."""
-    return 0, (job.out_bytes + 63) // 64 * 64
+    """(output offset, staging offset) inside a slot; both block-aligned (O_DIRECT), as slots
+    themselves are."""
+    return 0, -(-job.out_bytes // ALIGN) * ALIGN
 
 
 def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
@@ -138,21 +144,19 @@ def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: 
     reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
     stage_ratio = max(src_item / dst_item, 1.0)
     widest = max(_unit_bytes(t, dst_item) for t in layouts)
-    min_budget = reserved + int(widest * (1 + stage_ratio))
+    min_budget = reserved + int(widest * (1 + stage_ratio)) + SLOT_SLACK
     depth, out_cap = _choose_slots(layouts, src_item=src_item, dst_item=dst_item,
                                    avail=budget_bytes - reserved, min_budget=min_budget,
                                    budget=budget_bytes)
     files = layout_output_files(layouts, dtype=dst_dtype, max_shard_bytes=max_shard_bytes)
     jobs: list[Job] = []
-    same = spec.dtype == dst_dtype
     for file_idx, out_file in enumerate(files):
         for tensor in out_file.tensors:
             jobs += _jobs_for(tensor.layout, spec, out_cap=out_cap, dst_item=dst_item,
-                              src_item=src_item, same_dtype=same, file_idx=file_idx,
+                              src_item=src_item, file_idx=file_idx,
                               data_start=out_file.data_start + tensor.data_offset,
                               first_idx=len(jobs))
-    slot_bytes = max(slot_layout(j)[1] + j.stage_bytes if j.stage_bytes else j.out_bytes
-                     for j in jobs)
+    slot_bytes = max(slot_layout(j)[1] + j.stage_bytes for j in jobs)
     depth = min(depth, len(jobs))
     return Plan(files=tuple(files), jobs=tuple(jobs), src_dtype=spec.dtype, dst_dtype=dst_dtype,
                 depth=depth, slot_bytes=slot_bytes, budget_bytes=budget_bytes,

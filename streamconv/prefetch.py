@@ -31,7 +31,7 @@ def start_prefetch(input_dir: Path) -> threading.Thread | None:
         return None
     if not paths:
         return None
-    thread = threading.Thread(target=_advise, args=(paths, PREFETCH_BYTES // len(paths)),
+    thread = threading.Thread(target=_advise, args=(paths, prefetched_bytes(len(paths))),
                               name="prefetch", daemon=True)
     thread.start()
     return thread
@@ -50,3 +50,8 @@ def _advise(paths: list[Path], n_bytes: int) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def prefetched_bytes(n_shards: int) -> int:
+    """How much of the start of each shard start_prefetch asks the kernel to read."""
+    return PREFETCH_BYTES // max(n_shards, 1)

@@ -7,16 +7,14 @@ files moved into OUT, the index last: until then OUT holds nothing that transfor
 as a model.
 
 Job bytes that are block-aligned (offset, length and buffer address; real models' are) go through
-a second descriptor opened with O_DIRECT, straight from the job's buffer to the disk. Through the
-page cache, the kernel copied every output byte once more and then wrote it back, the largest
-CPU cost of a conversion on a small machine (a 4 GB write here: 3.4-10.9 s of system time buffered
-against 0.6 s direct). Anything unaligned, and file systems without O_DIRECT (tmpfs), use the
-ordinary descriptor; the kernel keeps the two coherent.
+a second descriptor opened with O_DIRECT, straight from the job's buffer to the disk (a 4 GB
+write here: 3.4-10.9 s of system time through the page cache, 0.6 s direct; see direct_io.py).
+Anything unaligned, and file systems without O_DIRECT (tmpfs), use the ordinary descriptor; the
+kernel keeps the two coherent.
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno
 import json
@@ -26,13 +24,13 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from .direct_io import is_aligned, open_direct
 from .errors import OutputError
 from .memory import format_size
 from .plan import Job
-from .shards import DATA_ALIGN, INDEX_NAME, OutputFile, index_json
+from .shards import INDEX_NAME, OutputFile, index_json
 
 STAGING_DIR = ".streamconv-partial"
-DIRECT_ALIGN = DATA_ALIGN  # covers 512-byte and 4 KiB logical blocks
 
 
 class _State(enum.Enum):
@@ -57,32 +55,6 @@ def _datasync(fd: int) -> None:
         os.fdatasync(fd)
     else:  # macOS, Windows
         os.fsync(fd)
-
-
-def buffer_address(data: memoryview) -> int | None:
-    """Where a buffer's bytes live, or None if that cannot be known (read-only buffers)."""
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(data))
-    except (TypeError, ValueError):
-        return None
-
-
-def is_direct_aligned(data: memoryview, offset: int) -> bool:
-    address = buffer_address(data)
-    return (address is not None and address % DIRECT_ALIGN == 0
-            and offset % DIRECT_ALIGN == 0 and data.nbytes % DIRECT_ALIGN == 0 and data.nbytes > 0)
-
-
-def open_direct(path: Path) -> int | None:
-    """A write descriptor that bypasses the page cache, or None where the OS or file system
-    has none."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_WRONLY | flag)
-    except OSError:
-        return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,7 +91,7 @@ class ShardWriter:
         try:
             for out_file in self.files:
                 self._fds.append(self._create(out_file))
-                self._direct_fds.append(open_direct(self.staging / out_file.name))
+                self._direct_fds.append(open_direct(self.staging / out_file.name, os.O_WRONLY))
         except BaseException:
             self._close_fds()
             raise
@@ -166,7 +138,7 @@ class ShardWriter:
     def _write_direct(self, file_idx: int, data: memoryview, offset: int) -> bool:
         """Whether the bytes went through O_DIRECT; False leaves them to the caller."""
         fd = self._direct_fds[file_idx]
-        if fd is None or not is_direct_aligned(data, offset):
+        if fd is None or not is_aligned(data, offset):
             return False
         try:
             self._pwrite(fd, data, offset)

@@ -22,9 +22,10 @@ from safetensors.torch import load_file
 
 from streamconv.cli import main
 from streamconv.conversion import ConvertOptions, prepare
+from streamconv.direct_io import open_direct
 from streamconv.family import Family
 from streamconv.synthetic import SyntheticSpec, tiny
-from streamconv.writer import ShardWriter, open_direct
+from streamconv.writer import ShardWriter
 
 prepare_module = importlib.import_module("streamconv.prepare")
 
@@ -227,7 +228,7 @@ def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path:
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
-    fd = open_direct(probe)
+    fd = open_direct(probe, os.O_WRONLY)
     if fd is None:
         pytest.skip(f"{tmp_path} has no O_DIRECT")
     os.close(fd)
@@ -269,7 +270,7 @@ def test_direct_and_page_cache_writes_mix_in_one_file(make_checkpoint: MakeCkpt,
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == 1
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
-    fd = open_direct(probe)
+    fd = open_direct(probe, os.O_WRONLY)
     if fd is not None:
         os.close(fd)
         assert any(results) and not all(results)

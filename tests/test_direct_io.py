@@ -1,0 +1,65 @@
+"""Reads past the page cache: any byte range, at any offset, comes back exact."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from streamconv.checkpoint import ShardReader
+from streamconv.direct_io import ALIGN, SPAN_SLACK, open_direct
+from streamconv.errors import CheckpointError
+from streamconv.executor import aligned_empty, as_buffer
+
+FILE_BYTES = 3 * (1 << 20) + 1000  # not a whole number of blocks: the last read is a part one
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    path = tmp_path_factory.mktemp("direct") / "consolidated.00.pth"
+    data = random.Random(0).randbytes(FILE_BYTES)
+    path.write_bytes(data)
+    return path, data
+
+
+def has_direct(path: Path) -> bool:
+    fd = open_direct(path, os.O_RDONLY)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+RANGES = [(0, 4096), (64, 100_000), (4032, 8192), (ALIGN * 7 + 960, 1 << 20),
+          (FILE_BYTES - 1000, 1000), (FILE_BYTES - 70_000, 70_000), (5, 1)]
+
+
+@pytest.mark.parametrize("cached_prefix", [0, 1 << 20])
+def test_read_span_returns_the_exact_bytes(data_file: tuple[Path, bytes],
+                                           cached_prefix: int) -> None:
+    path, data = data_file
+    area = aligned_empty(max(n for _, n in RANGES) + SPAN_SLACK)
+    with ShardReader([path], cached_prefix=cached_prefix) as reader:
+        assert reader.direct(0) == has_direct(path)
+        for offset, n in RANGES:
+            start = reader.read_span(0, offset, n, as_buffer(area))
+            assert bytes(area[start:start + n].numpy()) == data[offset:offset + n], (offset, n)
+            if reader.direct(0) and offset + n > cached_prefix:
+                assert start == offset % ALIGN  # the bytes came in whole blocks
+
+
+def test_read_span_past_the_end_is_a_truncated_file(data_file: tuple[Path, bytes]) -> None:
+    path, _ = data_file
+    area = aligned_empty(8192 + SPAN_SLACK)
+    with ShardReader([path]) as reader, pytest.raises(CheckpointError, match="ended early"):
+        reader.read_span(0, FILE_BYTES - 100, 8192, as_buffer(area))
+
+
+def test_unaligned_area_falls_back_to_the_page_cache(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    area = aligned_empty(20_000 + SPAN_SLACK + 64)[64:]
+    with ShardReader([path]) as reader:
+        start = reader.read_span(0, 4096, 20_000, as_buffer(area))
+    assert start == 0 and bytes(area[:20_000].numpy()) == data[4096:24_096]
