@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = plan_runs(models, reference=args.reference, budgets=budgets,
                      other_budget=args.budget, runners=runners)
     for run in runs:
-        print(f"  {run.model.key:<9} {run.runner:<10} {run.budget or '':<4} "
+        print(f"  {run.model.key:<9} {run.runner:<12} {run.budget or '':<4} "
               f"checkpoint {gib(run.model.checkpoint_bytes)}")
     if problems := check_disk(runs):
         print("error: not enough disk to start; nothing was run:")

@@ -11,6 +11,7 @@ callers then use the ordinary descriptor.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -32,10 +33,30 @@ def is_aligned(data: memoryview, offset: int) -> bool:
             and data.nbytes % ALIGN == 0 and data.nbytes > 0)
 
 
+def direct_span(data: memoryview, offset: int) -> tuple[int, int]:
+    """[lo, hi) of data that can be written at offset + lo with O_DIRECT: the whole disk blocks
+    it covers, provided the buffer sits at the same position within a block as the file offset
+    (slots place their output rows so, see plan.slot_layout). The partial blocks at either end
+    go through the page cache; (0, 0) when nothing can go direct.
+
+    Without this, a job whose bytes start mid-block (every tensor after a norm of 5120
+    bf16 values, LLaMA-2 13B; the down projections of 7B, 11008 columns wide) went through the
+    page cache whole: most of a 13B conversion's system time."""
+    address = buffer_address(data)
+    if address is None or (address - offset) % ALIGN:
+        return 0, 0
+    lo = min(-offset % ALIGN, data.nbytes)
+    hi = lo + (data.nbytes - lo) // ALIGN * ALIGN
+    return (lo, hi) if hi > lo else (0, 0)
+
+
 def open_direct(path: Path, flags: int) -> int | None:
     """A descriptor that bypasses the page cache, or None where the OS or file system has none."""
     direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
+    if not direct or mmap.PAGESIZE > ALIGN:
+        # With pages larger than a block (64 KiB on some arm64 kernels) a part block written
+        # through the page cache shares its page with whole blocks written past it, which
+        # the kernel does not keep coherent under concurrent writers.
         return None
     try:
         return os.open(path, flags | direct)

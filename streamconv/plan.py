@@ -36,9 +36,10 @@ MAX_DEPTH = 3
 # Interpreter growth during the run (thread stacks, job objects, allocator slack), measured on
 # Linux with the memory tests; kept as an allowance so peak RSS stays under --max-ram.
 RUNTIME_ALLOWANCE_BYTES = 48 << 20
-# A slot's bytes beyond its output rows and staged block: the staging area starts on a block
-# boundary and holds whole blocks.
-SLOT_SLACK = ALIGN + SPAN_SLACK
+# A slot's bytes beyond its output rows and staged block: the output rows start up to a block
+# in (at their file offset's position within a block), the staging area starts on the next
+# block boundary and holds whole blocks.
+SLOT_SLACK = 2 * ALIGN + SPAN_SLACK
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,12 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_item: 
 
 
 def slot_layout(job: Job) -> tuple[int, int]:
-    """(output offset, staging offset) inside a slot; both block-aligned (O_DIRECT), as slots
-    themselves are."""
-    return 0, -(-job.out_bytes // ALIGN) * ALIGN
+    """(output offset, staging offset) inside a slot, which is itself block-aligned. The output
+    rows sit where their file offset sits within a disk block, so that every whole block of
+    them can be written with O_DIRECT (direct_io.direct_span); the staging area starts on a
+    block boundary for O_DIRECT reads."""
+    out_offset = job.file_offset % ALIGN
+    return out_offset, -(-(out_offset + job.out_bytes) // ALIGN) * ALIGN
 
 
 def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: torch.dtype,

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from .direct_io import is_aligned, open_direct
+from .direct_io import direct_span, is_aligned, open_direct
 from .errors import OutputError
 from .memory import format_size
 from .plan import Job
@@ -129,9 +129,15 @@ class ShardWriter:
         """Write a job's bytes in place; safe from several threads (positioned writes)."""
         if self._state is not _State.OPEN:
             raise AssertionError(f"write_job() while writer is {self._state.value}")
+        offset = job.file_offset
         try:
-            if not self._write_direct(job.file_idx, data, job.file_offset):
-                self._pwrite(self._fds[job.file_idx], data, job.file_offset)
+            lo, hi = direct_span(data, offset)
+            buffered: list[tuple[int, int]] = [(0, data.nbytes)]
+            if hi > lo and self._write_direct(job.file_idx, data[lo:hi], offset + lo):
+                buffered = [(0, lo), (hi, data.nbytes)]
+            for start, stop in buffered:
+                if stop > start:
+                    self._pwrite(self._fds[job.file_idx], data[start:stop], offset + start)
         except OSError as e:
             raise _disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
 

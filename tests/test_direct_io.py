@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamconv.checkpoint import ShardReader
-from streamconv.direct_io import ALIGN, SPAN_SLACK, open_direct
+from streamconv.direct_io import ALIGN, SPAN_SLACK, direct_span, open_direct
 from streamconv.errors import CheckpointError
 from streamconv.executor import aligned_empty, as_buffer
 
@@ -63,3 +63,23 @@ def test_unaligned_area_falls_back_to_the_page_cache(data_file: tuple[Path, byte
     with ShardReader([path]) as reader:
         start = reader.read_span(0, 4096, 20_000, as_buffer(area))
     assert start == 0 and bytes(area[:20_000].numpy()) == data[4096:24_096]
+
+
+@pytest.mark.parametrize("offset,n_bytes", [(0, 3 * ALIGN), (2048, 5 * ALIGN), (2048, 100),
+                                            (100, ALIGN), (ALIGN - 1, 2 * ALIGN + 1), (0, 10)])
+def test_direct_span_covers_exactly_the_whole_blocks(offset: int, n_bytes: int) -> None:
+    slot = aligned_empty(8 * ALIGN)
+    data = as_buffer(slot[offset % ALIGN:offset % ALIGN + n_bytes])
+    lo, hi = direct_span(data, offset)
+    blocks = [b for b in range(offset // ALIGN, (offset + n_bytes) // ALIGN + 1)
+              if b * ALIGN >= offset and (b + 1) * ALIGN <= offset + n_bytes]
+    if not blocks:
+        assert (lo, hi) == (0, 0)
+    else:
+        assert (offset + lo, offset + hi) == (blocks[0] * ALIGN, (blocks[-1] + 1) * ALIGN)
+
+
+def test_direct_span_refuses_a_buffer_off_the_file_position() -> None:
+    slot = aligned_empty(8 * ALIGN)
+    assert direct_span(as_buffer(slot[:4 * ALIGN]), 2048) == (0, 0)
+    assert direct_span(as_buffer(slot[512:512 + 4 * ALIGN]), 0) == (0, 0)
