@@ -26,6 +26,7 @@ from .models import BenchModel, resolve_models
 from .runners import (
     Session,
     ensure_peer_env,
+    run_floor_copy,
     run_floor_cp,
     run_floor_direct,
     run_floor_rw,
@@ -44,7 +45,7 @@ RUNNERS = ("streamconv", "peer", "floor")
 @dataclass(frozen=True)
 class Run:
     model: BenchModel
-    runner: str  # streamconv, peer, floor-cp, floor-rw, floor-direct
+    runner: str  # streamconv, peer, floor-cp, floor-rw, floor-direct, floor-copy
     budget: str | None = None
 
     def extra_disk_bytes(self) -> int:
@@ -55,9 +56,9 @@ class Run:
 
 def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
               other_budget: str, runners: set[str]) -> list[Run]:
-    """The reference model gets every budget, the peer and all three floors; other full-size
-    models one budget, the cp floor and the direct I/O floor; slices one budget (they measure
-    memory, not speed)."""
+    """The reference model gets every budget, the peer and all four floors; other full-size
+    models one budget, the cp floor and the two direct I/O floors; slices one budget (they
+    measure memory, not speed)."""
     runs: list[Run] = []
     for model in models:
         is_ref = model.key == reference
@@ -66,6 +67,7 @@ def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
             if is_ref:
                 runs.append(Run(model, "floor-rw"))
             runs.append(Run(model, "floor-direct"))
+            runs.append(Run(model, "floor-copy"))
         if "streamconv" in runners:
             runs += [Run(model, "streamconv", b) for b in (budgets if is_ref else [other_budget])]
         if "peer" in runners and is_ref:
@@ -195,7 +197,7 @@ def _execute(session: Session, run: Run, ckpt: Path) -> dict[str, Any]:
         assert run.budget is not None
         return run_streamconv(session, run.model, ckpt, run.budget)
     runner = {"peer": run_peer, "floor-cp": run_floor_cp, "floor-rw": run_floor_rw,
-              "floor-direct": run_floor_direct}[run.runner]
+              "floor-direct": run_floor_direct, "floor-copy": run_floor_copy}[run.runner]
     return runner(session, run.model, ckpt)
 
 
@@ -205,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: 7b, 13b, 8b, 70b-lN, 405b-lN (N layers), or "
                              f"'slices' (default {DEFAULT_MODELS})")
     parser.add_argument("--reference", default="7b",
-                        help="the model measured at every --budgets with the peer and both floors")
+                        help="the model measured at every --budgets with the peer and all floors")
     parser.add_argument("--budgets", default="8G,2G,1G", help="--max-ram values for the reference")
     parser.add_argument("--budget", default="2G", help="--max-ram for every other model")
     parser.add_argument("--runners", default=",".join(RUNNERS),

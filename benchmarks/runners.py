@@ -230,17 +230,21 @@ def run_floor_cp(session: Session, model: BenchModel, ckpt: Path) -> dict[str, A
                    output_bytes=written, cp_s=cp.wall_s, fsync_s=sync.wall_s)
 
 
+COPY_THREADS = 3  # streamconv's plan.MAX_DEPTH: as many I/Os in flight as its slots
+
+
 def run_floor_rw(session: Session, model: BenchModel, ckpt: Path, *,
-                 direct: bool = False) -> dict[str, Any]:
-    """A read pass over the inputs, then a write + fsync of as many bytes (benchmarks/floor_io);
-    direct: both passes with O_DIRECT (floor-direct)."""
-    runner = "floor-direct" if direct else "floor-rw"
+                 runner: str = "floor-rw") -> dict[str, Any]:
+    """benchmarks/floor_io.py: a read pass over the inputs then a write + fsync of as many bytes,
+    through the page cache (floor-rw) or past it (floor-direct); or a copy by COPY_THREADS
+    threads past it (floor-copy)."""
+    mode = {"floor-rw": [], "floor-direct": ["--direct"],
+            "floor-copy": ["--copy-threads", str(COPY_THREADS)]}[runner]
     rid = run_id(model, runner, None)
     out_dir = WORK_DIR / "out"
     cold = _cold_start(ckpt, out_dir)
     phases_path = session.raw_dir / f"{rid}.phases.json"
-    argv = [sys.executable, str(Path(__file__).with_name("floor_io.py")),
-            *(["--direct"] if direct else []), str(out_dir),
+    argv = [sys.executable, str(Path(__file__).with_name("floor_io.py")), *mode, str(out_dir),
             str(phases_path), *map(str, input_files(ckpt))]
     m = measure(argv, raw_dir=session.raw_dir, run_id=rid)
     written = tree_bytes(out_dir)
@@ -251,4 +255,8 @@ def run_floor_rw(session: Session, model: BenchModel, ckpt: Path, *,
 
 
 def run_floor_direct(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
-    return run_floor_rw(session, model, ckpt, direct=True)
+    return run_floor_rw(session, model, ckpt, runner="floor-direct")
+
+
+def run_floor_copy(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
+    return run_floor_rw(session, model, ckpt, runner="floor-copy")
