@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .checkpoint import ShardReader, TensorRef
-from .direct_io import ALIGN
+from .direct_io import ALIGN, huge_page_memory
 from .layout import CopyBlock, permute_rotary_into
 from .plan import Job, Plan, needs_stage, slot_layout
 
@@ -26,11 +26,17 @@ Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
 
 
-def aligned_empty(n_bytes: int, align: int = ALIGN) -> torch.Tensor:
-    """A uint8 buffer whose first byte is align-aligned (torch only promises 64), so that a
-    slot's output rows and staging area can take O_DIRECT writes and reads."""
-    raw = torch.empty(n_bytes + align, dtype=torch.uint8)
-    skip = -raw.data_ptr() % align
+def aligned_empty(n_bytes: int) -> torch.Tensor:
+    """A uint8 buffer that starts on a block boundary (torch only promises 64 bytes), so that a
+    slot's output rows and staging area can take O_DIRECT writes and reads; on huge pages
+    where the OS has them (direct_io.huge_page_memory)."""
+    huge = huge_page_memory(n_bytes)
+    if huge is not None:
+        memory, skip = huge
+        # frombuffer holds a reference to the mapping, which lives as long as the tensor
+        return torch.frombuffer(memory, dtype=torch.uint8)[skip:skip + n_bytes]
+    raw = torch.empty(n_bytes + ALIGN, dtype=torch.uint8)
+    skip = -raw.data_ptr() % ALIGN
     return raw[skip:skip + n_bytes]
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .detect import ModelSpec
-from .direct_io import ALIGN, SPAN_SLACK
+from .direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from .errors import BudgetError
 from .layout import CopyBlock, TensorLayout, copy_blocks
 from .memory import format_flag_size, format_size
@@ -38,8 +38,8 @@ MAX_DEPTH = 3
 RUNTIME_ALLOWANCE_BYTES = 48 << 20
 # A slot's bytes beyond its output rows and staged block: the output rows start up to a block
 # in (at their file offset's position within a block), the staging area starts on the next
-# block boundary and holds whole blocks.
-SLOT_SLACK = 2 * ALIGN + SPAN_SLACK
+# block boundary and holds whole blocks, and the slot's last huge page counts whole in RSS.
+SLOT_SLACK = 2 * ALIGN + SPAN_SLACK + HUGE_PAGE
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: 
     return Plan(files=tuple(files), jobs=tuple(jobs), src_dtype=spec.dtype, dst_dtype=dst_dtype,
                 depth=depth, slot_bytes=slot_bytes, budget_bytes=budget_bytes,
                 baseline_bytes=baseline_bytes,
-                predicted_peak_bytes=reserved + depth * slot_bytes,
+                predicted_peak_bytes=reserved + depth * -(-slot_bytes // HUGE_PAGE) * HUGE_PAGE,
                 min_budget_bytes=min_budget)
 
 
