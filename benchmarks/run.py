@@ -141,8 +141,9 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
     models = list(dict.fromkeys(r.model for r in runs))
     for model in models:
         model_runs = [r for r in runs if r.model == model]
-        # The peer's extra room is checked before each of its runs (it is skipped alone when the
-        # disk is short), not here: it should not cost the model its other runs.
+        # The peer's extra room is made before each of its runs (evicting other checkpoints, or
+        # skipping the peer alone when that is not enough), not here: it should not cost the
+        # model its other runs.
         room = model.checkpoint_bytes + max(r.extra_disk_bytes() for r in model_runs
                                             if r.runner != "peer" or len(model_runs) == 1)
         if not cache.is_cached(model):
@@ -171,6 +172,12 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
             for run in model_runs:
                 if run.runner == "peer" and round_idx >= peer_repeat:
                     continue
+                if cache.free_bytes() < run.extra_disk_bytes() + cache.DISK_MARGIN_BYTES:
+                    # Other cached checkpoints can be generated again; a skipped run cannot.
+                    evicted = cache.make_room(run.extra_disk_bytes(),
+                                              keep=[cache.checkpoint_dir(model)])
+                    if evicted:
+                        log(f"evicted cached checkpoints to make room: {', '.join(evicted)}")
                 free = cache.free_bytes()
                 if free < run.extra_disk_bytes() + cache.DISK_MARGIN_BYTES:
                     log(f"skipped {run.model.key} {run.runner} {run.budget or ''}: it writes "
