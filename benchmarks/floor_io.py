@@ -20,7 +20,6 @@ faster than one, this is the speed a converter can reach, and the other floors a
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from streamconv.direct_io import huge_page_memory
+
 CHUNK_BYTES = 64 << 20  # I/O calls this large run at full speed, as the converter's (32 MiB) do
 
 
@@ -39,21 +40,16 @@ DIRECT = 0  # os.O_DIRECT with --direct
 PIECE_BYTES = 32 << 20  # streamconv's plan.MAX_PIECE_BYTES
 
 
-HUGE_PAGE = 2 << 20
-
-
 def io_buffer(n_bytes: int) -> memoryview:
-    """Private memory on 2 MiB pages where the kernel offers them, as streamconv's slots
-    (streamconv.direct_io.huge_page_memory, not imported: this child stays free of torch). On
+    """Memory on 2 MiB pages where the kernel offers them, exactly as streamconv's slots get
+    it (its direct_io module, which imports neither torch nor the rest of the package). On
     4 KiB pages an O_DIRECT call reaches the disk in requests as small as 512 KiB, depending on
     where the allocator put the pages, which makes a floor slower by chance."""
-    memory = mmap.mmap(-1, n_bytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    view = memoryview(memory)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-    skip = -address % HUGE_PAGE
-    return view[skip:skip + n_bytes]
+    huge = huge_page_memory(n_bytes)
+    if huge is None:
+        return memoryview(mmap.mmap(-1, n_bytes))  # page-aligned, as O_DIRECT needs
+    memory, skip = huge
+    return memoryview(memory)[skip:skip + n_bytes]
 
 
 def read_all(paths: list[Path], view: memoryview) -> int:
@@ -158,7 +154,7 @@ def main(argv: list[str]) -> int:
                                            "copy_s": time.monotonic() - start,
                                            "write_fsync_s": fsync_s}, indent=2))
         return 0
-    buf = io_buffer(CHUNK_BYTES)  # page-aligned, as O_DIRECT needs
+    buf = io_buffer(CHUNK_BYTES)
     start = time.monotonic()
     n_read = read_all(inputs, buf)
     read_s = time.monotonic() - start

@@ -172,12 +172,10 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
             for run in model_runs:
                 if run.runner == "peer" and round_idx >= peer_repeat:
                     continue
-                if cache.free_bytes() < run.extra_disk_bytes() + cache.DISK_MARGIN_BYTES:
-                    # Other cached checkpoints can be generated again; a skipped run cannot.
-                    evicted = cache.make_room(run.extra_disk_bytes(),
-                                              keep=[cache.checkpoint_dir(model)])
-                    if evicted:
-                        log(f"evicted cached checkpoints to make room: {', '.join(evicted)}")
+                # Other cached checkpoints can be generated again; a skipped run cannot.
+                if evicted := cache.make_room(run.extra_disk_bytes(),
+                                              keep=[cache.checkpoint_dir(model)]):
+                    log(f"evicted cached checkpoints to make room: {', '.join(evicted)}")
                 free = cache.free_bytes()
                 if free < run.extra_disk_bytes() + cache.DISK_MARGIN_BYTES:
                     log(f"skipped {run.model.key} {run.runner} {run.budget or ''}: it writes "

@@ -12,7 +12,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -224,28 +224,47 @@ def test_norms_differing_across_shards_warn_and_use_shard_0(make_checkpoint: Mak
                        shard0["layers.1.ffn_norm.weight"])
 
 
-def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    fd = open_direct(probe, os.O_WRONLY)
-    if fd is None:
-        pytest.skip(f"{tmp_path} has no O_DIRECT")
-    os.close(fd)
-    written: list[tuple[bool, int]] = []
+@dataclass(frozen=True)
+class DirectWrite:
+    went_direct: bool
+    n_bytes: int
+    offset: int
+
+
+@pytest.fixture
+def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[DirectWrite]:
+    """Every call the writer makes to ShardWriter._write_direct, and whether it went direct."""
+    calls: list[DirectWrite] = []
     write_direct = ShardWriter._write_direct
 
     def spy(self: ShardWriter, file_idx: int, data: memoryview, offset: int) -> bool:
         went_direct = write_direct(self, file_idx, data, offset)
-        written.append((went_direct, data.nbytes))
+        calls.append(DirectWrite(went_direct, data.nbytes, offset))
         return went_direct
 
     monkeypatch.setattr(ShardWriter, "_write_direct", spy)
+    return calls
+
+
+def has_direct(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_bytes(b"")
+    fd = open_direct(probe, os.O_WRONLY)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path: Path,
+                                            direct_writes: list[DirectWrite]) -> None:
+    if not has_direct(tmp_path):
+        pytest.skip(f"{tmp_path} has no O_DIRECT")
     spec = replace(ALIGNED, with_tokenizer=False)
     src = make_checkpoint(spec)
     assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-ram", "1G") == 0
-    total = sum(n for _, n in written)
-    assert written and all(went_direct for went_direct, _ in written)
+    total = sum(w.n_bytes for w in direct_writes)
+    assert direct_writes and all(w.went_direct for w in direct_writes)
     got = load_output(tmp_path / "out")
     assert total == sum(t.numel() * t.element_size() for t in got.values())
     for name, tensor in expected_tensors(src, spec, torch.bfloat16).items():
@@ -253,56 +272,29 @@ def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path:
 
 
 def test_direct_and_page_cache_writes_mix_in_one_file(make_checkpoint: MakeCkpt, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      direct_writes: list[DirectWrite]) -> None:
     """A 64-wide fp32 model: the embedding (512 x 256 B) is block-aligned, the norms (256 B)
     are not, so one file gets both kinds of write; its bytes must still be exact."""
-    direct: list[int] = []
-    write_direct = ShardWriter._write_direct
-
-    def spy(self: ShardWriter, file_idx: int, data: memoryview, offset: int) -> bool:
-        went_direct = write_direct(self, file_idx, data, offset)
-        direct.append(data.nbytes if went_direct else 0)
-        return went_direct
-
-    monkeypatch.setattr(ShardWriter, "_write_direct", spy)
     spec = replace(tiny(Family.LLAMA2), with_tokenizer=False)
     src = make_checkpoint(spec)
     assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-shard-size", "100G") == 0
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == 1
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    fd = open_direct(probe, os.O_WRONLY)
-    if fd is not None:
-        os.close(fd)
+    if has_direct(tmp_path):
         total = sum(p.stat().st_size for p in (tmp_path / "out").glob("*.safetensors"))
-        assert 0 < sum(direct) < total
+        assert 0 < sum(w.n_bytes for w in direct_writes if w.went_direct) < total
     got = load_output(tmp_path / "out")
     for name, tensor in expected_tensors(src, spec, torch.float32).items():
         assert torch.equal(got[name], tensor), name
 
 
 def test_tensors_that_start_mid_block_still_bypass_the_page_cache(
-        make_checkpoint: MakeCkpt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_checkpoint: MakeCkpt, tmp_path: Path, direct_writes: list[DirectWrite]) -> None:
     """dim 640 in bf16: each norm is 1280 B, so every tensor after one starts inside a disk
     block (LLaMA-2 13B's norms do the same), and the down projection's rows (1728 columns) are
     not whole blocks either. All but the part blocks at a job's two ends must still go past
     the page cache, and every byte must be exact."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    fd = open_direct(probe, os.O_WRONLY)
-    if fd is None:
+    if not has_direct(tmp_path):
         pytest.skip(f"{tmp_path} has no O_DIRECT")
-    os.close(fd)
-    direct: list[int] = []
-    write_direct = ShardWriter._write_direct
-
-    def spy(self: ShardWriter, file_idx: int, data: memoryview, offset: int) -> bool:
-        assert offset % ALIGN == 0 and data.nbytes % ALIGN == 0
-        went_direct = write_direct(self, file_idx, data, offset)
-        direct.append(data.nbytes if went_direct else 0)
-        return went_direct
-
-    monkeypatch.setattr(ShardWriter, "_write_direct", spy)
     spec = tiny(Family.LLAMA2, dim=640, n_heads=10, n_layers=2, n_shards=2, dtype="bfloat16",
                 with_tokenizer=False)
     src = make_checkpoint(spec)
@@ -311,7 +303,9 @@ def test_tensors_that_start_mid_block_still_bypass_the_page_cache(
     payload = sum(t.numel() * t.element_size() for t in got.values())
     norms = sum(t.numel() * t.element_size() for n, t in got.items() if "norm" in n)
     n_big = len(got) - sum("norm" in n for n in got)
+    assert all(w.offset % ALIGN == 0 and w.n_bytes % ALIGN == 0 for w in direct_writes)
     # at most one part block at each end of each large tensor (one job each at 1G)
-    assert sum(direct) >= payload - norms - 2 * ALIGN * n_big
+    assert sum(w.n_bytes for w in direct_writes if w.went_direct) >= (
+        payload - norms - 2 * ALIGN * n_big)
     for name, tensor in expected_tensors(src, spec, torch.bfloat16).items():
         assert torch.equal(got[name], tensor), name
