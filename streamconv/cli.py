@@ -62,8 +62,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         choices=("auto", *(f.value for f in Family)),
                         help="model family; auto detects it from params.json, tensor shapes and "
                              "tokenizer.model (see README)")
-    parser.add_argument("--instruct", action="store_true",
-                        help="LLaMA 3 chat models: chat eos ids and chat template")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--instruct", action="store_true", default=None,
+                         help="a chat / instruct model: chat eos ids, generation defaults and "
+                              "chat template (default: from the folder name, e.g. "
+                              "llama-2-7b-chat, Meta-Llama-3-8B-Instruct)")
+    variant.add_argument("--base", dest="instruct", action="store_false",
+                         help="a base (pretrained) model, whatever the folder is called")
     parser.add_argument("--no-tokenizer", action="store_true",
                         help="convert the weights only, without tokenizer files")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -139,6 +144,8 @@ class RichProgress:
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
         self.console.print(f"  family: {spec.sources['family']}", style="dim")
+        variant = "instruct / chat" if spec.instruct else "base"
+        self.console.print(f"  {variant}: {spec.sources['instruct']}", style="dim")
         self.budget = plan.budget_bytes
         self.n_layers = spec.n_layers
         self.bar.start()

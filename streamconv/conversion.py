@@ -70,12 +70,12 @@ class _Silent:
         pass
 
 
-def extra_files(prepared: Prepared, scratch: Path, *, instruct: bool) -> dict[str, bytes]:
+def extra_files(prepared: Prepared, scratch: Path) -> dict[str, bytes]:
     """config, generation config and tokenizer files, as bytes to publish with the shards."""
     spec, dtype = prepared.spec, prepared.plan.dst_dtype
     files = {
-        "config.json": to_json_bytes(config_dict(spec, dtype=dtype, instruct=instruct)),
-        "generation_config.json": to_json_bytes(generation_config_dict(spec, instruct=instruct)),
+        "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
+        "generation_config.json": to_json_bytes(generation_config_dict(spec)),
     }
     if prepared.tokenizer_path is not None:
         from .tokenizer import write_tokenizer_files
@@ -84,7 +84,7 @@ def extra_files(prepared: Prepared, scratch: Path, *, instruct: bool) -> dict[st
         shutil.rmtree(tok_dir, ignore_errors=True)
         tok_dir.mkdir(parents=True)
         names = write_tokenizer_files(prepared.tokenizer_path, tok_dir, family=spec.family,
-                                      instruct=instruct,
+                                      instruct=spec.instruct,
                                       model_max_length=spec.max_position_embeddings)
         for name in names:
             files[name] = (tok_dir / name).read_bytes()
@@ -143,7 +143,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                         journal.flush()
                     raise
                 journal.flush()
-            extra = extra_files(prepared, staging, instruct=options.instruct)
+            extra = extra_files(prepared, staging)
             if options.force:
                 _remove_stale_outputs(output_dir, prepared)
             published = writer.publish(extra)

@@ -1,30 +1,26 @@
 """What model this is: params.json plus tensor shapes -> a ModelSpec, every value with its source.
 
 Nothing is guessed silently: each inferred value carries the rule that produced it, `plan`
-prints them, and --llama-version overrides the family. Rules (README "Supported models"):
-- LLaMA 3.x: tokenizer.model is a tiktoken ranks file, or the vocabulary is 128256, or
-  rope_theta is 500000, or the embedding is split across shards by vocabulary rows.
-  3.1+ when params.json has use_scaled_rope; 3.2 when the output matrix is the embedding (tied,
-  the 1B/3B models); 3.1 and 3.3 share one architecture and one config, reported as 3.1.
-- Code Llama: rope_theta 1e6 (its vocabulary of 32016 is read from the shapes).
-- LLaMA 1: the checkpoint carries rope.freqs, or norm_eps is 1e-6.
-- LLaMA 2: everything else with a SentencePiece tokenizer.
+prints them, and --llama-version / --instruct / --base override. The family rules live in
+family_rules.py; the facts behind them, per Meta release and with sources, in docs/releases.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import Checkpoint, ShardReader, TensorRef, missing_shards_error
 from .errors import CheckpointError, ParamsError
-from .family import BOS_TOKEN_ID, MAX_POSITION_EMBEDDINGS, Family
+from .family import Family, context_length, rope_scaling
+from .family_rules import LAYER_ROPE_FREQS, Facts, FamilyVerdict, decide_family
 from .params import MetaParams
 
-LLAMA3_VOCAB = 128256
 _TIE_SAMPLE_BYTES = 1 << 20
+_KV_SAMPLE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,10 @@ class ModelSpec:
     embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
     bos_token_id: int
     eos_token_id: int
+    instruct: bool = False
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # Evidence that pointed elsewhere than the family chosen: printed as warnings.
+    doubts: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +80,12 @@ def expected_names(n_layers: int) -> list[str]:
 OPTIONAL_NAMES = frozenset({"rope.freqs", "output.weight"})
 
 
+def is_ignored(meta_name: str) -> bool:
+    """Tensors Meta's files carry that the model recomputes: the rotary frequencies, at the top
+    (LLaMA 2) or once per layer (LLaMA 1); nothing of them goes into the output."""
+    return meta_name == "rope.freqs" or LAYER_ROPE_FREQS.match(meta_name) is not None
+
+
 def _check_names(ckpt: Checkpoint, params: MetaParams) -> None:
     expected = set(expected_names(params.n_layers))
     for shard_idx, refs in enumerate(ckpt.tensors):
@@ -91,7 +96,11 @@ def _check_names(ckpt: Checkpoint, params: MetaParams) -> None:
             raise CheckpointError(
                 f"{path} lacks {', '.join(missing[:3])}{more} (params.json says n_layers="
                 f"{params.n_layers}); the file or params.json belongs to another model")
-        unknown = sorted(set(refs) - expected - OPTIONAL_NAMES)
+        unknown = sorted(n for n in set(refs) - expected - OPTIONAL_NAMES if not is_ignored(n))
+        if unknown and all(n.startswith("model.") for n in unknown):
+            raise CheckpointError(f"{path} holds Hugging Face tensor names ({unknown[0]}, ...), "
+                                  "not Meta's: it is already in Hugging Face format and needs no "
+                                  "conversion")
         if unknown:
             more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
             raise CheckpointError(
@@ -118,7 +127,7 @@ def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
     dtypes: dict[torch.dtype, str] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
-            if ref.meta_name != "rope.freqs":
+            if not is_ignored(ref.meta_name):
                 dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
     allowed = {torch.float32, torch.float16, torch.bfloat16}
     if len(dtypes) != 1 or not set(dtypes) <= allowed:
@@ -158,39 +167,68 @@ def _tied(ckpt: Checkpoint) -> bool:
 
 
 def _family(params: MetaParams, ckpt: Checkpoint, *, vocab: int, split_dim: int,
-            tokenizer_kind: str | None) -> tuple[Family, str]:
-    theta = params.rope_theta
-    llama3_rule = ("tokenizer.model is a tiktoken file" if tokenizer_kind == "tiktoken" else
-                   f"vocabulary of {LLAMA3_VOCAB}" if vocab == LLAMA3_VOCAB else
-                   "rope_theta 500000" if theta == 500000.0 else
-                   "embedding split by vocabulary" if split_dim == 0 and ckpt.n_shards > 1 else
-                   None)
-    if llama3_rule:
-        if not params.use_scaled_rope:
-            return Family.LLAMA3, f"{llama3_rule}, no use_scaled_rope"
-        if _tied(ckpt):
-            return Family.LLAMA3_2, f"{llama3_rule}, use_scaled_rope, output tied to embedding"
-        return Family.LLAMA3_1, f"{llama3_rule}, use_scaled_rope (3.3 is the same architecture)"
-    if theta is not None and theta == 1e6:
-        return Family.CODE_LLAMA, f"rope_theta 1e6, vocabulary {vocab}"
-    if "rope.freqs" in ckpt.tensors[0]:
-        return Family.LLAMA1, "checkpoint carries rope.freqs"
-    if params.norm_eps == 1e-6:
-        return Family.LLAMA1, "norm_eps 1e-6"
-    return Family.LLAMA2, "SentencePiece-era shapes, norm_eps 1e-5, no rope.freqs"
+            tokenizer_kind: str | None) -> FamilyVerdict:
+    names = frozenset(ckpt.tensors[0])
+    return decide_family(Facts(
+        tokenizer_kind=tokenizer_kind, vocab_size=vocab,
+        embedding_split_by_vocab=(split_dim == 0) if ckpt.n_shards > 1 else None,
+        rope_theta=params.rope_theta, use_scaled_rope=params.use_scaled_rope,
+        norm_eps=params.norm_eps, has_n_kv_heads=params.n_kv_heads is not None,
+        tensor_names=names, output_tied=_tied(ckpt)))
 
 
-def _rope_scaling(family: Family, use_scaled_rope: bool) -> dict[str, Any] | None:
-    if not (family.is_llama3 and use_scaled_rope):
-        return None
-    return {"factor": 32.0 if family is Family.LLAMA3_2 else 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-            "rope_type": "llama3"}
+def _distinct_kv_heads(ckpt: Checkpoint, n_kv: int, n_heads: int) -> tuple[int, str | None]:
+    """Meta's 405B MP16 release says n_kv_heads 16 but stores each of its 8 kv heads on two
+    ranks (docs/releases.md); the published config says 8. Ranks whose wk and wv agree byte for
+    byte (sampled) hold the same head, and count once."""
+    n = ckpt.n_shards
+    if n_kv != n or n < 2 or n_kv >= n_heads:
+        return n_kv, None
+    samples = []
+    with ShardReader(ckpt.shard_paths) as reader:
+        for shard_idx in range(n):
+            sample = b""
+            for suffix in ("wk", "wv"):
+                ref = ckpt.tensors[shard_idx].get(f"layers.0.attention.{suffix}.weight")
+                if ref is None:
+                    return n_kv, None
+                buf = bytearray(min(_KV_SAMPLE_BYTES, ref.nbytes))
+                reader.read_into(shard_idx, ref.offset_bytes, memoryview(buf))
+                sample += bytes(buf)
+            samples.append(sample)
+    for copies in range(n, 1, -1):
+        if n % copies == 0 and all(samples[i] == samples[i - i % copies] for i in range(n)):
+            distinct = n_kv // copies
+            return distinct, (f"params.json says {n_kv}, but every {copies} neighbouring ranks "
+                              f"hold the same wk/wv: {distinct} distinct heads")
+    return n_kv, None
+
+
+# params.json keys of Meta releases streamconv cannot turn into a faithful Hugging Face model,
+# each with the sentence that says why and what to do instead (docs/releases.md).
+_UNSUPPORTED_KEYS: tuple[tuple[str, str], ...] = (
+    ("quantization_args", "is Meta's int4 quantized Llama 3.2 release (SpinQuant / QLoRA): it "
+     "needs run-time pieces (int8 dynamic activations, SpinQuant's Hadamard rotation, LoRA "
+     "adaptors) that Hugging Face transformers does not have, so it has no faithful Hugging "
+     "Face form; convert the bf16 release of the same model (e.g. Llama-3.2-1B-Instruct) "
+     "instead, or run this one with ExecuTorch"),
+    ("vision_chunk_size", "is a Llama 3.2 Vision model (image encoder and cross-attention "
+     "layers), which streamconv does not convert yet; use the text-only Llama 3.x releases"),
+    ("moe_args", "is a Llama 4 model, which streamconv does not convert yet"),
+    ("vision_args", "is a Llama 4 model, which streamconv does not convert yet"),
+)
+
+
+def check_supported(params: MetaParams, input_dir: Path) -> None:
+    for key, why in _UNSUPPORTED_KEYS:
+        if key in params.raw:
+            raise ParamsError(f"{input_dir} ({key} in params.json) {why}")
 
 
 def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Family | None,
-                 tokenizer_kind: str | None) -> ModelSpec:
+                 tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
     """Resolve the architecture and check every tensor shape against it, before any write."""
+    check_supported(params, ckpt.input_dir)
     _check_shard_count(ckpt, params)
     _check_names(ckpt, params)
     sources: dict[str, str] = {}
@@ -201,18 +239,25 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                           f"tok_embeddings.weight gives {vocab}; params.json belongs to another "
                           "model")
     sources["vocab_size"] = "params.json" if params.vocab_size is not None else vocab_rule
+    doubts: tuple[str, ...] = ()
     if family_override is not None:
         family, sources["family"] = family_override, "--llama-version"
     else:
-        family, rule = _family(params, ckpt, vocab=vocab, split_dim=split_dim,
-                               tokenizer_kind=tokenizer_kind)
-        sources["family"] = f"detected: {rule}"
+        verdict = _family(params, ckpt, vocab=vocab, split_dim=split_dim,
+                          tokenizer_kind=tokenizer_kind)
+        family, sources["family"] = verdict.family, f"detected: {verdict.summary}"
+        doubts = tuple(f"family evidence in conflict: {c}; pass --llama-version if "
+                       f"{verdict.family.label} is wrong" for c in verdict.conflicts)
+    sources["instruct"] = instruct[1]
     if ckpt.n_shards > 1 and split_dim != (0 if family.is_llama3 else 1):
         raise ParamsError(f"{family.label} splits the embedding by "
                           f"{'vocabulary' if family.is_llama3 else 'hidden size'} but these "
                           "shards split it the other way; check --llama-version")
     n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
     sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
+    n_kv, kv_rule = _distinct_kv_heads(ckpt, n_kv, params.n_heads)
+    if kv_rule:
+        sources["n_kv_heads"] = kv_rule
     if params.dim % params.n_heads or params.n_heads % n_kv:
         raise ParamsError(f"params.json: dim={params.dim}, n_heads={params.n_heads}, n_kv_heads="
                           f"{n_kv} do not divide evenly; params.json is damaged")
@@ -223,15 +268,15 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     tied = family is Family.LLAMA3_2 or "output.weight" not in ckpt.tensors[0]
     sources["tie_word_embeddings"] = "LLaMA 3.2 ties output to embedding" if tied else "default"
     sources["max_position_embeddings"] = f"{family.label} context length"
-    bos = vocab - 256 if family.is_llama3 else BOS_TOKEN_ID[False]
+    bos = vocab - 256 if family.is_llama3 else family.facts.bos_token_id
     spec = ModelSpec(
         family=family, n_shards=ckpt.n_shards, dtype=dtype, dim=params.dim,
         n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
         ffn_dim=ffn_dim, norm_eps=params.norm_eps, rope_theta=theta,
-        rope_scaling=_rope_scaling(family, params.use_scaled_rope),
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS[family], tie_word_embeddings=tied,
-        embedding_split_dim=split_dim, bos_token_id=bos, eos_token_id=bos + 1,
-        sources=sources)
+        rope_scaling=rope_scaling(family, use_scaled_rope=params.use_scaled_rope),
+        max_position_embeddings=context_length(family, rope_theta=theta),
+        tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
+        eos_token_id=bos + 1, instruct=instruct[0], sources=sources, doubts=doubts)
     check_shapes(spec, ckpt)
     return spec
 
@@ -249,7 +294,6 @@ def shard_shape(spec: ModelSpec, meta_name: str) -> tuple[int, ...]:
         "ffn_norm": (spec.dim,), "norm": (spec.dim,), "output": (spec.vocab_size // n, spec.dim),
         "tok_embeddings": ((spec.vocab_size // n, spec.dim) if spec.embedding_split_dim == 0
                            else (spec.vocab_size, spec.dim // n)),
-        "freqs": (hd // 2,),
     }
     return table[suffix]
 
@@ -266,7 +310,8 @@ def check_shapes(spec: ModelSpec, ckpt: Checkpoint) -> None:
                           "way; a shard is missing or extra in the input folder")
     for refs in ckpt.tensors:
         for meta_name, ref in refs.items():
-            _check_one(spec, ref, shard_shape(spec, meta_name))
+            if not is_ignored(meta_name):
+                _check_one(spec, ref, shard_shape(spec, meta_name))
 
 
 def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> None:

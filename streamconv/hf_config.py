@@ -1,9 +1,11 @@
 """config.json and generation_config.json as pure dicts.
 
-Keys and values follow what transformers' convert_llama_weights_to_hf.py (4.47.1) writes through
-LlamaConfig/GenerationConfig, with two deliberate differences: torch_dtype names the dtype of
-the weights actually written (the script says float16 while writing bfloat16), and there is no
-transformers_version, since no transformers wrote the file.
+Keys follow what transformers' convert_llama_weights_to_hf.py (4.47.1) writes through
+LlamaConfig; the values are the published Hugging Face configs' (family.py, docs/releases.md),
+with two deliberate differences: torch_dtype names the dtype of the weights actually written
+(Meta's LLaMA 2 repos publish float16 weights cast from the bf16 originals; streamconv keeps
+the checkpoint's dtype unless --dtype says otherwise), and there is no transformers_version,
+since no transformers wrote the file.
 """
 
 from __future__ import annotations
@@ -14,27 +16,20 @@ from typing import Any
 import torch
 
 from .detect import ModelSpec
+from .family import eos_token_ids, generation_defaults
 
 TORCH_DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16",
                     torch.bfloat16: "bfloat16"}
-# LLaMA 3 chat models stop on <|eot_id|> (and 3.1+ on <|eom_id|>) as well as <|end_of_text|>.
-_INSTRUCT_EOS_OFFSETS = {"3": (1, 9), "3.1+": (1, 8, 9)}
 
 
-def eos_token_ids(spec: ModelSpec, *, instruct: bool) -> int | list[int]:
-    if not (instruct and spec.family.is_llama3):
-        return spec.eos_token_id
-    key = "3" if spec.family.value == "3" else "3.1+"
-    return [spec.bos_token_id + offset for offset in _INSTRUCT_EOS_OFFSETS[key]]
-
-
-def config_dict(spec: ModelSpec, *, dtype: torch.dtype, instruct: bool) -> dict[str, Any]:
+def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
         "bos_token_id": spec.bos_token_id,
-        "eos_token_id": eos_token_ids(spec, instruct=instruct),
+        "eos_token_id": eos_token_ids(spec.family, bos_token_id=spec.bos_token_id,
+                                      instruct=spec.instruct, for_config=True),
         "head_dim": spec.head_dim,
         "hidden_act": "silu",
         "hidden_size": spec.dim,
@@ -57,13 +52,13 @@ def config_dict(spec: ModelSpec, *, dtype: torch.dtype, instruct: bool) -> dict[
     }
 
 
-def generation_config_dict(spec: ModelSpec, *, instruct: bool) -> dict[str, Any]:
+def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
+    """The family's published generation defaults (family.py), base or chat."""
     return {
         "bos_token_id": spec.bos_token_id,
-        "do_sample": True,
-        "eos_token_id": eos_token_ids(spec, instruct=instruct),
-        "temperature": 0.6,
-        "top_p": 0.9,
+        "eos_token_id": eos_token_ids(spec.family, bos_token_id=spec.bos_token_id,
+                                      instruct=spec.instruct, for_config=False),
+        **generation_defaults(spec.family, instruct=spec.instruct),
     }
 
 

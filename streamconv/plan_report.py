@@ -30,6 +30,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
 
     detected = [
         ("family", spec.family.label, src("family")),
+        ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),
         ("shards", str(spec.n_shards), "consolidated.NN.pth files found"),
         ("dtype", str(spec.dtype).removeprefix("torch."), "tensor dtypes"),

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, ShardReader, find_shard_paths, open_checkpoint
+from .checkpoint import Checkpoint, ShardReader, open_checkpoint, resolve_input_dir
 from .detect import ModelSpec, detect_model
 from .errors import TokenizerError
 from .executor import as_buffer
 from .family import Family
+from .family_rules import instruct_from_folder
 from .layout import Split, TensorLayout, hf_layouts, replica_shards
 from .memory import current_rss_bytes, default_max_ram_bytes
 from .params import read_params
@@ -34,7 +35,7 @@ class ConvertOptions:
     llama_version: str = "auto"
     force: bool = False
     resume: bool = False
-    instruct: bool = False
+    instruct: bool | None = None  # None: from the folder's name (family_rules.py)
     tokenizer: bool = True
 
 
@@ -100,9 +101,16 @@ def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
     return warnings
 
 
+def _instruct(input_dir: Path, options: ConvertOptions) -> tuple[bool, str]:
+    if options.instruct is not None:
+        return options.instruct, "--instruct" if options.instruct else "--base"
+    return instruct_from_folder(input_dir)
+
+
 def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
     """Read and check everything and decide the plan."""
-    find_shard_paths(input_dir)  # the folder itself first: a wrong folder is the likeliest error
+    given_dir = input_dir
+    input_dir = resolve_input_dir(input_dir)  # a wrong folder is the likeliest error: first
     params = read_params(input_dir)
     checkpoint = open_checkpoint(input_dir)
     tokenizer_path = find_tokenizer(input_dir) if options.tokenizer else None
@@ -116,7 +124,8 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
 
         kind = detect_tokenizer_kind(tokenizer_path)
     override = None if options.llama_version == "auto" else Family(options.llama_version)
-    spec = detect_model(params, checkpoint, family_override=override, tokenizer_kind=kind)
+    spec = detect_model(params, checkpoint, family_override=override, tokenizer_kind=kind,
+                        instruct=_instruct(given_dir, options))
     if tokenizer_path is not None:
         _check_tokenizer_vocab(tokenizer_path, spec)
     layouts = hf_layouts(spec)
@@ -127,5 +136,8 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
                            max_shard_bytes=options.max_shard_bytes)
     warnings = [f"params.json has keys streamconv does not use: {', '.join(params.unknown_keys)}"
                 ] if params.unknown_keys else []
+    warnings += spec.doubts
+    if input_dir != given_dir:
+        warnings.append(f"reading Meta's files from {input_dir}")
     warnings += replica_warnings(checkpoint, spec, layouts)
     return Prepared(input_dir, checkpoint, spec, layouts, plan, tokenizer_path, kind, warnings)

@@ -55,6 +55,13 @@ class SyntheticSpec:
     share_storage: bool = False
     # Write a tokenizer.model with as many ids as embedding rows.
     with_tokenizer: bool = True
+    # Where the checkpoint carries rotary frequencies: "top" (rope.freqs, LLaMA 2 files),
+    # "per-layer" (layers.N.attention.inner_attention.rope.freqs, LLaMA 1 files), "none", or
+    # None for the family's own layout (docs/releases.md).
+    rope_freqs: str | None = None
+    # params.json exactly as a release publishes it, instead of the one built from the fields
+    # (e.g. the 405B MP16 release says n_kv_heads 16 for 8 distinct heads stored twice).
+    params_override: tuple[tuple[str, Any], ...] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -72,7 +79,15 @@ class SyntheticSpec:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    @property
+    def rope_freqs_layout(self) -> str:
+        if self.rope_freqs is not None:
+            return self.rope_freqs
+        return {Family.LLAMA1: "per-layer", Family.LLAMA2: "top"}.get(self.family, "none")
+
     def params_json(self) -> dict[str, Any]:
+        if self.params_override is not None:
+            return dict(self.params_override)
         params: dict[str, Any] = {
             "dim": self.dim,
             "multiple_of": self.multiple_of,
@@ -142,8 +157,11 @@ def shard_shapes(spec: SyntheticSpec) -> dict[str, tuple[int, ...]]:
         shapes[p + "ffn_norm.weight"] = (spec.dim,)
     shapes["norm.weight"] = (spec.dim,)
     shapes["output.weight"] = (spec.vocab_size // n, spec.dim)
-    if spec.family is Family.LLAMA1:
+    if spec.rope_freqs_layout == "top":
         shapes["rope.freqs"] = (hd // 2,)
+    elif spec.rope_freqs_layout == "per-layer":
+        for layer_idx in range(spec.n_layers):
+            shapes[f"layers.{layer_idx}.attention.inner_attention.rope.freqs"] = (hd // 2,)
     return shapes
 
 
@@ -165,7 +183,7 @@ def _full_tensor(spec: SyntheticSpec, meta_name: str, shape: tuple[int, ...],
         meta_name = "tok_embeddings.weight"
     seed = (hash_name(meta_name) * 1_000_003 + rank_key * 7919 + spec.seed) % (2**63)
     gen = torch.Generator().manual_seed(seed)
-    if meta_name == "rope.freqs":
+    if meta_name.endswith("rope.freqs"):
         hd = spec.head_dim
         return 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
     if replicated:

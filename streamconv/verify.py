@@ -168,7 +168,8 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
     dtypes = {where.dtype for where in located.values()}
     if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_OPTION:
         options = replace(options, dtype=_DTYPE_OPTION[next(iter(dtypes))])
-    instruct = _written_as_instruct(output_dir)
+    instruct = (options.instruct if options.instruct is not None
+                else _written_as_instruct(output_dir))
     prepared = prepare(input_dir, replace(options, instruct=instruct))
     expected_names = {layout.hf_name for layout in prepared.layouts}
     for hf_name in sorted(expected_names - set(located)):
@@ -191,14 +192,20 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
                         for name in sorted(comparer.mismatched)]
     result.tensors_checked = len(expected_names & set(located))
     with tempfile.TemporaryDirectory() as scratch:
-        _check_json(output_dir, extra_files(prepared, Path(scratch), instruct=instruct), result)
+        _check_json(output_dir, extra_files(prepared, Path(scratch)), result)
     return result
 
 
 def _written_as_instruct(output_dir: Path) -> bool:
-    """An instruct conversion is recognisable by its list of eos ids."""
+    """A chat model's conversion is recognisable by its list of eos ids (LLaMA 3.x) or its chat
+    template."""
     try:
-        config = json.loads((output_dir / "config.json").read_text())
+        generation = json.loads((output_dir / "generation_config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(config.get("eos_token_id"), list)
+        generation = {}
+    try:
+        tokenizer_config = json.loads((output_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        tokenizer_config = {}
+    return (isinstance(generation, dict) and isinstance(generation.get("eos_token_id"), list)
+            or isinstance(tokenizer_config, dict) and "chat_template" in tokenizer_config)

@@ -69,7 +69,7 @@ def test_plan_prints_detection_and_writes_nothing(make_checkpoint: MakeCkpt) -> 
     assert main(["plan", str(src), "--max-ram", "1G"],
                 console=Console(file=buffer, width=400)) == 0
     out = buffer.getvalue()
-    for expected in ("LLaMA 3.2", "output tied to embedding", "smallest workable budget",
+    for expected in ("LLaMA 3.2", "equal to the embedding (tied)", "smallest workable budget",
                      "predicted peak RSS", "model-00001-of-00001.safetensors", "tiktoken"):
         assert expected in out
     assert sorted(p.name for p in src.iterdir()) == before
