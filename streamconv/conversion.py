@@ -42,6 +42,7 @@ class Report:
     input_dir: str
     output_dir: str
     family: str
+    instruct: bool
     seconds: float
     bytes_read: int
     bytes_written: int
@@ -152,7 +153,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                           "command with --resume to continue where it stopped") from None
     return Report(
         input_dir=str(input_dir), output_dir=str(output_dir), family=prepared.spec.family.label,
-        seconds=time.monotonic() - start, bytes_read=bytes_read,
+        instruct=prepared.spec.instruct, seconds=time.monotonic() - start, bytes_read=bytes_read,
         bytes_written=sum(p.stat().st_size for p in published),
         peak_rss_bytes=peak_rss_bytes(), max_ram_bytes=plan.budget_bytes,
         predicted_peak_bytes=plan.predicted_peak_bytes, resumed_bytes=resumed_bytes,

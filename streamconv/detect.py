@@ -177,12 +177,12 @@ def _family(params: MetaParams, ckpt: Checkpoint, *, vocab: int, split_dim: int,
         tensor_names=names, output_tied=_tied(ckpt)))
 
 
-def _distinct_kv_heads(ckpt: Checkpoint, n_kv: int, n_heads: int) -> tuple[int, str | None]:
+def _distinct_kv_heads(ckpt: Checkpoint, n_kv: int) -> tuple[int, str | None]:
     """Meta's 405B MP16 release says n_kv_heads 16 but stores each of its 8 kv heads on two
     ranks (docs/releases.md); the published config says 8. Ranks whose wk and wv agree byte for
     byte (sampled) hold the same head, and count once."""
     n = ckpt.n_shards
-    if n_kv != n or n < 2 or n_kv >= n_heads:
+    if n_kv != n or n < 2:
         return n_kv, None
     samples = []
     with ShardReader(ckpt.shard_paths) as reader:
@@ -255,7 +255,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                           "shards split it the other way; check --llama-version")
     n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
     sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
-    n_kv, kv_rule = _distinct_kv_heads(ckpt, n_kv, params.n_heads)
+    n_kv, kv_rule = _distinct_kv_heads(ckpt, n_kv)
     if kv_rule:
         sources["n_kv_heads"] = kv_rule
     if params.dim % params.n_heads or params.n_heads % n_kv:

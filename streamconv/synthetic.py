@@ -59,9 +59,6 @@ class SyntheticSpec:
     # "per-layer" (layers.N.attention.inner_attention.rope.freqs, LLaMA 1 files), "none", or
     # None for the family's own layout (docs/releases.md).
     rope_freqs: str | None = None
-    # params.json exactly as a release publishes it, instead of the one built from the fields
-    # (e.g. the 405B MP16 release says n_kv_heads 16 for 8 distinct heads stored twice).
-    params_override: tuple[tuple[str, Any], ...] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -86,8 +83,6 @@ class SyntheticSpec:
         return {Family.LLAMA1: "per-layer", Family.LLAMA2: "top"}.get(self.family, "none")
 
     def params_json(self) -> dict[str, Any]:
-        if self.params_override is not None:
-            return dict(self.params_override)
         params: dict[str, Any] = {
             "dim": self.dim,
             "multiple_of": self.multiple_of,
