@@ -8,9 +8,11 @@ built here is byte-level BPE that segments text exactly as tiktoken does:
   without its own regex), so vocab entries are the mapped bytes of each token;
 * ``ignore_merges``: tiktoken looks a whole regex piece up in the ranks before merging, and so
   does BPE with this flag, which also covers the few tokens no merge sequence reaches;
-* merges: tiktoken merges, at each step, the adjacent pair whose concatenation has the lowest
-  rank. A pair only ever merges into a token T in the way BPE on T's own bytes splits T last, so
-  one merge per token (that split), ordered by T's rank, reproduces tiktoken.
+* merges: every split of every token into two tokens, ordered by the rank of the token it makes,
+  then by the rank of its left part. That is the list transformers' ``TikTokenConverter`` writes
+  (transformers 4.47.1, ``convert_slow_tokenizer.py``), so the file equals the one its conversion
+  script writes, merges included (280,147 for LLaMA 3). BPE with these merges merges, at each
+  step, the adjacent pair whose concatenation has the lowest rank, which is tiktoken's rule.
 """
 
 from __future__ import annotations
@@ -129,32 +131,25 @@ def byte_to_unicode() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def _last_split(token: bytes, ranks: dict[bytes, int]) -> int | None:
-    """Where BPE by rank on ``token``'s own bytes splits it last; None if it never reaches it."""
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 2:
-        best_rank, best_idx = -1, -1
-        for idx in range(len(parts) - 1):
-            rank = ranks.get(parts[idx] + parts[idx + 1])
-            if rank is not None and (best_idx < 0 or rank < best_rank):
-                best_rank, best_idx = rank, idx
-        if best_idx < 0:
-            return None
-        parts[best_idx : best_idx + 2] = [parts[best_idx] + parts[best_idx + 1]]
-    return len(parts[0])
+def mapped_vocab(ranks: dict[bytes, int]) -> dict[str, int]:
+    """Each token as its byte-to-unicode characters (one character per byte), with its rank."""
+    table = dict(enumerate(byte_to_unicode()))
+    # latin-1 turns each byte into the code point of the same value; translate maps those.
+    return {token.decode("latin-1").translate(table): rank for token, rank in ranks.items()}
 
 
-def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """One merge per reachable multi-byte token, ordered by the rank of the token it makes."""
-    merges: list[tuple[int, bytes, bytes]] = []
-    for token, rank in ranks.items():
-        if len(token) < 2:
-            continue
-        cut = _last_split(token, ranks)
-        if cut is not None:
-            merges.append((rank, token[:cut], token[cut:]))
-    merges.sort()
-    return [(left, right) for _, left, right in merges]
+def derive_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every split of every token into two tokens, in transformers' order: by the rank of the
+    token made, then by the rank of the left part (a token's splits all have different left
+    parts). Works on mapped strings, where each character is one byte, so splits are byte splits.
+    """
+    merges: list[tuple[str, str]] = []
+    for token in sorted(vocab, key=vocab.__getitem__):
+        cuts = [i for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        if len(cuts) > 1:
+            cuts.sort(key=lambda i: vocab[token[:i]])
+        merges.extend([(token[:i], token[i:]) for i in cuts])
+    return merges
 
 
 def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> JsonDict:
@@ -168,11 +163,7 @@ def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) 
 
 def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> JsonDict:
     """The tokenizer.json document (tokenizers' serialization format, version 1.0)."""
-    table = byte_to_unicode()
-
-    def mapped(token: bytes) -> str:
-        return "".join([table[b] for b in token])
-
+    vocab = mapped_vocab(ranks)
     n_ranks = len(ranks)
     return {
         "version": "1.0",
@@ -209,8 +200,8 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": True,
-            "vocab": {mapped(token): rank for token, rank in ranks.items()},
-            "merges": [[mapped(left), mapped(right)] for left, right in derive_merges(ranks)],
+            "vocab": vocab,
+            "merges": [list(pair) for pair in derive_merges(vocab)],
         },
     }
 
