@@ -142,6 +142,7 @@ def write_tokenizer_files(
             "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, specials),
             "tokenizer_config.json": tokenizer_tiktoken.build_tokenizer_config(
                 specials,
+                family=family,
                 n_ranks=len(ranks),
                 instruct=instruct,
                 model_max_length=model_max_length,
