@@ -220,3 +220,34 @@ def test_real_file_converts_in_under_3_seconds(tmp_path: Path) -> None:
         best = min(best, time.perf_counter() - start)
     assert best < 3.0, f"{best:.2f} s"
 
+
+
+LLAMA2_MODEL = LLAMA3_MODEL.parent / "llama2_tokenizer.model"
+
+
+@pytest.mark.skipif(not LLAMA2_MODEL.is_file(), reason=f"{LLAMA2_MODEL} not available")
+def test_llama2_equals_transformers_but_for_the_dummy_prefix(tmp_path: Path) -> None:
+    peer_python, why_not = find_peer_python()
+    if peer_python is None:
+        pytest.skip(why_not)
+    code = ("import sys\nfrom transformers.models.llama.convert_llama_weights_to_hf import "
+            "write_tokenizer\nwrite_tokenizer(sys.argv[1], sys.argv[2], llama_version='2')")
+    peer = tmp_path / "peer"
+    done = subprocess.run([str(peer_python), "-c", code, str(peer), str(LLAMA2_MODEL)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    write_tokenizer_files(LLAMA2_MODEL, ours, family=Family.LLAMA2, instruct=False,
+                          model_max_length=4096)
+    want, got = _load(peer / "tokenizer.json"), _load(ours / "tokenizer.json")
+    assert got["model"] == want["model"]  # vocab and all 61,249 merges, in the same order
+    differing = {key for key in want if got[key] != want[key]}
+    assert differing == {"normalizer", "decoder"}
+    # Why: transformers 4.47.1's normalizer has no Prepend("▁"), so the dummy prefix is lost.
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(ours / "tokenizer.json")).encode("Hello world").ids == [
+        1, 15043, 3186]  # sentencepiece's ids
+    assert Tokenizer.from_file(str(peer / "tokenizer.json")).encode("Hello world").ids == [
+        1, 10994, 3186]
