@@ -9,14 +9,15 @@ the output is plain JSON in the formats those libraries read.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import tokenizer_spm, tokenizer_tiktoken
+from . import tokenizer_json, tokenizer_spm, tokenizer_tiktoken
 from .errors import TokenizerError
 from .family import Family
 from .synthetic_tokenizer import write_synthetic_tokenizer
@@ -59,15 +60,31 @@ def _kind_of(data: bytes) -> TokenizerKind:
     return "tiktoken" if _TIKTOKEN_LINE.match(data[:200]) else "sentencepiece"
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    kind: TokenizerKind
+    spm: tokenizer_spm.SpmModel | None = None
+    ranks: dict[bytes, int] | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_bytes(path: Path, data: bytes) -> _Parsed:
+    if _kind_of(data) == "tiktoken":
+        return _Parsed("tiktoken", ranks=tokenizer_tiktoken.read_ranks(path, data))
+    return _Parsed("sentencepiece", spm=tokenizer_spm.load_spm(path, data))
+
+
+def _parse(path: Path) -> _Parsed:
+    """The parsed file. A conversion asks three times (kind, vocab size, files): the last parse
+    is kept, keyed by path and content, so the file is parsed once. It stays in memory until
+    the next tokenizer is parsed; prepare() measures the baseline RSS after it, so the plan
+    counts it."""
+    return _parse_bytes(path, _read(path))
+
+
 def detect_tokenizer_kind(path: Path) -> Literal["sentencepiece", "tiktoken"]:
     """Which format ``path`` is in, after checking that it parses completely."""
-    data = _read(path)
-    kind = _kind_of(data)
-    if kind == "tiktoken":
-        tokenizer_tiktoken.read_ranks(path, data)
-    else:
-        tokenizer_spm.load_spm(path, data)
-    return kind
+    return _parse(path).kind
 
 
 def _check_family(path: Path, kind: TokenizerKind, family: Family) -> None:
@@ -85,19 +102,16 @@ def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
     SentencePiece: every piece (32000 for LLaMA 1/2; Code Llama's model already holds its 16
     infilling pieces, 32016). tiktoken: the ranks plus the 256 specials Meta adds in code (128256).
     """
-    data = _read(path)
-    kind = _kind_of(data)
-    _check_family(path, kind, family)
-    if kind == "tiktoken":
-        n_ranks = len(tokenizer_tiktoken.read_ranks(path, data))
-        return n_ranks + tokenizer_tiktoken.N_SPECIAL_TOKENS
-    return tokenizer_spm.load_spm(path, data).vocab_size
+    parsed = _parse(path)
+    _check_family(path, parsed.kind, family)
+    if parsed.ranks is not None:
+        return len(parsed.ranks) + tokenizer_tiktoken.N_SPECIAL_TOKENS
+    assert parsed.spm is not None
+    return parsed.spm.vocab_size
 
 
-def _write_json(path: Path, document: Any) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        json.dump(document, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+def _write_json(path: Path, document: tokenizer_json.JsonDict) -> None:
+    path.write_text(tokenizer_json.to_text(document), encoding="utf-8")
 
 
 def write_tokenizer_files(
@@ -105,12 +119,12 @@ def write_tokenizer_files(
 ) -> list[str]:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (and, for
     SentencePiece, a copy of tokenizer.model) into ``out_dir``; return the file names written."""
-    data = _read(path)
-    kind = _kind_of(data)
+    parsed = _parse(path)
+    kind = parsed.kind
     _check_family(path, kind, family)
     documents: dict[str, Any]
-    if kind == "sentencepiece":
-        model = tokenizer_spm.load_spm(path, data)
+    if parsed.spm is not None:
+        model = parsed.spm
         documents = {
             "tokenizer.json": tokenizer_spm.build_tokenizer_json(model),
             "tokenizer_config.json": tokenizer_spm.build_tokenizer_config(
@@ -121,12 +135,14 @@ def write_tokenizer_files(
         if instruct:
             log.info("%s chat models get no chat template from streamconv", family.label)
     else:
-        ranks = tokenizer_tiktoken.read_ranks(path, data)
+        assert parsed.ranks is not None
+        ranks = parsed.ranks
         specials = tokenizer_tiktoken.special_token_names(family)
         documents = {
             "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, specials),
             "tokenizer_config.json": tokenizer_tiktoken.build_tokenizer_config(
                 specials,
+                family=family,
                 n_ranks=len(ranks),
                 instruct=instruct,
                 model_max_length=model_max_length,

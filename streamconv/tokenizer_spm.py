@@ -13,9 +13,8 @@ How each part reproduces sentencepiece:
   (" Hello" -> "▁▁Hello"), as sentencepiece does; the ``Metaspace`` pre-tokenizer would not.
 * BPE merges: sentencepiece merges, at each step, the adjacent pair whose concatenation is the
   highest-scoring piece, whatever way that piece splits. So every split of every normal piece into
-  two pieces is a merge, ranked by the score of the result. Equal scores (LLaMA gives all 15
-  whitespace-run pieces -1e9) are ranked longest result first: sentencepiece breaks ties by the
-  leftmost pair, which grows a run of ``▁`` from the left, and longest-first reproduces that.
+  two pieces is a merge, ranked by the score of the result, in the order transformers' converter
+  writes them (see ``derive_merges``).
 * byte_fallback: characters missing from the vocab become ``<0xXX>`` pieces in both.
 * user-defined pieces (sentencepiece matches them in the normalized text before BPE) become added
   tokens with ``normalized: true``; control and unknown pieces become special added tokens. With
@@ -130,21 +129,27 @@ def _check_supported(path: Path, model: SpmModel) -> None:
 
 
 def derive_merges(model: SpmModel) -> list[tuple[str, str]]:
-    """Every split of every normal piece into two normal pieces, in sentencepiece's merge order."""
+    """Every split of every normal piece into two normal pieces, in transformers' order.
+
+    transformers 4.47.1's ``generate_merges`` (convert_slow_tokenizer.py) sorts by the score of
+    the piece made, then by the length of the left part and of the right part, all descending,
+    keeping piece-id order and then (left id, right id) order among equals. Among LLaMA's pieces
+    only the 15 whitespace runs share a score (-1e9); longer left parts first grows a run of
+    ``▁`` from the left, as sentencepiece's leftmost-first tie-break does.
+    """
     normal = {
         piece: idx
         for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types))
         if piece_type == spm_proto.PIECE_NORMAL
     }
-    ranked: list[tuple[float, int, int, int, str, str]] = []
+    ranked: list[tuple[float, int, int, int, int, int, str, str]] = []
     for piece, idx in normal.items():
         for cut in range(1, len(piece)):
             left_id = normal.get(piece[:cut])
             right_id = normal.get(piece[cut:])
             if left_id is not None and right_id is not None:
-                ranked.append(
-                    (-model.scores[idx], -len(piece), left_id, right_id, piece[:cut], piece[cut:])
-                )
+                ranked.append((-model.scores[idx], -cut, cut - len(piece), idx, left_id,
+                               right_id, piece[:cut], piece[cut:]))
     ranked.sort()
     return [(left, right) for *_, left, right in ranked]
 

@@ -27,6 +27,8 @@ from streamconv.tokenizer_tiktoken import (
     LLAMA3_PATTERN,
     byte_to_unicode,
     derive_merges,
+    derive_merges_by_loop,
+    mapped_vocab,
     special_token_names,
 )
 
@@ -272,27 +274,55 @@ def _tiny_ranks(*tokens: bytes) -> dict[bytes, int]:
     return {t: r for r, t in enumerate(singles + list(tokens))}
 
 
-def test_derive_merges_takes_the_split_bpe_makes() -> None:
-    # "abc" splits as a+bc or ab+c; BPE on its bytes joins "ab" (lower rank) first.
-    ranks = _tiny_ranks(b"ab", b"bc", b"abc")
-    assert derive_merges(ranks) == [(b"a", b"b"), (b"b", b"c"), (b"ab", b"c")]
-    # "xyz" is a token no merge sequence reaches (neither "xy" nor "yz" exists): no merge.
-    ranks = _tiny_ranks(b"xyz")
-    assert derive_merges(ranks) == []
+def test_derive_merges_lists_every_split_in_transformers_order() -> None:
+    # transformers' TikTokenConverter: all splits of each token into two tokens, by the rank of
+    # the token made, then by the rank of the left part.
+    ranks = _tiny_ranks(b"bc", b"ab", b"abc", b"xyz")
+    a, b, c, bc, ab = ranks[b"a"], ranks[b"b"], ranks[b"c"], ranks[b"bc"], ranks[b"ab"]
+    want = [(b, c), (a, b), (a, bc), (ab, c)]  # "abc": left "a" (97) before "ab" (257)
+    # "xyz": neither "xy" nor "yz" is a token, so no merge; ignore_merges still finds it whole.
+    assert derive_merges(ranks) == derive_merges_by_loop(ranks) == want
+
+
+@pytest.mark.parametrize("name", _params(["synthetic-128000-3", "llama3-3"]))
+def test_hashed_merges_equal_the_loop(converted: Callable[[str], Converted], name: str) -> None:
+    ranks = load_tiktoken_bpe(str(converted(name).model_path))
+    assert derive_merges(ranks) == derive_merges_by_loop(ranks)
+
+
+def test_hash_collision_falls_back_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamconv.tokenizer_tiktoken as tt
+
+    ranks = _tiny_ranks(b"ab", b"abc", b"bc")
+    calls = []
+    real = tt.derive_merges_by_loop
+
+    def loop(r: dict[bytes, int]) -> list[tuple[int, int]]:
+        calls.append(1)
+        return real(r)
+
+    monkeypatch.setattr(tt, "derive_merges_by_loop", loop)
+    # With base 1 a hash is the sum of the bytes + 1: "ab" collides with the byte 196.
+    monkeypatch.setattr(tt, "_HASH_BASE", 1)
+    assert tt.derive_merges(ranks) == real(ranks) and calls
+
+
+def test_mapped_vocab_uses_gpt2_byte_table() -> None:
+    ranks = _tiny_ranks(b" \n\xff")
+    vocab = mapped_vocab(ranks)
+    assert vocab["\u0120\u010a\u00ff"] == 256  # space -> U+0120, newline -> U+010A
+    assert len(vocab) == 257 and sorted(vocab.values()) == list(range(257))
 
 
 def test_merges_reproduce_tiktoken_on_ties_and_unreachable_tokens() -> None:
-    ranks = _tiny_ranks(b"aa", b"aaa", b"aaaa", b"ab", b"bc", b"abc", b"xyz", b"bca")
-    table = byte_to_unicode()
-
-    def mapped(token: bytes) -> str:
-        return "".join(table[b] for b in token)
-
-    bpe = models.BPE(
-        vocab={mapped(t): r for t, r in ranks.items()},
-        merges=[(mapped(a), mapped(b)) for a, b in derive_merges(ranks)],
-        ignore_merges=True,
-    )
+    ranks = _tiny_ranks(b"aa", b"aaa", b"aaaa", b"ab", b"bc", b"abc", b"xyz", b"bca", b"cab")
+    vocab = mapped_vocab(ranks)
+    by_rank = sorted(vocab, key=vocab.__getitem__)
+    merges = [(by_rank[a], by_rank[b]) for a, b in derive_merges(ranks)]
+    bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=True)
     enc = tiktoken.Encoding("tiny", pat_str=r"\S+", mergeable_ranks=ranks, special_tokens={})
-    for word in (b"aaaaaaa", b"abcabc", b"bcabca", b"xyz", b"xyzxyz", b"aabca", b"abcaaab"):
-        assert [t.id for t in bpe.tokenize(mapped(word))] == enc.encode(word.decode()), word
+    table = byte_to_unicode()
+    for word in (b"aaaaaaa", b"abcabc", b"bcabca", b"xyz", b"xyzxyz", b"aabca", b"abcaaab",
+                 b"cabcab", b"bcab"):
+        mapped = "".join(table[b] for b in word)
+        assert [t.id for t in bpe.tokenize(mapped)] == enc.encode(word.decode()), word
