@@ -66,14 +66,14 @@ class ShardWriter:
         self._state = _State.OPEN
         try:
             for out_file in self.files:
-                self._fds.append(self._create(out_file))
+                self._fds.append(self._create(len(self._fds), out_file))
                 self._direct_fds.append(open_direct(self.staging / out_file.name, os.O_WRONLY))
         except BaseException:
             self._close_fds()
             raise
         return self
 
-    def _create(self, out_file: OutputFile) -> int:
+    def _create(self, file_idx: int, out_file: OutputFile) -> int:
         """Open the staged file: reused as it is on resume if its size is right, else new."""
         path = self.staging / out_file.name
         keep = self.resume and path.is_file() and path.stat().st_size == out_file.total_bytes
@@ -84,20 +84,20 @@ class ShardWriter:
                 os.posix_fallocate(fd, 0, out_file.total_bytes)
             else:  # macOS, Windows: sparse until written, so a full disk shows up later
                 os.ftruncate(fd, out_file.total_bytes)
-            self._pwrite(fd, out_file.header, 0)
+            self._pwrite(file_idx, fd, out_file.header, 0)
         except OSError as e:
             os.close(fd)
             raise disk_error(e, path, out_file.total_bytes) from e
         return fd
 
-    def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+    def _pwrite(self, file_idx: int, fd: int, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
             if has_os_call("pwrite"):
                 done += os.pwrite(fd, view[done:], offset + done)
             else:
-                with self._locks[self._fds.index(fd)]:
+                with self._locks[file_idx]:
                     os.lseek(fd, offset + done, os.SEEK_SET)
                     done += os.write(fd, view[done:])
 
@@ -112,7 +112,8 @@ class ShardWriter:
                 buffered = [(0, lo), (hi, data.nbytes)]
             for start, stop in buffered:
                 if stop > start:
-                    self._pwrite(self._fds[job.file_idx], data[start:stop], offset + start)
+                    self._pwrite(job.file_idx, self._fds[job.file_idx], data[start:stop],
+                                 offset + start)
         except OSError as e:
             raise disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
 
@@ -122,7 +123,7 @@ class ShardWriter:
         if fd is None or not is_aligned(data, offset):
             return False
         try:
-            self._pwrite(fd, data, offset)
+            self._pwrite(file_idx, fd, data, offset)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
