@@ -117,7 +117,8 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
             return "read: preadv"
         if func in ("_pwrite", "write_job") or "pwrite" in text:
             return "write: pwrite"
-        if "fsync" in text or func in ("sync", "_fsync_dir"):
+        if "fsync" in text or func in ("sync", "sync_shards", "fsync_dir", "full_fsync",
+                                       "data_sync"):
             return "fsync"
         if func == "permute_rotary_into":
             return "q/k rotary permute"
@@ -134,7 +135,7 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
         if func in ("prepare", "open_checkpoint", "open_shard", "conversion_fingerprint",
                     "plan_conversion", "detect_model"):
             return "prepare: metadata and plan"
-        if func == "publish":
+        if func in ("publish", "fill", "finish"):
             return "publish: final fsync + renames"
     return "other"
 

@@ -32,6 +32,7 @@ import torch
 
 from .direct_io import ALIGN, is_aligned, open_direct
 from .errors import CheckpointError
+from .platform_io import has_os_call
 
 SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _DATA_MEMBER_RE = re.compile(r"^[^/]+/data/\d+$")
@@ -345,7 +346,7 @@ class ShardReader:
         done = 0
         while done < len(buffer):
             part = buffer[done:]
-            if hasattr(os, "preadv"):
+            if has_os_call("preadv"):
                 n = os.preadv(fd, [part], offset + done)
             else:  # Windows: no positioned reads, so serialise seek + read per file
                 with self._locks[shard_idx]:

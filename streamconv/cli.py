@@ -28,7 +28,13 @@ from rich.progress import (
 
 from .errors import Interrupted, StreamconvError
 from .family import Family
-from .memory import current_rss_bytes, default_max_ram_bytes, format_size, parse_size
+from .memory import (
+    SIZE_UNITS_HELP,
+    current_rss_bytes,
+    default_max_ram_bytes,
+    format_size,
+    parse_size,
+)
 from .prefetch import start_prefetch
 
 if TYPE_CHECKING:  # the modules that import torch load only once a command runs
@@ -47,17 +53,20 @@ def _size(text: str) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = SIZE_UNITS_HELP
     parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR",
                         help="Meta checkpoint folder: params.json, consolidated.NN.pth, "
                              "tokenizer.model")
     parser.add_argument("--max-ram", type=_size, default=None, metavar="SIZE",
-                        help="peak resident memory allowed, e.g. 8G, 512M (default: half of the "
+                        help="peak resident memory allowed, e.g. 8G (8 GiB), 512M (512 MiB) "
+                             "(default: half of the "
                              f"memory available now, at least 1G; here "
                              f"{format_size(default_max_ram_bytes())})")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="dtype of the written weights (default auto: the checkpoint's own)")
     parser.add_argument("--max-shard-size", type=_size, default=parse_size("5G"), metavar="SIZE",
-                        help="largest output .safetensors file (default 5G)")
+                        help="largest output .safetensors file, e.g. 5GB (5*10^9 bytes, "
+                             "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
     parser.add_argument("--llama-version", default="auto",
                         choices=("auto", *(f.value for f in Family)),
                         help="model family; auto detects it from params.json, tensor shapes and "
@@ -85,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  streamconv plan llama-3.1-70b/ --max-ram 4G\n"
                "  streamconv llama-2-7b/ llama-2-7b-hf/ --resume     # after Ctrl-C or a crash\n"
                "  streamconv verify llama-2-7b/ llama-2-7b-hf/\n"
-               "all options: streamconv convert --help",
+               "all options: streamconv convert --help\n"
+               f"{SIZE_UNITS_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{convert,plan,verify}")
     conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")

@@ -23,16 +23,17 @@ from .journal import (
     Journal,
     conversion_fingerprint,
     covered_jobs,
+    journal_started,
     read_journal,
     verified_ranges,
 )
 from .memory import peak_rss_bytes
+from .output_folder import STAGING_DIR, OutputFolder
 from .plan import Job
 from .prefetch import prefetched_bytes
 from .preflight import check_output_dir
 from .prepare import ConvertOptions, Prepared, prepare
 from .sampling import sample_crc_of_buffer
-from .writer import STAGING_DIR, ShardWriter
 
 __all__ = ["ConvertOptions", "Prepared", "Progress", "Report", "convert", "prepare"]
 
@@ -105,8 +106,12 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     prepared = prepare(input_dir, options)
     plan = prepared.plan
     staging = output_dir / STAGING_DIR
-    resume = options.resume and (staging / JOURNAL_NAME).is_file()
-    check_output_dir(input_dir, output_dir, prepared, force=options.force, resume=resume)
+    check_output_dir(input_dir, output_dir, prepared, force=options.force,
+                     resume=options.resume)
+    resume = options.resume and journal_started(staging / JOURNAL_NAME)
+    if options.resume and staging.exists() and not resume:
+        prepared.warnings.append(f"{staging} records nothing as durable (the earlier run "
+                                 "stopped before its journal's first line): starting over")
     fingerprint = conversion_fingerprint(prepared.checkpoint, plan)
     done = _jobs_already_done(prepared, staging, fingerprint) if resume else set()
     if not resume:
@@ -119,14 +124,14 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     try:
         paths = prepared.checkpoint.shard_paths
         with ShardReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
-                ShardWriter(output_dir, plan.files, resume=resume) as writer:
+                OutputFolder(output_dir, plan.files, resume=resume) as folder:
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
-                         sync=writer.sync) as journal:
+                         sync=folder.sync_shards) as journal:
 
                 crcs: dict[int, int] = {}
 
                 def write(job: Job, data: memoryview) -> None:
-                    writer.write_job(job, data)
+                    folder.write_job(job, data)
                     crcs[job.job_idx] = sample_crc_of_buffer(data, job.file_offset)
 
                 def on_done(job: Job, n_read: int) -> None:
@@ -147,7 +152,9 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
             extra = extra_files(prepared, staging)
             if options.force:
                 _remove_stale_outputs(output_dir, prepared)
-            published = writer.publish(extra)
+            folder.fill(extra)
+            folder.sync()
+            published = folder.publish()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: nothing was published to {output_dir}; run the same "
                           "command with --resume to continue where it stopped") from None

@@ -16,6 +16,8 @@ import mmap
 import os
 from pathlib import Path
 
+from .platform_io import portable
+
 ALIGN = 4096
 # Slots are backed by transparent huge pages where the kernel offers them (madvise mode).
 HUGE_PAGE = 2 << 20
@@ -55,7 +57,8 @@ def direct_span(data: memoryview, offset: int) -> tuple[int, int]:
 
 def huge_page_memory(n_bytes: int) -> tuple[mmap.mmap, int] | None:
     """(private anonymous memory of n_bytes + HUGE_PAGE, offset of its first 2 MiB boundary),
-    advised to be backed by huge pages; None where the OS has no such advice.
+    advised to be backed by huge pages; None where the OS has no such advice (or
+    STREAMCONV_PORTABLE is set).
 
     Why: the disk sees an O_DIRECT call as requests of at most 254 physically contiguous runs
     (virtio's max_segments). Ordinary 4 KiB pages land wherever the allocator finds them, so a
@@ -63,7 +66,7 @@ def huge_page_memory(n_bytes: int) -> tuple[mmap.mmap, int] | None:
     2.5 GiB/s on the benchmark disk); with 2 MiB pages every request is as large as the device
     takes. Only touched pages count in RSS, so the slot costs at most one page more."""
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None:
+    if advice is None or portable():
         return None
     memory = mmap.mmap(-1, n_bytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     with contextlib.suppress(OSError):  # kernels without transparent huge pages
@@ -74,9 +77,10 @@ def huge_page_memory(n_bytes: int) -> tuple[mmap.mmap, int] | None:
 
 
 def open_direct(path: Path, flags: int) -> int | None:
-    """A descriptor that bypasses the page cache, or None where the OS or file system has none."""
+    """A descriptor that bypasses the page cache, or None where the OS or file system has none
+    (or STREAMCONV_PORTABLE is set)."""
     direct = getattr(os, "O_DIRECT", 0)
-    if not direct or mmap.PAGESIZE > ALIGN:
+    if not direct or portable() or mmap.PAGESIZE > ALIGN:
         # With pages larger than a block (64 KiB on some arm64 kernels) a part block written
         # through the page cache shares its page with whole blocks written past it, which
         # the kernel does not keep coherent under concurrent writers.

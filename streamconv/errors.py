@@ -33,3 +33,7 @@ class OutputError(StreamconvError):
 
 class Interrupted(StreamconvError):
     """The user pressed Ctrl-C; the CLI exits 130."""
+
+
+class LifecycleError(StreamconvError):
+    """A step of the output folder's lifecycle was called out of order: a bug in the caller."""

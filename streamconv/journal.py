@@ -44,6 +44,24 @@ def conversion_fingerprint(checkpoint: Checkpoint, plan: Plan) -> str:
     return digest.hexdigest()
 
 
+def journal_started(path: Path) -> bool:
+    """Whether the journal's first line (which conversion it belongs to) is complete.
+
+    A run killed after the staging folder was created but before that line was durable leaves
+    no journal, an empty one or a torn line: nothing in the folder was recorded as durable, so
+    there is nothing to resume and the run starts over."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    try:
+        header = json.loads(first) if first.endswith(b"\n") else None
+    except ValueError:
+        return False
+    return isinstance(header, dict) and "fingerprint" in header
+
+
 Range = tuple[int, int, int, int]  # file_idx, offset, n_bytes, sampled crc32
 
 

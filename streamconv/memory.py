@@ -6,30 +6,37 @@ mapped file pages included, so every figure here comes from the OS, never from o
 
 from __future__ import annotations
 
+import importlib
 import re
-import resource
 import sys
 from pathlib import Path
 
 import psutil
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+SIZE_UNITS_HELP = ("sizes: 5GB = 5*10^9 bytes and 500MB = 500*10^6 (decimal, as in Hugging "
+                   "Face); 8GiB = 8*2^30 and 512MiB = 512*2^20 (binary); a bare 8G or 512M is "
+                   "binary too, as in earlier versions")
 
 
 def parse_size(text: str) -> int:
-    """'8G', '8GB', '8GiB', '512M', '1.5g' or plain bytes -> bytes.
+    """'5GB', '8GiB', '8G', '512M', '1.5g' or plain bytes -> bytes.
 
-    Binary units throughout: a user who types 8G for --max-ram means "8 GiB of my RAM", and
-    --max-shard-size 5GB follows transformers' own reading closely enough (it splits a little
-    below the limit anyway).
+    The units Hugging Face uses: "GB", "MB", "KB", "TB" are decimal (5GB = 5 * 10^9 bytes, as in
+    huggingface_hub's parse_size_to_int, so --max-shard-size 5GB splits where save_pretrained's
+    max_shard_size="5GB" does), "GiB", "MiB", "KiB", "TiB" binary. A bare letter ("8G", "512M",
+    any case) stays binary, as it was before streamconv read GB as decimal: a user who types 8G
+    for --max-ram means 8 GiB of RAM. Letters are case-insensitive, like huggingface_hub's.
     """
     match = _SIZE_RE.match(text)
-    if not match:
+    if not match or (match.group(3) and not match.group(2)):
         raise ValueError(f"cannot read size {text!r}: use a number with an optional unit, "
-                         "like 8G, 8GB, 8GiB, 512M or 1073741824")
-    number, unit, _suffix = match.groups()
-    return int(float(number) * _UNIT[unit.lower()])
+                         "like 8G or 8GiB (binary), 5GB (decimal), 512M or 1073741824")
+    number, prefix, binary, byte = match.groups()
+    power = _POWER[prefix.lower()]
+    base = 1024 if binary or not byte else 1000
+    return int(float(number) * base**power)
 
 
 def format_size(n_bytes: float) -> str:
@@ -61,6 +68,11 @@ def peak_rss_bytes() -> int:
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
+    try:  # Unix only; imported here so that the package imports on Windows
+        resource = importlib.import_module("resource")
+    except ImportError:
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss))  # Windows: the peak working set
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes
 

@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from .platform_io import has_os_call
+
 # About what this disk reads while torch imports; split over the shards, whose first bytes the
 # first jobs read (every job reads its rows from every shard).
 PREFETCH_BYTES = 1 << 30
@@ -23,8 +25,8 @@ ADVICE_BYTES = 8 << 20
 
 def start_prefetch(input_dir: Path) -> threading.Thread | None:
     """Hint the kernel to read the first PREFETCH_BYTES of the shards, in the background."""
-    if not hasattr(os, "posix_fadvise"):
-        return None  # macOS, Windows
+    if not has_os_call("posix_fadvise"):
+        return None  # macOS, Windows, STREAMCONV_PORTABLE
     try:
         paths = sorted(input_dir.glob("consolidated.*.pth"))
     except OSError:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from .errors import OutputError
 from .memory import format_size
+from .output_folder import STAGING_DIR, looks_finished
 from .prepare import Prepared
-from .shards import INDEX_NAME
-from .writer import STAGING_DIR
 
 _DISK_MARGIN_BYTES = 64 << 20
 
@@ -23,12 +22,14 @@ def check_output_dir(input_dir: Path, output_dir: Path, prepared: Prepared, *, f
     if dst.exists() and not dst.is_dir():
         raise OutputError(f"output {output_dir} exists and is not a folder; choose another path")
     entries = sorted(dst.iterdir()) if dst.exists() else []
-    finished = (dst / INDEX_NAME).exists() and not (dst / STAGING_DIR).exists()
-    if finished and not force:
+    if looks_finished(dst) and not force:
         raise OutputError(f"{output_dir} already holds a finished conversion; check it with "
                           "`streamconv verify`, or pass --force to convert again")
     leftovers = [p for p in entries if p.name != STAGING_DIR]
-    if leftovers and not force:
+    # A run stopped while publishing has moved some files out of the staging folder already:
+    # --resume republishes them (other files in OUT are kept, as with --force).
+    publishing = resume and (dst / STAGING_DIR).exists()
+    if leftovers and not (force or publishing):
         raise OutputError(f"output folder {output_dir} is not empty ({leftovers[0].name} and "
                           f"{len(leftovers) - 1} more); choose an empty folder or pass --force "
                           "to overwrite")

@@ -10,7 +10,6 @@ detected from the input, and the tokenizer files against a fresh conversion of t
 from __future__ import annotations
 
 import json
-import struct
 import tempfile
 import threading
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from .checkpoint import ShardReader
 from .conversion import extra_files
 from .errors import OutputError
 from .executor import JobRunner, run_jobs
+from .header_check import HeaderProblem, SafetensorsHeader, read_header
 from .plan import Job
 from .prepare import ConvertOptions, Prepared, prepare
 from .shards import INDEX_NAME, SAFETENSORS_DTYPE
@@ -50,62 +50,67 @@ class VerifyResult:
         return not self.problems
 
 
-def _read_header(path: Path, problems: list[str]) -> tuple[dict[str, Any], int] | None:
+def _read_header(path: Path, problems: list[str]) -> SafetensorsHeader | None:
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 << 20:
-                raise ValueError("header length is implausible")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        problems.append(f"{path.name}: unreadable safetensors header ({e})")
+        header = read_header(path)
+    except OSError as e:
+        problems.append(f"{path.name}: cannot be read ({e.strerror})")
         return None
-    if header.get("__metadata__", {}).get("format") != "pt":
+    except HeaderProblem as e:
+        problems.append(f"{path.name}: malformed safetensors header: {e}")
+        return None
+    if header.metadata.get("format") != "pt":
         problems.append(f"{path.name}: header lacks __metadata__ format 'pt' (transformers "
                         "refuses such files)")
-    return header, 8 + n
+    return header
 
 
-def _locate(output_dir: Path, result: VerifyResult) -> tuple[list[Path], dict[str, Located]]:
+def _read_weight_map(output_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     index_path = output_dir / INDEX_NAME
     try:
         index = json.loads(index_path.read_text())
-        weight_map: dict[str, str] = index["weight_map"]
+        weight_map = index["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{index_path} is missing or unreadable ({e}); {output_dir} is not a "
                           "complete conversion") from e
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v == Path(v).name
+            and v not in ("", ".", "..") for k, v in weight_map.items()):
+        raise OutputError(f"{index_path}: weight_map is not a map of tensor names to file "
+                          f"names in {output_dir}; {output_dir} is not a complete conversion")
+    return index, weight_map
+
+
+def _locate(output_dir: Path, result: VerifyResult) -> tuple[list[Path], dict[str, Located]]:
+    index, weight_map = _read_weight_map(output_dir)
     files = sorted(set(weight_map.values()))
     located: dict[str, Located] = {}
     total = 0
     for file_idx, name in enumerate(files):
-        parsed = _read_header(output_dir / name, result.problems)
-        if parsed is None:
+        header = _read_header(output_dir / name, result.problems)
+        if header is None:
             continue
-        header, data_start = parsed
         spans = []
-        for hf_name, entry in header.items():
-            if hf_name == "__metadata__":
-                continue
-            start, end = entry["data_offsets"]
-            spans.append((start, end))
-            located[hf_name] = Located(file_idx, entry["dtype"], tuple(entry["shape"]),
-                                       data_start + start)
+        for hf_name, entry in header.tensors.items():
+            spans.append((entry.begin, entry.end))
+            located[hf_name] = Located(file_idx, entry.dtype, entry.shape,
+                                       header.data_start + entry.begin)
             if weight_map.get(hf_name) != name:
                 result.problems.append(f"{name} holds {hf_name}, which the index puts in "
                                        f"{weight_map.get(hf_name)}")
-            total += end - start
+            total += entry.end - entry.begin
         spans.sort()
         contiguous = bool(spans) and spans[0][0] == 0 and all(
             a[1] == b[0] for a, b in zip(spans, spans[1:]))
-        size = (output_dir / name).stat().st_size
-        if not contiguous or size != data_start + spans[-1][1]:
+        if not contiguous or header.file_bytes != header.data_start + spans[-1][1]:
             result.problems.append(f"{name}: tensor data is not contiguous or the file size "
-                                   f"({size}) does not match its header")
-    if index.get("metadata", {}).get("total_size") != total:
-        result.problems.append(f"{INDEX_NAME}: total_size is "
-                               f"{index.get('metadata', {}).get('total_size')}, the shards hold "
+                                   f"({header.file_bytes}) does not match its header")
+    metadata = index.get("metadata") if isinstance(index, dict) else None
+    total_size = metadata.get("total_size") if isinstance(metadata, dict) else None
+    if total_size != total:
+        result.problems.append(f"{INDEX_NAME}: total_size is {total_size}, the shards hold "
                                f"{total}")
-    for hf_name in set(weight_map) - set(located):
+    for hf_name in sorted(set(weight_map) - set(located)):
         result.problems.append(f"{INDEX_NAME} lists {hf_name}, which no shard header holds")
     return [output_dir / name for name in files], located
 

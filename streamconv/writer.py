@@ -1,10 +1,8 @@
-"""The output folder's lifecycle: staged, filled in place, then published in one step.
+"""The output shards inside the staging folder: created at full size, filled in place.
 
-Everything is written inside OUT/.streamconv-partial/ first. Shard files are created at their
-final size with their headers, so a full disk fails at the start, not at minute 50, and every job
-writes its bytes at a known offset in any order. Only when every byte is on disk (fsync) are the
-files moved into OUT, the index last: until then OUT holds nothing that transformers would load
-as a model.
+Shard files are created at their final size with their headers, so a full disk fails at the
+start, not at minute 50, and every job writes its bytes at a known offset in any order. The
+folder they live in, and when they move into OUT, are output_folder.py's business.
 
 Job bytes that are block-aligned (offset, length and buffer address; real models' are) go through
 a second descriptor opened with O_DIRECT, straight from the job's buffer to the disk (a 4 GB
@@ -17,30 +15,27 @@ from __future__ import annotations
 
 import enum
 import errno
-import json
 import os
 import shutil
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 from .direct_io import direct_span, is_aligned, open_direct
-from .errors import OutputError
+from .errors import LifecycleError, OutputError
 from .memory import format_size
 from .plan import Job
-from .shards import INDEX_NAME, OutputFile, index_json
-
-STAGING_DIR = ".streamconv-partial"
+from .platform_io import data_sync, full_fsync, has_os_call
+from .shards import OutputFile
 
 
 class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
-    DONE = "done"
+    FINISHED = "finished"
     CLOSED = "closed"
 
 
-def _disk_error(e: OSError, path: Path, needed: int) -> OutputError:
+def disk_error(e: OSError, path: Path, needed: int) -> OutputError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(path.parent).free
         return OutputError(f"disk full while writing {path} ({format_size(needed)} needed, "
@@ -50,31 +45,13 @@ def _disk_error(e: OSError, path: Path, needed: int) -> OutputError:
                        "permissions and free space")
 
 
-def _datasync(fd: int) -> None:
-    if hasattr(os, "fdatasync"):
-        os.fdatasync(fd)
-    else:  # macOS, Windows
-        os.fsync(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return  # Windows cannot open a directory for fsync; renames there are journaled
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ShardWriter:
-    """Creates, fills and publishes the output shards; refuses calls out of order."""
+    """Creates and fills the output shards in a staging folder; refuses calls out of order."""
 
-    def __init__(self, out_dir: Path, files: tuple[OutputFile, ...], *,
+    def __init__(self, staging: Path, files: tuple[OutputFile, ...], *,
                  resume: bool = False) -> None:
-        self.out_dir = out_dir
         self.resume = resume
-        self.staging = out_dir / STAGING_DIR
+        self.staging = staging
         self.files = files
         self._fds: list[int] = []
         self._direct_fds: list[int | None] = []
@@ -85,50 +62,48 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         if self._state is not _State.NEW:
-            raise AssertionError("ShardWriter entered twice")
-        self.staging.mkdir(parents=True, exist_ok=True)
+            raise LifecycleError(f"the shard writer for {self.staging} was entered twice")
         self._state = _State.OPEN
         try:
             for out_file in self.files:
-                self._fds.append(self._create(out_file))
+                self._fds.append(self._create(len(self._fds), out_file))
                 self._direct_fds.append(open_direct(self.staging / out_file.name, os.O_WRONLY))
         except BaseException:
             self._close_fds()
             raise
         return self
 
-    def _create(self, out_file: OutputFile) -> int:
+    def _create(self, file_idx: int, out_file: OutputFile) -> int:
         """Open the staged file: reused as it is on resume if its size is right, else new."""
         path = self.staging / out_file.name
         keep = self.resume and path.is_file() and path.stat().st_size == out_file.total_bytes
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | (0 if keep else os.O_TRUNC)
         fd = os.open(path, flags, 0o644)
         try:
-            if hasattr(os, "posix_fallocate"):
+            if has_os_call("posix_fallocate"):
                 os.posix_fallocate(fd, 0, out_file.total_bytes)
             else:  # macOS, Windows: sparse until written, so a full disk shows up later
                 os.ftruncate(fd, out_file.total_bytes)
-            self._pwrite(fd, out_file.header, 0)
+            self._pwrite(file_idx, fd, out_file.header, 0)
         except OSError as e:
             os.close(fd)
-            raise _disk_error(e, path, out_file.total_bytes) from e
+            raise disk_error(e, path, out_file.total_bytes) from e
         return fd
 
-    def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+    def _pwrite(self, file_idx: int, fd: int, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
-            if hasattr(os, "pwrite"):
+            if has_os_call("pwrite"):
                 done += os.pwrite(fd, view[done:], offset + done)
             else:
-                with self._locks[self._fds.index(fd)]:
+                with self._locks[file_idx]:
                     os.lseek(fd, offset + done, os.SEEK_SET)
                     done += os.write(fd, view[done:])
 
     def write_job(self, job: Job, data: memoryview) -> None:
         """Write a job's bytes in place; safe from several threads (positioned writes)."""
-        if self._state is not _State.OPEN:
-            raise AssertionError(f"write_job() while writer is {self._state.value}")
+        self._require_open("write_job")
         offset = job.file_offset
         try:
             lo, hi = direct_span(data, offset)
@@ -137,9 +112,10 @@ class ShardWriter:
                 buffered = [(0, lo), (hi, data.nbytes)]
             for start, stop in buffered:
                 if stop > start:
-                    self._pwrite(self._fds[job.file_idx], data[start:stop], offset + start)
+                    self._pwrite(job.file_idx, self._fds[job.file_idx], data[start:stop],
+                                 offset + start)
         except OSError as e:
-            raise _disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
+            raise disk_error(e, self.staging / self.files[job.file_idx].name, len(data)) from e
 
     def _write_direct(self, file_idx: int, data: memoryview, offset: int) -> bool:
         """Whether the bytes went through O_DIRECT; False leaves them to the caller."""
@@ -147,7 +123,7 @@ class ShardWriter:
         if fd is None or not is_aligned(data, offset):
             return False
         try:
-            self._pwrite(fd, data, offset)
+            self._pwrite(file_idx, fd, data, offset)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
@@ -166,35 +142,25 @@ class ShardWriter:
         fdatasync suffices: the files' sizes were fixed when they were created."""
         for file_idx, fd in enumerate(self._fds):
             try:
-                _datasync(fd)
+                data_sync(fd)
             except OSError as e:
-                raise _disk_error(e, self.staging / self.files[file_idx].name, 0) from e
+                raise disk_error(e, self.staging / self.files[file_idx].name, 0) from e
 
-    def publish(self, extra_files: Mapping[str, bytes]) -> list[Path]:
-        """fsync everything, then move it into OUT; the index goes last."""
+    def finish(self) -> None:
+        """Make every shard durable (data and metadata) and close it; no more writes."""
+        self._require_open("finish")
+        for file_idx, fd in enumerate(self._fds):
+            try:
+                full_fsync(fd)
+            except OSError as e:
+                raise disk_error(e, self.staging / self.files[file_idx].name, 0) from e
+        self._close_fds()
+        self._state = _State.FINISHED
+
+    def _require_open(self, step: str) -> None:
         if self._state is not _State.OPEN:
-            raise AssertionError(f"publish() while writer is {self._state.value}")
-        try:
-            for fd in self._fds:
-                os.fsync(fd)
-            self._close_fds()
-            for name, content in extra_files.items():
-                (self.staging / name).write_bytes(content)
-            index = json.dumps(index_json(self.files), indent=2).encode() + b"\n"
-            (self.staging / INDEX_NAME).write_bytes(index)
-            _fsync_dir(self.staging)
-            order = [*extra_files, *(f.name for f in self.files), INDEX_NAME]
-            published = []
-            for name in order:
-                target = self.out_dir / name
-                os.replace(self.staging / name, target)
-                published.append(target)
-            _fsync_dir(self.out_dir)
-        except OSError as e:
-            raise _disk_error(e, self.out_dir, 0) from e
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self._state = _State.DONE
-        return published
+            raise LifecycleError(f"{step}() on the shards in {self.staging}, which are "
+                                 f"{self._state.value}, not open; this is a bug in the caller")
 
     def _close_fds(self) -> None:
         for fd in [*self._fds, *self._direct_fds, *self._refused]:

@@ -8,6 +8,7 @@ import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,94 @@ def test_missing_index_is_an_error(damaged: tuple[Path, Path],
     (out / "model.safetensors.index.json").unlink()
     assert verify(src, out) == 1
     assert "not a complete conversion" in capsys.readouterr().err
+
+
+def rewrite_header(shard: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    """Replace a shard's JSON header by change(header), padded to the same length."""
+    data = shard.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    new = change(json.loads(data[8:8 + n]))
+    raw = new if isinstance(new, bytes) else json.dumps(new).encode()
+    assert len(raw) <= n
+    shard.write_bytes(data[:8] + raw.ljust(n) + data[8 + n:])
+
+
+def first_tensor(header: dict[str, Any]) -> dict[str, Any]:
+    return next(v for k, v in header.items() if k != "__metadata__")
+
+
+def set_field(key: str, value: object) -> Callable[[dict[str, Any]], object]:
+    def change(header: dict[str, Any]) -> object:
+        first_tensor(header)[key] = value
+        return header
+    return change
+
+
+def overlap(header: dict[str, Any]) -> object:
+    entries = [v for k, v in header.items() if k != "__metadata__"]
+    a, b = sorted(entries, key=lambda e: e["data_offsets"][0])[:2]
+    shift = a["data_offsets"][1] - a["data_offsets"][0]
+    if b["data_offsets"][1] - b["data_offsets"][0] == shift:  # same size: move b onto a
+        b["data_offsets"] = list(a["data_offsets"])
+    else:
+        a["data_offsets"] = [b["data_offsets"][0] - 1, b["data_offsets"][0] - 1 + shift]
+    return header
+
+
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
+    ("list", lambda h: list(h), "is a JSON list, not an object"),
+    ("not-json", lambda h: b"{not json", "is not valid JSON"),
+    ("dtype", set_field("dtype", "Q7"), "unknown dtype 'Q7'"),
+    ("negative-dim", set_field("shape", [-1, 64]), "is not a list of non-negative integers"),
+    ("bool-dim", set_field("shape", [True]), "is not a list of non-negative integers"),
+    ("string-dim", set_field("shape", "64"), "is not a list of non-negative integers"),
+    ("offsets-shape", set_field("data_offsets", [0]), "is not two non-negative integers"),
+    ("offsets-past-end", set_field("data_offsets", [0, 1 << 40]), "lie outside the"),
+    ("offsets-reversed", set_field("data_offsets", [8, 0]), "lie outside the"),
+    ("size-mismatch", set_field("shape", [3]), "needs 6"),
+    ("overlap", overlap, "overlap in the file"),
+    ("entry-not-object", lambda h: {**h, "x.weight": 5}, "entry is not an object"),
+    ("metadata-not-str", lambda h: {**h, "__metadata__": {"format": 1}},
+     "__metadata__ is not a map of strings to strings"),
+    ("metadata-list", lambda h: {**h, "__metadata__": ["pt"]},
+     "__metadata__ is not a map of strings to strings"),
+]
+
+
+@pytest.mark.parametrize("change,expected", [(c, e) for _, c, e in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_header_is_a_listed_problem(change: Callable[[dict[str, Any]], object],
+                                              expected: str, damaged: tuple[Path, Path],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = damaged
+    shard = sorted(out.glob("model-*.safetensors"))[1]
+    rewrite_header(shard, change)
+    assert verify(src, out) == 1
+    captured = capsys.readouterr()
+    printed = " ".join(captured.out.split())
+    assert f"{shard.name}: malformed safetensors header" in printed
+    assert expected in printed and "problem" in captured.err
+
+
+def test_header_length_past_the_end_is_a_listed_problem(damaged: tuple[Path, Path],
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    src, out = damaged
+    shard = sorted(out.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(struct.pack("<Q", len(data)) + data[8:])
+    assert verify(src, out) == 1
+    assert "does not fit the file" in " ".join(capsys.readouterr().out.split())
+
+
+def test_index_naming_a_path_outside_the_folder_is_refused(damaged: tuple[Path, Path],
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    src, out = damaged
+    index_path = out / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    assert verify(src, out) == 1
+    assert "weight_map is not a map of tensor names to file names" in capsys.readouterr().err
