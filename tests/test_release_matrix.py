@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,10 @@ def test_matrix_covers_every_release_the_issue_names() -> None:
     assert any("spinquant" in i for i in ids) and any("qlora" in i for i in ids)
     for row in MATRIX:
         assert set(row["sources"]) >= {"params", "hf_config"}, row["id"]
+
+
+def test_docs_and_readme_table_are_generated_from_the_matrix() -> None:
+    script = REPO / "scripts" / "release_docs.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
