@@ -21,6 +21,7 @@ import torch
 from .checkpoint import Checkpoint, ShardReader, TensorRef, missing_shards_error
 from .errors import CheckpointError, ParamsError
 from .family import BOS_TOKEN_ID, MAX_POSITION_EMBEDDINGS, Family
+from .fp8 import quantized_names
 from .params import MetaParams
 
 LLAMA3_VOCAB = 128256
@@ -115,10 +116,13 @@ def _check_shard_count(ckpt: Checkpoint, params: MetaParams) -> None:
 
 
 def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
+    """The float dtype of every tensor except Meta's FP8 feed-forward weights (fp8.py), which
+    are checked against their scale files instead; an FP8 release's dtype is its bf16."""
+    quantized = quantized_names(ckpt)
     dtypes: dict[torch.dtype, str] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
-            if ref.meta_name != "rope.freqs":
+            if ref.meta_name != "rope.freqs" and ref.meta_name not in quantized:
                 dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
     allowed = {torch.float32, torch.float16, torch.bfloat16}
     if len(dtypes) != 1 or not set(dtypes) <= allowed:

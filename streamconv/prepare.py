@@ -15,6 +15,7 @@ from .detect import ModelSpec, detect_model
 from .errors import TokenizerError
 from .executor import as_buffer
 from .family import Family
+from .fp8 import quantized_names
 from .layout import Split, TensorLayout, hf_layouts, replica_shards
 from .memory import current_rss_bytes, default_max_ram_bytes
 from .params import read_params
@@ -119,7 +120,7 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
     spec = detect_model(params, checkpoint, family_override=override, tokenizer_kind=kind)
     if tokenizer_path is not None:
         _check_tokenizer_vocab(tokenizer_path, spec)
-    layouts = hf_layouts(spec)
+    layouts = hf_layouts(spec, quantized=quantized_names(checkpoint))
     dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
     budget = options.max_ram_bytes or default_max_ram_bytes()
     plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,
