@@ -60,8 +60,9 @@ def write_fp8_checkpoint(spec: SyntheticSpec, out_dir: Path, *,
     return out_dir
 
 
-def dequantized_shards(fp8_dir: Path) -> list[dict[str, torch.Tensor]]:
-    """Every rank with its fp8 tensors turned into bf16 by Meta's formula:
+def dequantized_shards(fp8_dir: Path, *,
+                       dtype: torch.dtype = torch.bfloat16) -> list[dict[str, torch.Tensor]]:
+    """Every rank with its fp8 tensors turned into dtype by Meta's formula:
     (W_fp8.float() * scale[:, None]).to(bfloat16), with that rank's scales."""
     shards = []
     for rank, path in enumerate(sorted(fp8_dir.glob("consolidated.*.pth"))):
@@ -71,7 +72,7 @@ def dequantized_shards(fp8_dir: Path) -> list[dict[str, torch.Tensor]]:
             if tensor.dtype == torch.float8_e4m3fn:
                 layer_idx, w = meta_name.split(".")[1], meta_name.split(".")[3]
                 scale = scales[f"{layer_idx}_feed_forward.{w}_{rank}"].reshape(-1)
-                state[meta_name] = (tensor.float() * scale[:, None]).to(torch.bfloat16)
+                state[meta_name] = (tensor.float() * scale[:, None]).to(dtype)
         shards.append(state)
     return shards
 

@@ -48,9 +48,11 @@ def _permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
 
 
-def expected_hf_tensors(fp8_dir: Path) -> dict[str, torch.Tensor]:
+def expected_hf_tensors(fp8_dir: Path, *,
+                        dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """HF tensors in float32 holding exactly the values of dtype (fp8 dequantized to dtype)."""
     params = read_params(fp8_dir)
-    merged = merge_shards(dequantized_shards(fp8_dir), params)
+    merged = merge_shards(dequantized_shards(fp8_dir, dtype=dtype), params)
     expected: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": merged.pop("tok_embeddings.weight"),
         "model.norm.weight": merged.pop("norm.weight"),
@@ -93,6 +95,24 @@ def test_output_equals_meta_dequantization(n_shards: int, column_scales: bool,
     rank0 = torch.load(src / "consolidated.00.pth", weights_only=True, mmap=True)
     assert rank0["layers.2.feed_forward.w2.weight"].dtype == torch.float8_e4m3fn
     assert rank0["layers.3.feed_forward.w2.weight"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype_flag,dtype", [("fp32", torch.float32), ("fp16", torch.float16),
+                                              ("bf16", torch.bfloat16)])
+def test_output_dtypes_and_chunked_dequantization(dtype_flag: str, dtype: torch.dtype,
+                                                  fp8_8shards: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dtype fp32 writes the exact fp32 products (dequantized in place, no bf16 rounding);
+    fp16/bf16 round them once from fp32. A tiny scratch makes every block several chunks."""
+    monkeypatch.setattr("streamconv.fp8.CHUNK_BYTES", 256)  # 1-2 rows of these widths
+    dst = tmp_path / "hf"
+    result = run_cli("convert", fp8_8shards, dst, "--no-tokenizer", "--dtype", dtype_flag)
+    assert result.code == 0, result.err
+    got, expected = _output_tensors(dst), expected_hf_tensors(fp8_8shards, dtype=dtype)
+    assert set(got) == set(expected)
+    for hf_name, tensor in got.items():
+        assert tensor.dtype == dtype, hf_name
+        assert torch.equal(tensor, expected[hf_name].to(dtype)), hf_name
 
 
 def test_logits_match_meta_reference_on_dequantized_weights(fp8_8shards: Path,
