@@ -67,10 +67,19 @@ class Checkpoint:
     input_dir: Path
     shard_paths: tuple[Path, ...]
     tensors: tuple[dict[str, TensorRef], ...]  # one dict per shard, keyed by meta_name
+    # Meta's FP8 release (405B): fp8_scales_N.pt per rank, indexed like the shards; the refs'
+    # shard_idx is n_shards + rank, their index in read_paths. Empty for every other release.
+    scale_paths: tuple[Path, ...] = ()
+    scales: tuple[dict[str, TensorRef], ...] = ()
 
     @property
     def n_shards(self) -> int:
         return len(self.shard_paths)
+
+    @property
+    def read_paths(self) -> tuple[Path, ...]:
+        """Every file a job reads from, in the order ShardReader indexes them."""
+        return self.shard_paths + self.scale_paths
 
 
 # Single-file Meta-format checkpoints under other names (docs/releases.md): llama-stack's
@@ -157,6 +166,31 @@ def missing_shards_error(input_dir: Path, missing: list[int], n_found: int,
     names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
     return CheckpointError(f"{input_dir} is missing {names} (found {n_found} of {n_expected} "
                            "shards); download the missing files again")
+
+
+SCALES_RE = re.compile(r"^fp8_scales_(\d+)\.pt$")
+
+
+def find_scale_paths(input_dir: Path, n_shards: int) -> list[Path]:
+    """fp8_scales_0.pt ... in rank order, or [] when the folder has none (not an FP8 release).
+
+    Meta's FP8 405B download adds one fp8_scales_{rank}.pt per consolidated file, ".pt" with an
+    unpadded rank (llama-stack sku_list.py llama_meta_net_info; llama-models PR #69), and its
+    loader opens f"fp8_scales_{rank}.pt" for each rank (llama3/quantization/loader.py).
+    """
+    found = {int(m.group(1)): p for p in input_dir.iterdir() if (m := SCALES_RE.match(p.name))}
+    if not found:
+        return []
+    missing = [f"fp8_scales_{i}.pt" for i in range(n_shards) if i not in found]
+    if missing:
+        raise CheckpointError(f"{input_dir} is missing {', '.join(missing)} (Meta's FP8 release "
+                              f"has one scale file per consolidated file, {n_shards} here); "
+                              "download the missing scale files again")
+    extra = sorted(p.name for i, p in found.items() if i >= n_shards)
+    if extra:
+        raise CheckpointError(f"{input_dir} holds {', '.join(extra)} but only {n_shards} "
+                              "consolidated files; remove the scale files of another download")
+    return [found[i] for i in range(n_shards)]
 
 
 def _data_member_offsets(path: Path) -> dict[int, int]:
@@ -256,7 +290,9 @@ def open_shard(path: Path, shard_idx: int) -> dict[str, TensorRef]:
 def open_checkpoint(input_dir: Path) -> Checkpoint:
     paths = find_shard_paths(input_dir)
     tensors = tuple(open_shard(path, idx) for idx, path in enumerate(paths))
-    return Checkpoint(input_dir, tuple(paths), tensors)
+    scale_paths = find_scale_paths(input_dir, len(paths))
+    scales = tuple(open_shard(path, len(paths) + rank) for rank, path in enumerate(scale_paths))
+    return Checkpoint(input_dir, tuple(paths), tensors, tuple(scale_paths), scales)
 
 
 class ShardReader:

@@ -122,7 +122,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     progress.started(prepared, resumed_bytes=resumed_bytes)
     bytes_read = 0
     try:
-        paths = prepared.checkpoint.shard_paths
+        paths = prepared.checkpoint.read_paths  # shards, then FP8 scale files if any
         with ShardReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
                 OutputFolder(output_dir, plan.files, resume=resume) as folder:
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
@@ -141,7 +141,8 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                                    crcs.pop(job.job_idx))
                     progress.job_done(job, bytes_read=n_read)
 
-                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write)
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
+                                   scales=prepared.checkpoint.scales)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:

@@ -17,6 +17,7 @@ from .checkpoint import Checkpoint, ShardReader, TensorRef, missing_shards_error
 from .errors import CheckpointError, ParamsError
 from .family import Family, context_length, rope_scaling
 from .family_rules import LAYER_ROPE_FREQS, Facts, FamilyVerdict, decide_family
+from .fp8 import quantized_names
 from .params import MetaParams
 
 _TIE_SAMPLE_BYTES = 1 << 20
@@ -124,10 +125,13 @@ def _check_shard_count(ckpt: Checkpoint, params: MetaParams) -> None:
 
 
 def _source_dtype(ckpt: Checkpoint) -> torch.dtype:
+    """The float dtype of every tensor except Meta's FP8 feed-forward weights (fp8.py), which
+    are checked against their scale files instead; an FP8 release's dtype is its bf16."""
+    quantized = quantized_names(ckpt)
     dtypes: dict[torch.dtype, str] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
-            if not is_ignored(ref.meta_name):
+            if not is_ignored(ref.meta_name) and ref.meta_name not in quantized:
                 dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
     allowed = {torch.float32, torch.float16, torch.bfloat16}
     if len(dtypes) != 1 or not set(dtypes) <= allowed:

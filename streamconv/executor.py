@@ -19,8 +19,9 @@ import torch
 
 from .checkpoint import ShardReader, TensorRef
 from .direct_io import ALIGN, huge_page_memory
+from .fp8 import SCALE_DTYPE, chunk_rows, scale_key
 from .layout import CopyBlock, permute_rotary_into
-from .plan import Job, Plan, needs_stage, slot_layout
+from .plan import SCRATCH_ALIGN, Job, Plan, needs_stage, scratch_offset, slot_layout
 
 Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
@@ -47,24 +48,59 @@ def as_buffer(raw: torch.Tensor) -> memoryview:
 
 
 class JobRunner:
-    """Fills one slot with one job's output rows and hands them to the sink."""
+    """Fills one slot with one job's output rows and hands them to the sink.
+
+    `scales` are the FP8 release's scale files (Checkpoint.scales), read through the same
+    reader, which must then have been opened on Checkpoint.read_paths.
+    """
 
     def __init__(self, plan: Plan, refs: tuple[dict[str, TensorRef], ...], reader: ShardReader,
-                 sink: Sink) -> None:
+                 sink: Sink, *, scales: tuple[dict[str, TensorRef], ...] = ()) -> None:
         self.plan = plan
         self.refs = refs
+        self.scales = scales
         self.reader = reader
         self.sink = sink
-        self.src_item = torch.empty((), dtype=plan.src_dtype).element_size()
         self.dst_item = torch.empty((), dtype=plan.dst_dtype).element_size()
 
     def source_offset(self, block: CopyBlock) -> int:
         ref = self.refs[block.shard_idx][block.meta_name]
-        return ref.offset_bytes + block.src_row_start * ref.shape[-1] * self.src_item
+        return ref.offset_bytes + block.src_row_start * ref.shape[-1] * ref.itemsize
+
+    def dequantize_into(self, dst: torch.Tensor, src: torch.Tensor, block: CopyBlock,
+                        scratch: torch.Tensor) -> int:
+        """dst = (src.float() * scale[:, None]).to(dst.dtype) with the block's rank's row
+        scales (fp8.py: Meta's formula); returns the scale bytes read.
+
+        The multiply runs in fp32 in `scratch`, a few rows at a time, so no temporary of the
+        block's size is ever allocated; with fp32 output it runs in dst itself.
+        """
+        ref = self.scales[block.shard_idx][scale_key(block.meta_name, block.shard_idx)]
+        n_bytes = block.n_rows * SCALE_DTYPE.itemsize
+        scale_raw = scratch[:n_bytes]
+        self.reader.read_into(ref.shard_idx, ref.offset_bytes + block.src_row_start
+                              * SCALE_DTYPE.itemsize, as_buffer(scale_raw))
+        scale = scale_raw.view(SCALE_DTYPE).view(block.n_rows, 1)
+        if dst.dtype == SCALE_DTYPE:
+            dst.copy_(src)
+            dst.mul_(scale)
+            return n_bytes
+        step = chunk_rows(block.n_cols)
+        area_start = -(-n_bytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
+        for row in range(0, block.n_rows, step):
+            stop = min(row + step, block.n_rows)
+            n_area = (stop - row) * block.n_cols * SCALE_DTYPE.itemsize
+            area = scratch[area_start:area_start + n_area]
+            rows = area.view(SCALE_DTYPE).view(stop - row, block.n_cols)
+            rows.copy_(src[row:stop])
+            rows.mul_(scale[row:stop])
+            dst[row:stop].copy_(rows)
+        return n_bytes
 
     def run(self, job: Job, slot: torch.Tensor) -> int:
-        """Bytes read from the shards."""
-        plan, same = self.plan, self.plan.src_dtype == self.plan.dst_dtype
+        """Bytes read from the shards (and scale files)."""
+        plan, same = self.plan, job.src_dtype == self.plan.dst_dtype
+        src_item = torch.empty((), dtype=job.src_dtype).element_size()
         out_offset, stage_offset = slot_layout(job)
         out_raw = slot[out_offset:out_offset + job.out_bytes]
         out = out_raw.view(plan.dst_dtype).view(job.row_stop - job.row_start, job.n_cols)
@@ -72,7 +108,7 @@ class JobRunner:
         bytes_read = 0
         for block in job.blocks:
             file_offset = self.source_offset(block)
-            n_bytes = block.n_rows * block.n_cols * self.src_item
+            n_bytes = block.n_rows * block.n_cols * src_item
             first = block.dst_row_start - job.row_start
             plain = not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
                                     same_dtype=same)
@@ -88,10 +124,15 @@ class JobRunner:
             if plain:
                 target.copy_(stage_raw)
             else:
-                src = stage_raw.view(plan.src_dtype).view(block.n_rows, block.n_cols)
+                src = stage_raw.view(job.src_dtype).view(block.n_rows, block.n_cols)
                 dst = out[first:first + block.n_rows,
                           block.dst_col_start:block.dst_col_start + block.n_cols]
-                if job.rotary_head_dim:
+                if job.dequantize:
+                    assert not job.rotary_head_dim, "no rotary tensor is stored as fp8"
+                    start = scratch_offset(job)
+                    bytes_read += self.dequantize_into(
+                        dst, src, block, slot[start:start + job.scratch_bytes])
+                elif job.rotary_head_dim:
                     permute_rotary_into(dst, src, job.rotary_head_dim)
                 else:
                     dst.copy_(src)

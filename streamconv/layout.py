@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .detect import ModelSpec, shard_shape
+from .fp8 import FP8_DTYPE
 
 
 class Split(enum.Enum):
@@ -33,6 +34,9 @@ class TensorLayout:
     meta_name: str
     shape: tuple[int, ...]
     split: Split
+    # The dtype in the rank files: the model's, or fp8.FP8_DTYPE for the feed-forward weights
+    # of Meta's FP8 release, which are dequantized with their row scales on the way.
+    src_dtype: torch.dtype
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows
 
     @property
@@ -88,22 +92,25 @@ def _layer_shape(spec: ModelSpec, hf_suffix: str) -> tuple[int, ...]:
     return shapes[hf_suffix]
 
 
-def hf_layouts(spec: ModelSpec) -> list[TensorLayout]:
-    """All output tensors in the order HF's save_pretrained writes them."""
+def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] = frozenset()) -> list[TensorLayout]:
+    """All output tensors in the order HF's save_pretrained writes them; `quantized` names the
+    Meta tensors stored as fp8 (fp8.quantized_names), every other one is in spec.dtype."""
     emb_split = Split.ROWS if spec.embedding_split_dim == 0 else Split.COLS
     layouts = [TensorLayout("model.embed_tokens.weight", "tok_embeddings.weight",
-                            (spec.vocab_size, spec.dim), emb_split)]
+                            (spec.vocab_size, spec.dim), emb_split, spec.dtype)]
     for layer_idx in range(spec.n_layers):
         for hf_suffix, meta_suffix, split, rotary in _LAYER_TENSORS:
+            meta_name = f"layers.{layer_idx}.{meta_suffix}.weight"
             layouts.append(TensorLayout(
-                f"model.layers.{layer_idx}.{hf_suffix}.weight",
-                f"layers.{layer_idx}.{meta_suffix}.weight", _layer_shape(spec, hf_suffix), split,
+                f"model.layers.{layer_idx}.{hf_suffix}.weight", meta_name,
+                _layer_shape(spec, hf_suffix), split,
+                FP8_DTYPE if meta_name in quantized else spec.dtype,
                 spec.head_dim if rotary else None))
     layouts.append(TensorLayout("model.norm.weight", "norm.weight", (spec.dim,),
-                                Split.REPLICATED))
+                                Split.REPLICATED, spec.dtype))
     if not spec.tie_word_embeddings:
         layouts.append(TensorLayout("lm_head.weight", "output.weight",
-                                    (spec.vocab_size, spec.dim), Split.ROWS))
+                                    (spec.vocab_size, spec.dim), Split.ROWS, spec.dtype))
     return layouts
 
 

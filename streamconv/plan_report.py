@@ -33,7 +33,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),
         ("shards", str(spec.n_shards), "consolidated.NN.pth files found"),
-        ("dtype", str(spec.dtype).removeprefix("torch."), "tensor dtypes"),
+        ("dtype", plan.src_label, "tensor dtypes" + (", fp8_scales_N.pt files"
+                                                     if prepared.checkpoint.scales else "")),
         ("dim", str(spec.dim), "params.json"),
         ("n_layers", str(spec.n_layers), "params.json"),
         ("n_heads", str(spec.n_heads), "params.json"),
@@ -63,8 +64,9 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("slots", f"{plan.depth} in flight, {format_size(plan.slot_bytes)} each"),
         ("read", format_size(plan.read_bytes)),
         ("write", format_size(plan.output_bytes)),
-        ("dtype", f"{str(plan.src_dtype).removeprefix('torch.')} -> "
-                  f"{str(plan.dst_dtype).removeprefix('torch.')}"),
+        ("dtype", f"{plan.src_label} -> {str(plan.dst_dtype).removeprefix('torch.')}"
+                  + (" (fp8 dequantized with its row scales)"
+                     if any(job.dequantize for job in plan.jobs) else "")),
         ("baseline RSS", format_size(plan.baseline_bytes)),
         ("predicted peak RSS", format_size(plan.predicted_peak_bytes)),
         ("--max-ram", format_size(plan.budget_bytes)),

@@ -16,6 +16,7 @@ from .errors import TokenizerError
 from .executor import as_buffer
 from .family import Family
 from .family_rules import instruct_from_folder
+from .fp8 import quantized_names
 from .layout import Split, TensorLayout, hf_layouts, replica_shards
 from .memory import current_rss_bytes, default_max_ram_bytes
 from .params import read_params
@@ -128,7 +129,7 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
                         instruct=_instruct(given_dir, options))
     if tokenizer_path is not None:
         _check_tokenizer_vocab(tokenizer_path, spec)
-    layouts = hf_layouts(spec)
+    layouts = hf_layouts(spec, quantized=quantized_names(checkpoint))
     dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
     budget = options.max_ram_bytes or default_max_ram_bytes()
     plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,

@@ -186,8 +186,9 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
         where = located[hf_name]
         result.problems.append(f"{hf_name} has dtype {where.dtype} shape {list(where.shape)}, "
                                "not what the input gives")
-    with ShardReader(prepared.checkpoint.shard_paths) as reader, comparer.reader:
-        runner = JobRunner(prepared.plan, prepared.checkpoint.tensors, reader, comparer)
+    with ShardReader(prepared.checkpoint.read_paths) as reader, comparer.reader:
+        runner = JobRunner(prepared.plan, prepared.checkpoint.tensors, reader, comparer,
+                           scales=prepared.checkpoint.scales)
 
         def on_done(job: Job, n_read: int) -> None:
             result.bytes_checked += job.out_bytes

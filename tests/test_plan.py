@@ -13,9 +13,17 @@ from streamconv.detect import ModelSpec
 from streamconv.direct_io import SPAN_SLACK
 from streamconv.errors import BudgetError
 from streamconv.family import Family
-from streamconv.layout import Split, copy_blocks, hf_layouts, permute_rotary_into
+from streamconv.fp8 import CHUNK_BYTES, chunk_rows
+from streamconv.layout import Split, TensorLayout, copy_blocks, hf_layouts, permute_rotary_into
 from streamconv.memory import parse_size
-from streamconv.plan import RUNTIME_ALLOWANCE_BYTES, plan_conversion
+from streamconv.plan import (
+    RUNTIME_ALLOWANCE_BYTES,
+    SCRATCH_ALIGN,
+    Plan,
+    plan_conversion,
+    scratch_offset,
+    slot_layout,
+)
 from streamconv.shards import DATA_ALIGN, layout_output_files
 
 MiB = 1 << 20
@@ -182,3 +190,79 @@ def test_rotary_permute_maps_interleaved_pairs_to_halves() -> None:
             assert torch.equal(dst[h * head_dim + i], src[h * head_dim + 2 * i])
             assert torch.equal(dst[h * head_dim + head_dim // 2 + i],
                                src[h * head_dim + 2 * i + 1])
+
+
+def _fp8_405b_layouts(spec: ModelSpec) -> list[TensorLayout]:
+    """Meta's FP8 405B: feed-forward of layers 1 .. n_layers-2 stored as fp8 (formats.md 1.2)."""
+    quantized = frozenset(f"layers.{i}.feed_forward.{w}.weight"
+                          for i in range(1, spec.n_layers - 1) for w in ("w1", "w2", "w3"))
+    return hf_layouts(spec, quantized=quantized)
+
+
+def _spec_405b() -> ModelSpec:
+    """405B's widths (formats.md 0.5) with 4 layers: 1 and 2 are fp8, as 1-124 of 126."""
+    return spec_of(family=Family.LLAMA3_1, dim=16384, n_heads=128, n_kv_heads=8, vocab=128256,
+                   ffn=53248, n_shards=8, n_layers=4)
+
+
+@pytest.mark.parametrize("dst_dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("budget", ["min", "600M", "1G", "8G"])
+def test_fp8_jobs_count_scales_and_fp32_scratch_within_budget(budget: str,
+                                                               dst_dtype: torch.dtype) -> None:
+    """An FP8 job's slot holds its output rows, 1 byte per staged value, the block's fp32 row
+    scales and the fp32 dequantization scratch; all of it is in slot_bytes, so the predicted
+    peak stays within the budget, down to the smallest budget the plan names."""
+    spec = _spec_405b()
+    layouts = _fp8_405b_layouts(spec)
+    baseline = 250 * MiB
+
+    def plan_at(budget_bytes: int) -> Plan:
+        return plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget_bytes,
+                               baseline_bytes=baseline, max_shard_bytes=5 << 30)
+
+    probe = plan_at(8 << 30)
+    plan = plan_at(probe.min_budget_bytes if budget == "min" else parse_size(budget))
+    fp8_jobs = [job for job in plan.jobs if job.dequantize]
+    assert {job.hf_name for job in fp8_jobs} == {
+        f"model.layers.{i}.mlp.{p}_proj.weight" for i in (1, 2) for p in ("gate", "up", "down")}
+    dst_item = dst_dtype.itemsize
+    for job in plan.jobs:
+        rows = job.row_stop - job.row_start
+        if not job.dequantize:
+            assert job.scratch_bytes == 0 and job.src_dtype == torch.bfloat16
+            assert slot_layout(job)[1] + job.stage_bytes <= plan.slot_bytes
+            continue
+        block_rows = max(b.n_rows for b in job.blocks)
+        assert job.stage_bytes == max(b.n_rows * b.n_cols for b in job.blocks) + SPAN_SLACK
+        scales = -(-block_rows * 4 // SCRATCH_ALIGN) * SCRATCH_ALIGN
+        fp32_rows = 0 if dst_dtype == torch.float32 else min(block_rows, chunk_rows(job.n_cols))
+        assert job.scratch_bytes == scales + fp32_rows * job.n_cols * 4
+        assert fp32_rows * job.n_cols * 4 <= max(CHUNK_BYTES, job.n_cols * 4)
+        assert scratch_offset(job) + job.scratch_bytes <= plan.slot_bytes
+        assert job.out_bytes == rows * job.n_cols * dst_item
+        # read: 1 byte per value, 4 per scale row (w2: every rank's scales for the same rows)
+        assert job.read_bytes == sum(b.n_rows * (b.n_cols + 4) for b in job.blocks)
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.depth * plan.slot_bytes + baseline + RUNTIME_ALLOWANCE_BYTES <= plan.budget_bytes
+    if budget == "min":
+        with pytest.raises(BudgetError, match=r"use --max-ram \d"):
+            plan_at(plan.budget_bytes - 1)
+
+
+def test_fp8_read_bytes_and_label() -> None:
+    spec = _spec_405b()
+    plan = plan_conversion(spec, _fp8_405b_layouts(spec), dst_dtype=torch.bfloat16,
+                           budget_bytes=2 << 30, baseline_bytes=250 * MiB,
+                           max_shard_bytes=5 << 30)
+    bf16 = plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+                           budget_bytes=2 << 30, baseline_bytes=250 * MiB,
+                           max_shard_bytes=5 << 30)
+    ffn, dim = 53248, 16384
+    # 2 fp8 layers x 3 matrices: 1 byte instead of 2 per value, plus the scales (w1/w3: one
+    # per row; w2: one per row on each of the 8 ranks).
+    saved = 2 * 3 * ffn * dim
+    scales = 2 * 4 * (2 * ffn + 8 * dim)
+    assert plan.read_bytes == bf16.read_bytes - saved + scales
+    assert plan.output_bytes == bf16.output_bytes
+    assert plan.src_label == "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16"
+    assert bf16.src_label == "bfloat16"
