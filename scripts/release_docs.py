@@ -90,8 +90,8 @@ def releases_doc(about: str, rows: list[dict[str, Any]]) -> str:
            about, "", "How streamconv tells them apart is in `streamconv/family_rules.py`; the "
            "published values it writes per family are in `streamconv/family.py`.", ""]
     for row in rows:
-        out += [f'<a id="{row["id"]}"></a>', "", f"## {row['id']}", "", f"**{row['name']}**: {_status(row)}; detected as "
-                f"{_detected(row)}.", "",
+        out += [f'<a id="{row["id"]}"></a>', "", f"## {row['id']}", "",
+                f"**{row['name']}**: {_status(row)}; detected as {_detected(row)}.", "",
                 "| fact | value |", "|---|---|", *_facts(row), "", "Sources:", ""]
         out += [f"- {group}: {text}" for group, text in row["sources"].items()]
         if row.get("notes"):

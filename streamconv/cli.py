@@ -150,7 +150,7 @@ class RichProgress:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
             f"{spec.family.label} {spec.size_label}, {spec.n_shards} shard(s), "
-            f"{_dtype_name(plan.src_dtype)} -> {_dtype_name(plan.dst_dtype)}; "
+            f"{plan.src_label} -> {_dtype_name(plan.dst_dtype)}; "
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
         self.console.print(f"  family: {spec.sources['family']}", style="dim")

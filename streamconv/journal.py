@@ -34,7 +34,7 @@ COMMIT_SECONDS = 5.0
 
 def conversion_fingerprint(checkpoint: Checkpoint, plan: Plan) -> str:
     digest = hashlib.sha256()
-    for path in checkpoint.shard_paths:
+    for path in checkpoint.read_paths:  # rank files, then FP8 scale files (if any)
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
