@@ -5,10 +5,10 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/python -m streamconv.demo
+	.venv/bin/python -m fixtures.demo
 
 lint: setup
-	.venv/bin/ruff check streamconv tests benchmarks
+	.venv/bin/ruff check streamconv fixtures tests benchmarks scripts
 	.venv/bin/mypy
 
 # The bit-for-bit comparison with transformers' own script needs transformers 4.47.1 in a venv of

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from streamconv.synthetic import SyntheticSpec, spec_summary, write_checkpoint
+from fixtures.synthetic import SyntheticSpec, spec_summary, write_checkpoint
 
 from .models import BenchModel
 
@@ -130,7 +130,7 @@ def ensure_checkpoint(model: BenchModel, *, log: Callable[[str], None]) -> Path:
     if free_bytes() < need + DISK_MARGIN_BYTES:
         raise DiskError(f"generating {model.key} needs {gib(need)} free on {CKPT_DIR} "
                         f"(+{gib(DISK_MARGIN_BYTES)} margin), {gib(free_bytes())} is free")
-    log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.spec.n_shards} "
+    log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.spec.n_ranks} "
         f"shard(s)) into {out_dir}")
     if model.spec.share_storage:
         write_checkpoint(model.spec, out_dir)
@@ -148,14 +148,14 @@ def write_checkpoint_lean(spec: SyntheticSpec, out_dir: Path) -> None:
     tensor into a mapped file of its own; here each tensor goes straight to its own file. Uses
     synthetic's private helpers on purpose: the bytes must stay those of write_checkpoint.
     """
-    from streamconv.synthetic import _own_storage, _rank_tensors
+    from fixtures.synthetic import _own_storage, _rank_tensors
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for shard_idx in range(spec.n_shards):
+    for rank_idx in range(spec.n_ranks):
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch_dir:
             state = {meta_name: _own_storage(tensor, scratch_dir)
-                     for meta_name, tensor in _rank_tensors(spec, shard_idx)}
-            torch.save(state, out_dir / f"consolidated.{shard_idx:02d}.pth")
+                     for meta_name, tensor in _rank_tensors(spec, rank_idx)}
+            torch.save(state, out_dir / f"consolidated.{rank_idx:02d}.pth")
             del state
     (out_dir / "params.json").write_text(json.dumps(spec.params_json()))
 

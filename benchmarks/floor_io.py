@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from streamconv.direct_io import huge_page_memory
+from streamconv.system.direct_io import huge_page_memory
 
 CHUNK_BYTES = 64 << 20  # I/O calls this large run at full speed, as the converter's (32 MiB) do
 

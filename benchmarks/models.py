@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from streamconv.synthetic import PRESETS, SyntheticSpec, shard_shapes
+from fixtures.synthetic import PRESETS, SyntheticSpec, rank_shapes
 
 # Keys accepted by --models; "slices" expands to SLICES.
 FULL_MODELS = ("7b", "13b", "8b")
@@ -37,8 +37,8 @@ class BenchModel:
     def shard_bytes(self) -> list[int]:
         """Tensor bytes of each consolidated.NN.pth (the pickle and zip headers add ~100 KB)."""
         itemsize = torch.empty((), dtype=getattr(torch, self.spec.dtype)).element_size()
-        per_shard = sum(math.prod(s) for s in shard_shapes(self.spec).values()) * itemsize
-        return [per_shard] * self.spec.n_shards
+        per_shard = sum(math.prod(s) for s in rank_shapes(self.spec).values()) * itemsize
+        return [per_shard] * self.spec.n_ranks
 
     @property
     def checkpoint_bytes(self) -> int:
@@ -83,7 +83,7 @@ def _slice(family: str, n_layers: int) -> BenchModel:
     # 405B: dim 16384, 128 heads, 8 kv heads, FFN 53248, vocabulary 128256, in 8 shards (the
     # preset's shard count; Meta's MP16 download has 16).
     preset, version = {"70b": ("llama2-70b", "2"), "405b": ("llama3.1-405b", "3.1")}[family]
-    spec = replace(PRESETS[preset], n_layers=n_layers, n_shards=8, **_COMMON)
+    spec = replace(PRESETS[preset], n_layers=n_layers, n_ranks=8, **_COMMON)
     label = f"{family.upper()}-style, {n_layers} layer{'s' if n_layers > 1 else ''}"
     return BenchModel(f"{family}-l{n_layers}", label, spec, version, slice_of=family)
 

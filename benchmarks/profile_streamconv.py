@@ -51,16 +51,16 @@ VARIANT_CODE = """
 import sys, types
 variant = sys.argv[1]
 if "no-periodic-fsync" in variant:
-    import streamconv.journal as journal
+    import streamconv.runtime.journal as journal
     journal.COMMIT_BYTES = 1 << 62          # commit (and fsync) only once, at the end
     journal.COMMIT_SECONDS = float("inf")
 if "no-crc" in variant:
-    import streamconv.executor as executor
+    import streamconv.runtime.executor as executor
     executor.zlib = types.SimpleNamespace(crc32=lambda data, value=0: 0)
 if variant.startswith("depth"):
-    import streamconv.plan as plan
+    import streamconv.planning.jobs as plan
     plan.MAX_DEPTH = int(variant[len("depth"):])  # job threads / slots in flight
-from streamconv.cli import main
+from streamconv.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 VARIANTS = ("baseline", "no-periodic-fsync", "no-crc", "no-periodic-fsync+no-crc")
@@ -132,7 +132,7 @@ def _categorise(frames: list[str], lines: _Lines) -> str:
         if ("importlib" in file or "<frozen" in file or func in ("_find_and_load",
                                                                   "exec_module")):
             return "start-up: imports"
-        if func in ("prepare", "open_checkpoint", "open_shard", "conversion_fingerprint",
+        if func in ("prepare", "open_checkpoint", "open_rank_file", "conversion_fingerprint",
                     "plan_conversion", "detect_model"):
             return "prepare: metadata and plan"
         if func in ("publish", "fill", "finish"):

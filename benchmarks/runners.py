@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from streamconv.memory import parse_size
+from streamconv.system.memory import parse_size
 
 from .cache import WORK_DIR, cached_bytes, evict_from_page_cache, input_files, tree_bytes
 from .models import BenchModel
@@ -42,7 +42,7 @@ import json, sys
 from transformers.models.llama.convert_llama_weights_to_hf import write_model
 job = json.loads(sys.argv[1])
 write_model(model_path=job["dst"], input_base_path=job["src"], llama_version=job["version"],
-            vocab_size=job["vocab_size"], num_shards=job["n_shards"])
+            vocab_size=job["vocab_size"], num_shards=job["n_ranks"])
 """
 
 
@@ -140,7 +140,7 @@ def _result(session: Session, model: BenchModel, runner: str, budget: str | None
         "run_id": run_id(model, runner, budget),
         "session": session.session_id,
         "model": model.key, "model_label": model.label, "slice_of": model.slice_of,
-        "n_layers": model.n_layers, "n_shards": model.spec.n_shards,
+        "n_layers": model.n_layers, "n_ranks": model.spec.n_ranks,
         "checkpoint_bytes": model.checkpoint_bytes,
         "runner": runner, "budget": budget,
         "budget_bytes": parse_size(budget) if budget else None,
@@ -201,7 +201,7 @@ def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
     tmp_dir.mkdir(parents=True)
     vocab = model.spec.vocab_size
     job = {"dst": str(out_dir), "src": str(ckpt), "version": model.peer_version,
-           "vocab_size": vocab, "n_shards": model.spec.n_shards}
+           "vocab_size": vocab, "n_ranks": model.spec.n_ranks}
     env = {**os.environ, "TMPDIR": str(tmp_dir)}
     m = measure([str(PEER_PYTHON), "-c", PEER_CODE, json.dumps(job)], raw_dir=session.raw_dir,
                 run_id=rid, env=env)

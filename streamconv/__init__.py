@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from streamconv.errors import (
     BudgetError,
     CheckpointError,
     Interrupted,
@@ -20,7 +20,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .conversion import ConvertOptions, Report, convert, prepare
+    from streamconv.pipeline.conversion import ConvertOptions, Report, convert, prepare
 
 __all__ = [
     "BudgetError", "CheckpointError", "ConvertOptions", "Interrupted", "OutputError",
@@ -33,6 +33,6 @@ _FROM_CONVERT = ("ConvertOptions", "Report", "convert", "prepare")
 def __getattr__(name: str) -> Any:
     if name not in _FROM_CONVERT:
         raise AttributeError(f"module 'streamconv' has no attribute {name!r}")
-    from . import conversion
+    from streamconv.pipeline import conversion
 
     return getattr(conversion, name)

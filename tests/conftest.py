@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamconv.synthetic import SyntheticSpec, write_checkpoint
+from fixtures.synthetic import SyntheticSpec, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

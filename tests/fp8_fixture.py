@@ -1,7 +1,7 @@
 """Tiny checkpoints laid out like Meta's Llama 3.1 405B FP8 release, and an independent
 dequantization of them.
 
-Facts (research/formats.md section 1): 8 ranks of consolidated.NN.pth plus fp8_scales_{rank}.pt;
+Facts (docs/meta_formats.md section 1): 8 ranks of consolidated.NN.pth plus fp8_scales_{rank}.pt;
 only layers.{i}.feed_forward.w1/w3/w2.weight for i = 1 .. n_layers-2 are float8_e4m3fn, with
 one fp32 scale per output row of each rank's tensor under f"{i}_feed_forward.{w}_{rank}"
 (llama-models llama3/quantization/loader.py); Meta made them with fbgemm's
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from streamconv.synthetic import SyntheticSpec, write_checkpoint
+from fixtures.synthetic import SyntheticSpec, write_checkpoint
 
 FP8_MAX = 448.0
 _WEIGHTS = ("w1", "w3", "w2")
@@ -44,7 +44,7 @@ def write_fp8_checkpoint(spec: SyntheticSpec, out_dir: Path, *,
     column_scales stores each scale as [N, 1] instead of [N] (the real shape is not public)."""
     assert spec.dtype == "bfloat16"
     write_checkpoint(spec, out_dir)
-    for rank in range(spec.n_shards):
+    for rank in range(spec.n_ranks):
         path = out_dir / f"consolidated.{rank:02d}.pth"
         state = _load(path)
         scales: dict[str, torch.Tensor] = {}

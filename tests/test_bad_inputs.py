@@ -27,19 +27,20 @@ import pytest
 import torch
 from rich.console import Console
 
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny
+from fixtures.synthetic import SyntheticSpec, tiny
+from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+from streamconv.cli.main import main
+from streamconv.model.family import Family
 
 # The conversion module, whose names the tests patch.
-conversion_module = importlib.import_module("streamconv.conversion")
+conversion_module = importlib.import_module("streamconv.pipeline.conversion")
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 # A word the message must contain, or a tuple of words of which it must contain one.
 Word = Union[str, tuple[str, ...]]
 
-BASE = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False)  # float32, dim 64, 2 layers
-WIDE = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False, dim=128)  # another model's width
+BASE = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False)  # float32, dim 64, 2 layers
+WIDE = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False, dim=128)  # another model's width
 SHARD0, SHARD1 = "consolidated.00.pth", "consolidated.01.pth"
 # Pinned so that no case depends on this machine's free memory.
 RUN_ARGS = ("--quiet", "--max-ram", "2G")
@@ -216,18 +217,11 @@ def tokenizer_missing(src: Path, make_checkpoint: MakeCkpt) -> None:
 
 
 def tokenizer_random_bytes(src: Path, make_checkpoint: MakeCkpt) -> None:
-    pytest.importorskip("streamconv.tokenizer",
-                        reason="streamconv.tokenizer does not import yet (being finished)")
     (src / "tokenizer.model").write_bytes(random.Random(7).randbytes(4096))
 
 
 def tokenizer_other_vocab(src: Path, make_checkpoint: MakeCkpt) -> None:
-    tokenizer = pytest.importorskip("streamconv.tokenizer",
-                                    reason="streamconv.tokenizer does not import yet")
-    if not hasattr(tokenizer, "write_synthetic_tokenizer"):
-        pytest.skip("streamconv.tokenizer.write_synthetic_tokenizer (used by "
-                    "synthetic.write_checkpoint for with_tokenizer=True) does not exist yet")
-    tokenizer.write_synthetic_tokenizer(src / "tokenizer.model", kind="sentencepiece",
+    write_synthetic_tokenizer(src / "tokenizer.model", kind="sentencepiece",
                                         vocab_size=448)
 
 

@@ -20,14 +20,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from streamconv.cli import main
-from streamconv.conversion import ConvertOptions, prepare
-from streamconv.direct_io import ALIGN, open_direct
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny
-from streamconv.writer import ShardWriter
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.cli.main import main
+from streamconv.model.family import Family
+from streamconv.pipeline.conversion import ConvertOptions, prepare
+from streamconv.runtime.file_writer import ShardWriter
+from streamconv.system.direct_io import ALIGN, open_direct
 
-prepare_module = importlib.import_module("streamconv.prepare")
+prepare_module = importlib.import_module("streamconv.pipeline.preparation")
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 
@@ -87,17 +87,17 @@ def run(*argv: str | Path) -> int:
 
 
 # Every tensor a multiple of 4 KiB, like real models: the writer sends job bytes with O_DIRECT.
-ALIGNED = tiny(Family.LLAMA2, dim=2048, n_heads=16, n_layers=1, n_shards=2, dtype="bfloat16")
+ALIGNED = tiny(Family.LLAMA2, dim=2048, n_heads=16, n_layers=1, n_ranks=2, dtype="bfloat16")
 
 CASES = [
-    ("llama1-fp16-2", tiny(Family.LLAMA1, n_shards=2)),
+    ("llama1-fp16-2", tiny(Family.LLAMA1, n_ranks=2)),
     ("llama2-1", tiny(Family.LLAMA2)),
     ("gqa-8", tiny(Family.LLAMA2, dim=128, n_heads=16, n_kv_heads=8, ffn_dim_multiplier=1.3,
-                   n_shards=8, dtype="bfloat16")),
-    ("code-4", tiny(Family.CODE_LLAMA, n_shards=4)),
-    ("llama3.1-2-shared", tiny(Family.LLAMA3_1, n_shards=2, share_storage=True)),
-    ("llama3.1-8-kv-copies", tiny(Family.LLAMA3_1, n_shards=8)),
-    ("llama3.2-tied", tiny(Family.LLAMA3_2, n_shards=2)),
+                   n_ranks=8, dtype="bfloat16")),
+    ("code-4", tiny(Family.CODE_LLAMA, n_ranks=4)),
+    ("llama3.1-2-shared", tiny(Family.LLAMA3_1, n_ranks=2, share_storage=True)),
+    ("llama3.1-8-kv-copies", tiny(Family.LLAMA3_1, n_ranks=8)),
+    ("llama3.2-tied", tiny(Family.LLAMA3_2, n_ranks=2)),
     ("aligned-direct-2", ALIGNED),
 ]
 
@@ -130,7 +130,7 @@ def test_tensors_equal_plain_concat_and_permute(spec: SyntheticSpec, max_ram: st
                                                ("fp32", torch.float32)])
 def test_dtype_cast_matches_torch(dtype: str, torch_dtype: torch.dtype, make_checkpoint: MakeCkpt,
                                   tmp_path: Path) -> None:
-    spec = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False)  # float32 input
+    spec = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False)  # float32 input
     src = make_checkpoint(spec)
     assert run(src, tmp_path, "--no-tokenizer", "--quiet", "--dtype", dtype, "--force") == 0
     got = load_output(tmp_path)
@@ -141,7 +141,7 @@ def test_dtype_cast_matches_torch(dtype: str, torch_dtype: torch.dtype, make_che
 
 
 def test_config_values(make_checkpoint: MakeCkpt, tmp_path: Path) -> None:
-    spec = tiny(Family.CODE_LLAMA, n_shards=2, with_tokenizer=False)
+    spec = tiny(Family.CODE_LLAMA, n_ranks=2, with_tokenizer=False)
     assert run(make_checkpoint(spec), tmp_path, "--no-tokenizer", "--quiet", "--force") == 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
@@ -187,7 +187,7 @@ def test_refuses_non_empty_output_and_overlap(make_checkpoint: MakeCkpt, tmp_pat
 
 def test_archive_folder_name_is_not_assumed(make_checkpoint: MakeCkpt, tmp_path: Path) -> None:
     """torch names the zip's inner folder after the file a checkpoint was first saved as."""
-    spec = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False)
+    spec = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False)
     src = tmp_path / "in"
     shutil.copytree(make_checkpoint(spec), src)
     for path in sorted(src.glob("consolidated.*.pth")):
@@ -207,7 +207,7 @@ def test_norms_differing_across_shards_warn_and_use_shard_0(make_checkpoint: Mak
                                                             tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]
                                                             ) -> None:
-    spec = tiny(Family.LLAMA3_1, n_shards=2, with_tokenizer=False)
+    spec = tiny(Family.LLAMA3_1, n_ranks=2, with_tokenizer=False)
     src = tmp_path / "in"
     shutil.copytree(make_checkpoint(spec), src)
     shard1 = src / "consolidated.01.pth"
@@ -295,7 +295,7 @@ def test_tensors_that_start_mid_block_still_bypass_the_page_cache(
     the page cache, and every byte must be exact."""
     if not has_direct(tmp_path):
         pytest.skip(f"{tmp_path} has no O_DIRECT")
-    spec = tiny(Family.LLAMA2, dim=640, n_heads=10, n_layers=2, n_shards=2, dtype="bfloat16",
+    spec = tiny(Family.LLAMA2, dim=640, n_heads=10, n_layers=2, n_ranks=2, dtype="bfloat16",
                 with_tokenizer=False)
     src = make_checkpoint(spec)
     assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-ram", "1G") == 0

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.checkpoint import ShardReader
-from streamconv.direct_io import ALIGN, SPAN_SLACK, direct_span, open_direct
 from streamconv.errors import CheckpointError
-from streamconv.executor import aligned_empty, as_buffer
+from streamconv.runtime.executor import aligned_empty, as_buffer
+from streamconv.source.rank_reader import RankReader
+from streamconv.system.direct_io import ALIGN, SPAN_SLACK, direct_span, open_direct
 
 FILE_BYTES = 3 * (1 << 20) + 1000  # not a whole number of blocks: the last read is a part one
 
@@ -41,7 +41,7 @@ def test_read_span_returns_the_exact_bytes(data_file: tuple[Path, bytes],
                                            cached_prefix: int) -> None:
     path, data = data_file
     area = aligned_empty(max(n for _, n in RANGES) + SPAN_SLACK)
-    with ShardReader([path], cached_prefix=cached_prefix) as reader:
+    with RankReader([path], cached_prefix=cached_prefix) as reader:
         assert reader.direct(0) == has_direct(path)
         for offset, n in RANGES:
             start = reader.read_span(0, offset, n, as_buffer(area))
@@ -53,14 +53,14 @@ def test_read_span_returns_the_exact_bytes(data_file: tuple[Path, bytes],
 def test_read_span_past_the_end_is_a_truncated_file(data_file: tuple[Path, bytes]) -> None:
     path, _ = data_file
     area = aligned_empty(8192 + SPAN_SLACK)
-    with ShardReader([path]) as reader, pytest.raises(CheckpointError, match="ended early"):
+    with RankReader([path]) as reader, pytest.raises(CheckpointError, match="ended early"):
         reader.read_span(0, FILE_BYTES - 100, 8192, as_buffer(area))
 
 
 def test_unaligned_area_falls_back_to_the_page_cache(data_file: tuple[Path, bytes]) -> None:
     path, data = data_file
     area = aligned_empty(20_000 + SPAN_SLACK + 64)[64:]
-    with ShardReader([path]) as reader:
+    with RankReader([path]) as reader:
         start = reader.read_span(0, 4096, 20_000, as_buffer(area))
     assert start == 0 and bytes(area[:20_000].numpy()) == data[4096:24_096]
 

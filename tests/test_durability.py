@@ -21,17 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.cli import main
-from streamconv.conversion import ConvertOptions, prepare
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.cli.main import main
 from streamconv.errors import LifecycleError
-from streamconv.family import Family
-from streamconv.output_folder import STAGING_DIR, FolderState, OutputFolder, looks_finished
-from streamconv.shards import INDEX_NAME
-from streamconv.synthetic import SyntheticSpec, tiny
+from streamconv.model.family import Family
+from streamconv.pipeline.conversion import ConvertOptions, prepare
+from streamconv.planning.output_files import INDEX_NAME
+from streamconv.runtime.output_folder import STAGING_DIR, FolderState, OutputFolder, looks_finished
 
-journal_module = importlib.import_module("streamconv.journal")
+journal_module = importlib.import_module("streamconv.runtime.journal")
 
-SPEC = tiny(Family.LLAMA2, n_shards=2)  # with tokenizer: tokenizer files are published too
+SPEC = tiny(Family.LLAMA2, n_ranks=2)  # with tokenizer: tokenizer files are published too
 ARGS = ["--quiet", "--max-shard-size", "100k"]
 
 

@@ -13,9 +13,9 @@ import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.cli.main import main
+from streamconv.model.family import Family
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 TEXT = "Hello world, streaming conversion: 3 shards in 400M."
@@ -25,8 +25,8 @@ TEXT = "Hello world, streaming conversion: 3 shards in 400M."
                                     Family.LLAMA3_1, Family.LLAMA3_2])
 def test_auto_classes_load_the_folder(family: Family, make_checkpoint: MakeCkpt,
                                       tmp_path: Path) -> None:
-    src = make_checkpoint(tiny(family, n_shards=2, vocab_size=1280, params_vocab_size=1280)
-                          if family.is_llama3 else tiny(family, n_shards=2))
+    src = make_checkpoint(tiny(family, n_ranks=2, vocab_size=1280, params_vocab_size=1280)
+                          if family.is_llama3 else tiny(family, n_ranks=2))
     assert main([str(src), str(tmp_path), "--quiet"]) == 0
     names = {p.name for p in tmp_path.iterdir()}
     assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
@@ -63,7 +63,7 @@ def test_instruct_llama3_has_chat_eos_and_template(make_checkpoint: MakeCkpt,
 
 
 def test_plan_prints_detection_and_writes_nothing(make_checkpoint: MakeCkpt) -> None:
-    src = make_checkpoint(tiny(Family.LLAMA3_2, n_shards=2))
+    src = make_checkpoint(tiny(Family.LLAMA3_2, n_ranks=2))
     before = sorted(p.name for p in src.iterdir())
     buffer = io.StringIO()
     assert main(["plan", str(src), "--max-ram", "1G"],

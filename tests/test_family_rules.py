@@ -8,30 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.family import Family
-from streamconv.family_rules import Facts, decide_family, instruct_from_folder
+from streamconv.model.family import Family
+from streamconv.model.family_rules import Facts, decide_family, instruct_from_folder
 
-LAYER_FREQS = frozenset({"layers.0.attention.inner_attention.rope.freqs"})
 SPM = Facts(tokenizer_kind="sentencepiece", vocab_size=32000, embedding_split_by_vocab=None,
             rope_theta=None, use_scaled_rope=False, norm_eps=1e-5, has_n_kv_heads=False,
-            tensor_names=frozenset({"rope.freqs"}), output_tied=False)
+            rope_freqs="top", output_tied=False)
 TIKTOKEN = Facts(tokenizer_kind="tiktoken", vocab_size=128256, embedding_split_by_vocab=True,
                  rope_theta=500000.0, use_scaled_rope=True, norm_eps=1e-5, has_n_kv_heads=True,
-                 tensor_names=frozenset(), output_tied=False)
+                 rope_freqs="none", output_tied=False)
 
 
 @pytest.mark.parametrize(("facts", "family"), [
     (SPM, Family.LLAMA2),  # Llama 2 7B/13B: top-level rope.freqs, norm_eps 1e-5
     (replace(SPM, norm_eps=1e-6), Family.LLAMA2),  # 7B-chat as first shipped (norm_eps 1e-6)
-    (replace(SPM, tensor_names=LAYER_FREQS, norm_eps=1e-5), Family.LLAMA1),  # LLaMA 1 65B
-    (replace(SPM, tensor_names=LAYER_FREQS, norm_eps=1e-6), Family.LLAMA1),  # LLaMA 1 7B-33B
-    (replace(SPM, tensor_names=frozenset(), norm_eps=1e-6), Family.LLAMA1),  # no rope tensors
-    (replace(SPM, tensor_names=frozenset()), Family.LLAMA2),
+    (replace(SPM, rope_freqs="per-layer", norm_eps=1e-5), Family.LLAMA1),  # LLaMA 1 65B
+    (replace(SPM, rope_freqs="per-layer", norm_eps=1e-6), Family.LLAMA1),  # LLaMA 1 7B-33B
+    (replace(SPM, rope_freqs="none", norm_eps=1e-6), Family.LLAMA1),  # no rope tensors
+    (replace(SPM, rope_freqs="none"), Family.LLAMA2),
     (replace(SPM, vocab_size=32016, rope_theta=10000.0, has_n_kv_heads=True),
      Family.CODE_LLAMA),  # Code Llama 70B Python/Instruct
     (replace(SPM, rope_theta=1e6), Family.CODE_LLAMA),  # Code Llama Python (vocab 32000)
     (TIKTOKEN, Family.LLAMA3_1),
-    (replace(TIKTOKEN, tensor_names=frozenset({"rope.freqs"})), Family.LLAMA3_1),
+    (replace(TIKTOKEN, rope_freqs="top"), Family.LLAMA3_1),
     (replace(TIKTOKEN, output_tied=True), Family.LLAMA3_2),
     (replace(TIKTOKEN, use_scaled_rope=False), Family.LLAMA3),
 ])
@@ -52,8 +51,8 @@ def test_tiktoken_file_with_a_32000_row_embedding_is_a_conflict() -> None:
 
 
 def test_every_fired_rule_is_listed() -> None:
-    verdict = decide_family(replace(SPM, tensor_names=LAYER_FREQS, norm_eps=1e-6))
-    assert "per-layer" in verdict.summary and "norm_eps 1e-6" in verdict.summary
+    verdict = decide_family(replace(SPM, rope_freqs="per-layer", norm_eps=1e-6))
+    assert "in every layer" in verdict.summary and "norm_eps 1e-6" in verdict.summary
     assert not verdict.conflicts
 
 

@@ -16,16 +16,16 @@ from meta_reference import merge_shards, meta_logits, read_params
 from safetensors.torch import load_file
 from test_bad_inputs import assert_nothing_written, assert_one_error, run_cli
 
-from streamconv.family import Family
-from streamconv.prepare import ConvertOptions, prepare
-from streamconv.synthetic import SyntheticSpec, tiny
-from streamconv.verify import verify
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.model.family import Family
+from streamconv.pipeline.preparation import ConvertOptions, prepare
+from streamconv.pipeline.verification import verify
 
 N_LAYERS = 4  # layers 1 and 2 are fp8, 0 and 3 stay bf16, as 1..124 of 126 in the 405B
 
 
-def _spec(n_shards: int, **changes: object) -> SyntheticSpec:
-    return tiny(Family.LLAMA3_1, n_shards=n_shards, n_layers=N_LAYERS, dtype="bfloat16",
+def _spec(n_ranks: int, **changes: object) -> SyntheticSpec:
+    return tiny(Family.LLAMA3_1, n_ranks=n_ranks, n_layers=N_LAYERS, dtype="bfloat16",
                 **changes)
 
 
@@ -74,12 +74,12 @@ def _output_tensors(dst: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("n_shards,column_scales", [(8, False), (2, True)],
+@pytest.mark.parametrize("n_ranks,column_scales", [(8, False), (2, True)],
                          ids=["8ranks-scales-N", "2ranks-scales-Nx1"])
-def test_output_equals_meta_dequantization(n_shards: int, column_scales: bool,
+def test_output_equals_meta_dequantization(n_ranks: int, column_scales: bool,
                                            fp8_8shards: Path, tmp_path: Path) -> None:
-    src = fp8_8shards if n_shards == 8 and not column_scales else write_fp8_checkpoint(
-        _spec(n_shards), tmp_path / "meta", column_scales=column_scales)
+    src = fp8_8shards if n_ranks == 8 and not column_scales else write_fp8_checkpoint(
+        _spec(n_ranks), tmp_path / "meta", column_scales=column_scales)
     dst = tmp_path / "hf"
     result = run_cli("convert", src, dst)  # no flags: --dtype auto, with the tokenizer
     assert result.code == 0, result.err
@@ -104,7 +104,7 @@ def test_output_dtypes_and_chunked_dequantization(dtype_flag: str, dtype: torch.
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """--dtype fp32 writes the exact fp32 products (dequantized in place, no bf16 rounding);
     fp16/bf16 round them once from fp32. A tiny scratch makes every block several chunks."""
-    monkeypatch.setattr("streamconv.fp8.CHUNK_BYTES", 256)  # 1-2 rows of these widths
+    monkeypatch.setattr("streamconv.source.fp8_scales.CHUNK_BYTES", 256)  # 1-2 rows of these widths
     dst = tmp_path / "hf"
     result = run_cli("convert", fp8_8shards, dst, "--no-tokenizer", "--dtype", dtype_flag)
     assert result.code == 0, result.err

@@ -30,8 +30,8 @@ import torch
 from meta_reference import meta_logits
 from safetensors.torch import load_file
 
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny, write_checkpoint
+from fixtures.synthetic import SyntheticSpec, tiny, write_checkpoint
+from streamconv.model.family import Family
 
 ATOL = 1e-4
 SEQ_LEN = 512
@@ -53,23 +53,23 @@ def _spec(family: Family, **changes: object) -> SyntheticSpec:
 
 
 # 8 shards with real GQA need at least 8 kv heads: dim 128, 16 heads of 8, 8 kv heads.
-_GQA8 = {"dim": 128, "n_heads": 16, "n_kv_heads": 8, "ffn_dim_multiplier": 1.3, "n_shards": 8}
+_GQA8 = {"dim": 128, "n_heads": 16, "n_kv_heads": 8, "ffn_dim_multiplier": 1.3, "n_ranks": 8}
 
 CASES = [
-    Case("llama1-fp32-2shards", _spec(Family.LLAMA1, dtype="float32", n_shards=2)),
+    Case("llama1-fp32-2shards", _spec(Family.LLAMA1, dtype="float32", n_ranks=2)),
     Case("llama1-fp16-in", _spec(Family.LLAMA1)),  # tiny LLaMA 1 default is float16
     Case("llama2-1shard", _spec(Family.LLAMA2)),
-    Case("llama2-2shards-shared-storage", _spec(Family.LLAMA2, n_shards=2, share_storage=True)),
+    Case("llama2-2shards-shared-storage", _spec(Family.LLAMA2, n_ranks=2, share_storage=True)),
     Case("gqa-70b-style-2shards",
-         _spec(Family.LLAMA2, n_kv_heads=2, ffn_dim_multiplier=1.3, n_shards=2)),
+         _spec(Family.LLAMA2, n_kv_heads=2, ffn_dim_multiplier=1.3, n_ranks=2)),
     Case("gqa-70b-style-8shards", _spec(Family.LLAMA2, **_GQA8)),
-    Case("codellama-2shards", _spec(Family.CODE_LLAMA, n_shards=2)),
-    Case("llama3-2shards", _spec(Family.LLAMA3, n_shards=2)),
+    Case("codellama-2shards", _spec(Family.CODE_LLAMA, n_ranks=2)),
+    Case("llama3-2shards", _spec(Family.LLAMA3, n_ranks=2)),
     Case("llama3.1-1shard", _spec(Family.LLAMA3_1)),
-    Case("llama3.1-405b-style-kv-copies", _spec(Family.LLAMA3_1, n_kv_heads=2, n_shards=8)),
+    Case("llama3.1-405b-style-kv-copies", _spec(Family.LLAMA3_1, n_kv_heads=2, n_ranks=8)),
     Case("llama3.2-tied-1shard", _spec(Family.LLAMA3_2), rope_scaling_factor=32.0),
-    Case("llama3.2-tied-2shards", _spec(Family.LLAMA3_2, n_shards=2), rope_scaling_factor=32.0),
-    Case("llama3.3-2shards", _spec(Family.LLAMA3_3, n_shards=2)),
+    Case("llama3.2-tied-2shards", _spec(Family.LLAMA3_2, n_ranks=2), rope_scaling_factor=32.0),
+    Case("llama3.3-2shards", _spec(Family.LLAMA3_3, n_ranks=2)),
 ]
 
 
@@ -80,7 +80,7 @@ def _tokens(vocab_size: int) -> torch.Tensor:
 
 def _convert(src: Path, dst: Path) -> None:
     # Imported here so a missing or broken CLI fails these tests one by one, with its error.
-    from streamconv.cli import main
+    from streamconv.cli.main import main
 
     # --no-tokenizer: these folders carry no tokenizer.model (see _spec).
     rc = main(["convert", str(src), str(dst), "--dtype", "fp32", "--max-ram", "2G", "--quiet",

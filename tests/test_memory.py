@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.family import Family
-from streamconv.memory import parse_size
-from streamconv.synthetic import PRESETS, SyntheticSpec
+from fixtures.synthetic import PRESETS, SyntheticSpec
+from streamconv.model.family import Family
+from streamconv.system.memory import parse_size
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads VmHWM from /proc (Linux)")
@@ -39,7 +39,7 @@ def mid_checkpoint(make_checkpoint: Callable[[SyntheticSpec], Path]) -> Path:
 
 _CHILD = """
 import sys
-from streamconv.cli import main
+from streamconv.cli.main import main
 code = main(sys.argv[2:])
 with open("/proc/self/status") as status:
     hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

@@ -9,14 +9,11 @@ from collections import defaultdict
 import pytest
 import torch
 
-from streamconv.detect import ModelSpec
-from streamconv.direct_io import SPAN_SLACK
 from streamconv.errors import BudgetError
-from streamconv.family import Family
-from streamconv.fp8 import CHUNK_BYTES, chunk_rows
-from streamconv.layout import Split, TensorLayout, copy_blocks, hf_layouts, permute_rotary_into
-from streamconv.memory import parse_size
-from streamconv.plan import (
+from streamconv.model.detect import ModelSpec
+from streamconv.model.family import Family
+from streamconv.model.tensor_table import Split
+from streamconv.planning.jobs import (
     RUNTIME_ALLOWANCE_BYTES,
     SCRATCH_ALIGN,
     Plan,
@@ -24,16 +21,21 @@ from streamconv.plan import (
     scratch_offset,
     slot_layout,
 )
-from streamconv.shards import DATA_ALIGN, layout_output_files
+from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
+from streamconv.planning.output_files import DATA_ALIGN, layout_output_files
+from streamconv.runtime.transforms import permute_rotary_into
+from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
+from streamconv.system.direct_io import SPAN_SLACK
+from streamconv.system.memory import parse_size
 
 MiB = 1 << 20
 
 
 def spec_of(*, family: Family = Family.LLAMA2, dim: int = 4096, n_layers: int = 2,
             n_heads: int = 32, n_kv_heads: int = 32, vocab: int = 32000, ffn: int = 11008,
-            n_shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> ModelSpec:
+            n_ranks: int = 1, dtype: torch.dtype = torch.bfloat16) -> ModelSpec:
     return ModelSpec(
-        family=family, n_shards=n_shards, dtype=dtype, dim=dim, n_layers=n_layers,
+        family=family, n_ranks=n_ranks, dtype=dtype, dim=dim, n_layers=n_layers,
         n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, ffn_dim=ffn, norm_eps=1e-5,
         rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
         tie_word_embeddings=False, embedding_split_dim=0 if family.is_llama3 else 1,
@@ -72,9 +74,9 @@ def test_parse_size_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize("budget", ["400M", "1G", "8G"])
-@pytest.mark.parametrize("n_shards,n_kv", [(1, 32), (2, 8), (8, 8), (16, 8)])
-def test_jobs_cover_every_row_once_within_budget(budget: str, n_shards: int, n_kv: int) -> None:
-    spec = spec_of(n_shards=n_shards, n_kv_heads=n_kv, family=Family.LLAMA3_1, vocab=128256,
+@pytest.mark.parametrize("n_ranks,n_kv", [(1, 32), (2, 8), (8, 8), (16, 8)])
+def test_jobs_cover_every_row_once_within_budget(budget: str, n_ranks: int, n_kv: int) -> None:
+    spec = spec_of(n_ranks=n_ranks, n_kv_heads=n_kv, family=Family.LLAMA3_1, vocab=128256,
                    dim=8192, n_heads=64, ffn=28672)
     layouts = hf_layouts(spec)
     plan = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
@@ -162,20 +164,20 @@ def test_output_files_respect_max_shard_size_and_header_format() -> None:
 
 
 def test_kv_heads_replicated_over_shards_are_read_once() -> None:
-    spec = spec_of(family=Family.LLAMA3_1, dim=2048, n_heads=16, n_kv_heads=2, n_shards=8,
+    spec = spec_of(family=Family.LLAMA3_1, dim=2048, n_heads=16, n_kv_heads=2, n_ranks=8,
                    vocab=128256, ffn=8192)
     k_proj = next(t for t in hf_layouts(spec) if t.hf_name.endswith("0.self_attn.k_proj.weight"))
     blocks = copy_blocks(k_proj, spec, 0, k_proj.n_rows)
-    assert [b.shard_idx for b in blocks] == [0, 4]
+    assert [b.rank_idx for b in blocks] == [0, 4]
     assert [b.dst_row_start for b in blocks] == [0, 128]
 
 
 def test_cols_split_places_each_shard_side_by_side() -> None:
-    spec = spec_of(n_shards=4)
+    spec = spec_of(n_ranks=4)
     o_proj = next(t for t in hf_layouts(spec) if t.hf_name.endswith("0.self_attn.o_proj.weight"))
     assert o_proj.split is Split.COLS
     blocks = copy_blocks(o_proj, spec, 10, 20)
-    assert [(b.shard_idx, b.dst_col_start, b.n_cols, b.src_row_start, b.n_rows)
+    assert [(b.rank_idx, b.dst_col_start, b.n_cols, b.src_row_start, b.n_rows)
             for b in blocks] == [(s, s * 1024, 1024, 10, 10) for s in range(4)]
 
 
@@ -193,16 +195,16 @@ def test_rotary_permute_maps_interleaved_pairs_to_halves() -> None:
 
 
 def _fp8_405b_layouts(spec: ModelSpec) -> list[TensorLayout]:
-    """Meta's FP8 405B: feed-forward of layers 1 .. n_layers-2 stored as fp8 (formats.md 1.2)."""
+    """Meta's FP8 405B: feed-forward of layers 1 .. n_layers-2 stored as fp8 (docs/meta_formats.md 1.2)."""
     quantized = frozenset(f"layers.{i}.feed_forward.{w}.weight"
                           for i in range(1, spec.n_layers - 1) for w in ("w1", "w2", "w3"))
     return hf_layouts(spec, quantized=quantized)
 
 
 def _spec_405b() -> ModelSpec:
-    """405B's widths (formats.md 0.5) with 4 layers: 1 and 2 are fp8, as 1-124 of 126."""
+    """405B's widths (docs/meta_formats.md 0.5) with 4 layers: 1 and 2 are fp8, as 1-124 of 126."""
     return spec_of(family=Family.LLAMA3_1, dim=16384, n_heads=128, n_kv_heads=8, vocab=128256,
-                   ffn=53248, n_shards=8, n_layers=4)
+                   ffn=53248, n_ranks=8, n_layers=4)
 
 
 @pytest.mark.parametrize("dst_dtype", [torch.bfloat16, torch.float32, torch.float16])

@@ -17,11 +17,12 @@ import pytest
 import torch
 from test_convert import ALIGNED, expected_tensors, has_direct, load_output
 
-from streamconv import direct_io, prefetch
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.platform_io import PORTABLE_ENV
-from streamconv.synthetic import SyntheticSpec, tiny
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.cli.main import main
+from streamconv.model.family import Family
+from streamconv.source import prefetch
+from streamconv.system import direct_io
+from streamconv.system.platform_io import PORTABLE_ENV
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ LINUX_CALLS = ("preadv", "pwrite", "posix_fallocate", "posix_fadvise")
 CASES = [
     # block-aligned tensors, so the fast path writes and reads with O_DIRECT where it can
     ("llama2-2-aligned", replace(ALIGNED, with_tokenizer=True)),
-    ("llama3.1-2", tiny(Family.LLAMA3_1, n_shards=2, dtype="bfloat16")),
+    ("llama3.1-2", tiny(Family.LLAMA3_1, n_ranks=2, dtype="bfloat16")),
 ]
 
 
@@ -111,8 +112,8 @@ HIDDEN = textwrap.dedent("""
     for name in names:
         importlib.import_module("streamconv." + name)
     assert "resource" not in sys.modules or sys.modules["resource"] is None
-    from streamconv.cli import main
-    from streamconv.memory import peak_rss_bytes
+    from streamconv.cli.main import main
+    from streamconv.system.memory import peak_rss_bytes
     assert peak_rss_bytes() > 0
     print(len(names), "modules")
     sys.exit(main(sys.argv[1:]))
@@ -121,7 +122,7 @@ HIDDEN = textwrap.dedent("""
 
 def test_imports_and_converts_without_unix_only_modules(make_checkpoint: MakeCkpt,
                                                         tmp_path: Path) -> None:
-    spec = tiny(Family.LLAMA2, n_shards=2)
+    spec = tiny(Family.LLAMA2, n_ranks=2)
     src = make_checkpoint(spec)
     assert main([str(src), str(tmp_path / "fast"), "--quiet"]) == 0
     env = {k: v for k, v in os.environ.items() if k != PORTABLE_ENV}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.prefetch import PREFETCH_BYTES, start_prefetch
+from streamconv.source.prefetch import PREFETCH_BYTES, start_prefetch
 
 
 def test_command_line_imports_without_torch() -> None:

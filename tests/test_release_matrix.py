@@ -29,9 +29,9 @@ import pytest
 from conftest import REPO
 from fp8_fixture import write_fp8_checkpoint
 
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec
+from fixtures.synthetic import SyntheticSpec
+from streamconv.cli.main import main
+from streamconv.model.family import Family
 
 MATRIX: list[dict[str, Any]] = json.loads(
     (REPO / "docs" / "releases.json").read_text())["releases"]
@@ -51,7 +51,7 @@ def _distinct_kv_heads(row: dict[str, Any]) -> int | None:
 def reduced(row: dict[str, Any], *, rope_freqs: str) -> tuple[SyntheticSpec, dict[str, Any]]:
     """(checkpoint spec, params.json) of a row, narrowed as the module docstring says."""
     params = row["params"]
-    n = row["n_shards"]
+    n = row["n_ranks"]
     head_dim = params["dim"] // params["n_heads"]
     kv = _distinct_kv_heads(row)
     n_heads = max(kv, n) if kv is not None else max(2, n)
@@ -63,7 +63,7 @@ def reduced(row: dict[str, Any], *, rope_freqs: str) -> tuple[SyntheticSpec, dic
         multiple_of=params.get("multiple_of", 256),
         ffn_dim_multiplier=params.get("ffn_dim_multiplier"), norm_eps=params["norm_eps"],
         rope_theta=params.get("rope_theta"), use_scaled_rope=params.get("use_scaled_rope", False),
-        n_shards=n, dtype=dtype, tied_output=row["output_weight"] == "copy of tok_embeddings",
+        n_ranks=n, dtype=dtype, tied_output=row["output_weight"] == "copy of tok_embeddings",
         rope_freqs=rope_freqs)
     written = {**params, "dim": dim, "n_heads": n_heads, "n_layers": N_LAYERS}
     return spec, written

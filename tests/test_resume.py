@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec
+from fixtures.synthetic import SyntheticSpec
+from streamconv.cli.main import main
+from streamconv.model.family import Family
 
 # ~1.6 GB (the same checkpoint as test_memory's): the journal commits every 256 MB, so killing
 # after the first or second commit leaves most of the run still to do.
 SPEC = SyntheticSpec(Family.LLAMA2, 2048, 13, 16, None, 32000, with_tokenizer=False)
 ARGS = ["--no-tokenizer", "--quiet", "--max-ram", "1G"]
-writer_module = importlib.import_module("streamconv.writer")
+writer_module = importlib.import_module("streamconv.runtime.file_writer")
 
 
 @pytest.fixture(scope="module")

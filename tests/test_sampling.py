@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamconv.sampling import SAMPLE_BYTES, STRIDE_BYTES, sample_crc, sample_positions
+from streamconv.runtime.sampled_crc import SAMPLE_BYTES, STRIDE_BYTES, sample_crc, sample_positions
 
 
 def crc_of(data: bytes, offset: int = 0, n: int | None = None) -> int:

@@ -20,7 +20,7 @@ from conftest import SHARED_DATA
 from meta_reference import meta_logits
 from transformers import LlamaForCausalLM
 
-from streamconv.cli import main
+from streamconv.cli.main import main
 
 BIN = SHARED_DATA / "stories260K.bin"
 pytestmark = pytest.mark.skipif(not BIN.is_file(), reason=f"{BIN} not present")
@@ -65,9 +65,9 @@ def read_stories(path: Path) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
 
 
 def write_meta(cfg: dict[str, int], state: dict[str, torch.Tensor], out: Path,
-               n_shards: int) -> None:
+               n_ranks: int) -> None:
     out.mkdir()
-    for shard_idx in range(n_shards):
+    for rank_idx in range(n_ranks):
         shard = {}
         for name, tensor in state.items():
             kind = name.split(".", 2)[-1].removesuffix(".weight") if name.startswith(
@@ -76,20 +76,20 @@ def write_meta(cfg: dict[str, int], state: dict[str, torch.Tensor], out: Path,
             if tensor.dim() == 1:
                 shard[name] = tensor.clone()
             else:
-                shard[name] = tensor.chunk(n_shards, dim=dim)[shard_idx].clone()
-        torch.save(shard, out / f"consolidated.{shard_idx:02d}.pth")
+                shard[name] = tensor.chunk(n_ranks, dim=dim)[rank_idx].clone()
+        torch.save(shard, out / f"consolidated.{rank_idx:02d}.pth")
     params = {"dim": cfg["dim"], "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"],
               "n_kv_heads": cfg["n_kv_heads"], "vocab_size": cfg["vocab"], "multiple_of": 4,
               "norm_eps": 1e-5}
     (out / "params.json").write_text(json.dumps(params))
 
 
-@pytest.mark.parametrize("n_shards", [1, 2])
-def test_trained_model_logits_match_meta_reference(n_shards: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_ranks", [1, 2])
+def test_trained_model_logits_match_meta_reference(n_ranks: int, tmp_path: Path) -> None:
     cfg, state = read_stories(BIN)
     assert (cfg["dim"], cfg["n_layers"], cfg["n_heads"], cfg["n_kv_heads"]) == (64, 5, 8, 4)
     src = tmp_path / "meta"
-    write_meta(cfg, state, src, n_shards)
+    write_meta(cfg, state, src, n_ranks)
     assert main([str(src), str(tmp_path / "hf"), "--no-tokenizer", "--quiet",
                  "--max-ram", "2G"]) == 0
     model = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)

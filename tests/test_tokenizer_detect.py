@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from streamconv import spm_proto
-from streamconv.errors import TokenizerError
-from streamconv.family import Family
-from streamconv.synthetic_tokenizer import (
+from fixtures.synthetic_tokenizer import (
     add_code_llama_pieces,
     build_sentencepiece_model,
     write_synthetic_tokenizer,
 )
-from streamconv.tokenizer import (
+from streamconv.errors import TokenizerError
+from streamconv.model.family import Family
+from streamconv.tokenizer import spm_proto
+from streamconv.tokenizer.files import (
     detect_tokenizer_kind,
     tokenizer_vocab_size,
     write_tokenizer_files,

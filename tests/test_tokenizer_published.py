@@ -25,10 +25,11 @@ from test_tokenizer_tiktoken import LLAMA3_MODEL, _oracle, needs_llama3
 from test_transformers_script import find_peer_python
 from transformers import AutoTokenizer
 
-from streamconv import tokenizer, tokenizer_spm
-from streamconv.family import Family
-from streamconv.synthetic_tokenizer import write_synthetic_tokenizer
-from streamconv.tokenizer import (
+from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+from streamconv.model.family import Family
+from streamconv.tokenizer import files as tokenizer
+from streamconv.tokenizer import from_sentencepiece as tokenizer_spm
+from streamconv.tokenizer.files import (
     detect_tokenizer_kind,
     tokenizer_vocab_size,
     write_tokenizer_files,

@@ -20,16 +20,17 @@ from tokenizer_corpus import SAMPLES, SPM_SPECIAL_STRINGS, fuzz_samples
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from streamconv import spm_proto
-from streamconv.family import Family
-from streamconv.synthetic_tokenizer import (
+from fixtures import spm_writer
+from fixtures.synthetic_tokenizer import (
     CODE_LLAMA_INFILL,
     CODE_LLAMA_PIECES,
     add_code_llama_pieces,
     build_sentencepiece_model,
     write_synthetic_tokenizer,
 )
-from streamconv.tokenizer import tokenizer_vocab_size, write_tokenizer_files
+from streamconv.model.family import Family
+from streamconv.tokenizer import spm_proto
+from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_files
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA2_MODEL = SHARED_DATA / "llama2_tokenizer.model"
@@ -322,9 +323,9 @@ def test_user_defined_pieces_and_literal_space_char(converted: Callable[[str], C
 
 def test_model_without_dummy_prefix(tmp_path: Path) -> None:
     # Not LLaMA's setting, but a supported one: no Prepend normalizer and no Strip decoder.
-    no_prefix = spm_proto.len_field(
+    no_prefix = spm_writer.len_field(
         spm_proto.MODEL_NORMALIZER_SPEC,
-        spm_proto.varint_field(spm_proto.NORMALIZER_ADD_DUMMY_PREFIX, 0),
+        spm_writer.varint_field(spm_proto.NORMALIZER_ADD_DUMMY_PREFIX, 0),
     )
     path = tmp_path / "tokenizer.model"
     path.write_bytes(build_sentencepiece_model(2000, seed=5) + no_prefix)

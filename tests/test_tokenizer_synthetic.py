@@ -9,14 +9,15 @@ import pytest
 import sentencepiece as spm
 from tiktoken.load import load_tiktoken_bpe
 
-from streamconv import spm_proto
-from streamconv.synthetic_tokenizer import (
+from fixtures import spm_writer
+from fixtures.synthetic_tokenizer import (
     CODE_LLAMA_PIECES,
     add_code_llama_pieces,
     build_sentencepiece_model,
     build_tiktoken_ranks,
     write_synthetic_tokenizer,
 )
+from streamconv.tokenizer import spm_proto
 
 ENGLISH = "The model was converted and the weights were checked before they could be used."
 
@@ -140,7 +141,7 @@ def test_code_llama_pieces_appended(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31 - 1, 2**63, -1, -(2**31)])
 def test_varint_round_trip(value: int) -> None:
-    encoded = spm_proto.varint_field(7, value)
+    encoded = spm_writer.varint_field(7, value)
     (field,) = spm_proto.read_fields(encoded)
     assert (field.number, field.wire_type) == (7, 0)
     assert field.value == value % 2**64  # negatives are sign-extended to 64 bits
@@ -148,7 +149,7 @@ def test_varint_round_trip(value: int) -> None:
 
 
 def test_read_fields_rejects_truncated_data() -> None:
-    encoded = spm_proto.len_field(1, b"hello")
+    encoded = spm_writer.len_field(1, b"hello")
     for cut in range(1, len(encoded)):
         with pytest.raises(ValueError):
             spm_proto.read_fields(encoded[:cut])
@@ -157,7 +158,7 @@ def test_read_fields_rejects_truncated_data() -> None:
 
 
 def test_pieces_parse_back() -> None:
-    piece = spm_proto.encode_piece("▁héllo", -2.5, spm_proto.PIECE_USER_DEFINED)
+    piece = spm_writer.encode_piece("▁héllo", -2.5, spm_proto.PIECE_USER_DEFINED)
     (outer,) = spm_proto.read_fields(piece)
     assert isinstance(outer.value, bytes)
     inner = {f.number: f.value for f in spm_proto.read_fields(outer.value)}

@@ -20,10 +20,10 @@ from tokenizer_corpus import SAMPLES, fuzz_samples
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
-from streamconv.family import Family
-from streamconv.synthetic_tokenizer import write_synthetic_tokenizer
-from streamconv.tokenizer import tokenizer_vocab_size, write_tokenizer_files
-from streamconv.tokenizer_tiktoken import (
+from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+from streamconv.model.family import Family
+from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_files
+from streamconv.tokenizer.from_tiktoken import (
     LLAMA3_PATTERN,
     byte_to_unicode,
     derive_merges,
@@ -291,7 +291,7 @@ def test_hashed_merges_equal_the_loop(converted: Callable[[str], Converted], nam
 
 
 def test_hash_collision_falls_back_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamconv.tokenizer_tiktoken as tt
+    import streamconv.tokenizer.from_tiktoken as tt
 
     ranks = _tiny_ranks(b"ab", b"abc", b"bc")
     calls = []

@@ -37,8 +37,8 @@ import torch
 from meta_reference import forward, load_shards, merge_shards, read_params
 from safetensors.torch import load_file
 
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny, write_checkpoint
+from fixtures.synthetic import SyntheticSpec, tiny, write_checkpoint
+from streamconv.model.family import Family
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_PYTHON_ENV = "STREAMCONV_PEER_PYTHON"
@@ -61,16 +61,16 @@ def _spec(family: Family, **changes: Any) -> SyntheticSpec:
 
 
 CASES = [
-    Case("llama1-fp16-2shards", _spec(Family.LLAMA1, n_shards=2), "1"),
+    Case("llama1-fp16-2shards", _spec(Family.LLAMA1, n_ranks=2), "1"),
     Case("llama2-fp32-1shard", _spec(Family.LLAMA2), "2"),
-    Case("gqa-2shards", _spec(Family.LLAMA2, n_kv_heads=2, ffn_dim_multiplier=1.3, n_shards=2),
+    Case("gqa-2shards", _spec(Family.LLAMA2, n_kv_heads=2, ffn_dim_multiplier=1.3, n_ranks=2),
          "2"),
     Case("gqa-8shards", _spec(Family.LLAMA2, dim=128, n_heads=16, n_kv_heads=8,
-                              ffn_dim_multiplier=1.3, n_shards=8), "2"),
+                              ffn_dim_multiplier=1.3, n_ranks=8), "2"),
     # The script tells Code Llama apart by rope_theta > 10000 (max_position_embeddings 16384).
     Case("codellama-1shard", _spec(Family.CODE_LLAMA), "2"),
     # LLaMA 3.x as Meta ships it: bf16.
-    Case("llama3-bf16-2shards", _spec(Family.LLAMA3, dtype="bfloat16", n_shards=2), "3"),
+    Case("llama3-bf16-2shards", _spec(Family.LLAMA3, dtype="bfloat16", n_ranks=2), "3"),
     Case("llama3.1-bf16-1shard", _spec(Family.LLAMA3_1, dtype="bfloat16"), "3.1"),
     # The real vocabulary, so the script's hard-coded bos/eos ids are right (see _expected_config).
     Case("llama3.1-real-vocab", _spec(Family.LLAMA3_1, dtype="bfloat16", vocab_size=LLAMA3_VOCAB,
@@ -91,7 +91,7 @@ for job in json.loads(sys.argv[1]):
         with contextlib.redirect_stdout(io.StringIO()):
             write_model(model_path=job["dst"], input_base_path=job["src"],
                         llama_version=job["llama_version"], vocab_size=job["vocab_size"],
-                        num_shards=job["n_shards"])
+                        num_shards=job["n_ranks"])
     except Exception:
         Path(job["dst"]).mkdir(parents=True, exist_ok=True)
         (Path(job["dst"]) / "ERROR.txt").write_text(traceback.format_exc())
@@ -142,7 +142,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Co
                                          root / case.case_id / "streamconv")
         jobs.append({"src": str(src), "dst": str(result[case.case_id].peer_dir),
                      "llama_version": case.llama_version, "vocab_size": case.spec.vocab_size,
-                     "n_shards": case.spec.n_shards})
+                     "n_ranks": case.spec.n_ranks})
     run = subprocess.run([str(peer_python), "-c", _PEER_CODE, json.dumps(jobs)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"peer script run failed:\n{run.stderr[-3000:]}"
@@ -158,7 +158,7 @@ def _peer_output(conv: Converted) -> Path:
 
 def _our_output(conv: Converted) -> Path:
     if not (conv.ours_dir / "config.json").exists():
-        from streamconv.cli import main
+        from streamconv.cli.main import main
 
         rc = main(["convert", str(conv.src), str(conv.ours_dir), "--dtype", "bf16",
                    "--max-ram", "2G", "--quiet", "--no-tokenizer", "--force"])

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from streamconv.cli import main
-from streamconv.family import Family
-from streamconv.synthetic import SyntheticSpec, tiny
+from fixtures.synthetic import SyntheticSpec, tiny
+from streamconv.cli.main import main
+from streamconv.model.family import Family
 
-SPEC = tiny(Family.LLAMA2, n_shards=2, with_tokenizer=False, dtype="bfloat16")
+SPEC = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False, dtype="bfloat16")
 ARGS = ["--no-tokenizer"]
 
 

@@ -1,0 +1,272 @@
+"""Command line: arguments, rich progress and tables, errors -> one line and an exit code.
+
+Exit codes: 0 success, 1 error (one sentence; --debug adds the traceback), 2 usage,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from streamconv.errors import Interrupted, StreamconvError
+from streamconv.model.family import Family
+from streamconv.source.prefetch import start_prefetch
+from streamconv.system.memory import (
+    SIZE_UNITS_HELP,
+    current_rss_bytes,
+    default_max_ram_bytes,
+    format_size,
+    parse_size,
+)
+
+if TYPE_CHECKING:  # the modules that import torch load only once a command runs
+    from streamconv.pipeline.conversion import ConvertOptions, Prepared, Report
+    from streamconv.planning.jobs import Job
+
+COMMANDS = ("convert", "plan", "verify")
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = SIZE_UNITS_HELP
+    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR",
+                        help="Meta checkpoint folder: params.json, consolidated.NN.pth, "
+                             "tokenizer.model")
+    parser.add_argument("--max-ram", type=_size, default=None, metavar="SIZE",
+                        help="peak resident memory allowed, e.g. 8G (8 GiB), 512M (512 MiB) "
+                             "(default: half of the "
+                             f"memory available now, at least 1G; here "
+                             f"{format_size(default_max_ram_bytes())})")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                        help="dtype of the written weights (default auto: the checkpoint's own)")
+    parser.add_argument("--max-shard-size", type=_size, default=parse_size("5G"), metavar="SIZE",
+                        help="largest output .safetensors file, e.g. 5GB (5*10^9 bytes, "
+                             "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
+    parser.add_argument("--llama-version", default="auto",
+                        choices=("auto", *(f.value for f in Family)),
+                        help="model family; auto detects it from params.json, tensor shapes and "
+                             "tokenizer.model (see README)")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--instruct", action="store_true", default=None,
+                         help="a chat / instruct model: chat eos ids, generation defaults and "
+                              "chat template (default: from the folder name, e.g. "
+                              "llama-2-7b-chat, Meta-Llama-3-8B-Instruct)")
+    variant.add_argument("--base", dest="instruct", action="store_false",
+                         help="a base (pretrained) model, whatever the folder is called")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="convert the weights only, without tokenizer files")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamconv",
+        description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors in "
+                    "one streaming pass, never using more memory than --max-ram. "
+                    "'convert' is the default command: streamconv --max-ram 8G IN OUT.",
+        epilog="examples:\n"
+               "  streamconv --max-ram 8G llama-2-7b/ llama-2-7b-hf/\n"
+               "  streamconv plan llama-3.1-70b/ --max-ram 4G\n"
+               "  streamconv llama-2-7b/ llama-2-7b-hf/ --resume     # after Ctrl-C or a crash\n"
+               "  streamconv verify llama-2-7b/ llama-2-7b-hf/\n"
+               "all options: streamconv convert --help\n"
+               f"{SIZE_UNITS_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{convert,plan,verify}")
+    conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")
+    _add_model_options(conv)
+    conv.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                      help="new or empty folder for the Hugging Face model")
+    conv.add_argument("--force", action="store_true",
+                      help="write into a non-empty OUTPUT_DIR, replacing the model files there "
+                           "(and discarding an interrupted conversion)")
+    conv.add_argument("--resume", action="store_true",
+                      help="continue an interrupted conversion into OUTPUT_DIR; only missing "
+                           "work is redone")
+    conv.add_argument("--quiet", action="store_true", help="no progress display or summary")
+    conv.add_argument("--report", type=Path, metavar="FILE.json",
+                      help="write time, bytes, peak memory and files as JSON")
+    plan = sub.add_parser("plan", help="print what would be converted and how; writes nothing")
+    _add_model_options(plan)
+    check = sub.add_parser("verify", help="recompute OUTPUT_DIR from INPUT_DIR and compare every "
+                                          "byte, the index, headers, configs and tokenizer files")
+    _add_model_options(check)
+    check.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                       help="a converted Hugging Face folder")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> ConvertOptions:
+    from streamconv.pipeline.conversion import ConvertOptions
+
+    return ConvertOptions(max_ram_bytes=args.max_ram, dtype=args.dtype,
+                          max_shard_bytes=args.max_shard_size, llama_version=args.llama_version,
+                          force=getattr(args, "force", False),
+                          resume=getattr(args, "resume", False), instruct=args.instruct,
+                          tokenizer=not args.no_tokenizer)
+
+
+class RichProgress:
+    """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rss]}"),
+            console=console, transient=False)
+        self.task: TaskID | None = None
+        self.budget = 0
+        self.n_layers = 0
+
+    def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
+        spec, plan = prepared.spec, prepared.plan
+        for warning in prepared.warnings:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        self.console.print(
+            f"{spec.family.label} {spec.size_label}, {spec.n_ranks} shard(s), "
+            f"{plan.src_label} -> {_dtype_name(plan.dst_dtype)}; "
+            f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
+            f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
+        self.console.print(f"  family: {spec.sources['family']}", style="dim")
+        variant = "instruct / chat" if spec.instruct else "base"
+        self.console.print(f"  {variant}: {spec.sources['instruct']}", style="dim")
+        self.budget = plan.budget_bytes
+        self.n_layers = spec.n_layers
+        self.bar.start()
+        if resumed_bytes:
+            self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
+                               "verified")
+        self.task = self.bar.add_task("converting", total=plan.output_bytes,
+                                      completed=resumed_bytes, rss=self._rss())
+
+    def _rss(self) -> str:
+        return f"RSS {format_size(current_rss_bytes())} / {format_size(self.budget)}"
+
+    def job_done(self, job: Job, *, bytes_read: int) -> None:
+        if self.task is not None:
+            parts = job.hf_name.split(".")
+            where = (f"layer {int(parts[2]) + 1}/{self.n_layers}" if parts[1:2] == ["layers"]
+                     else parts[-2])
+            self.bar.update(self.task, advance=job.out_bytes, rss=self._rss(), description=where)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _dtype_name(dtype: object) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _print_summary(console: Console, report: Report) -> None:
+    console.print(
+        f"[green]done[/green] in {report.seconds:.1f} s: read {format_size(report.bytes_read)}, "
+        f"wrote {format_size(report.bytes_written)} "
+        f"({report.bytes_written / max(report.seconds, 1e-9) / (1 << 20):.0f} MiB/s); "
+        f"peak RSS {format_size(report.peak_rss_bytes)} of {format_size(report.max_ram_bytes)}; "
+        f"{len(report.files)} files in {escape(report.output_dir)}")
+
+
+def _run_convert(args: argparse.Namespace, console: Console) -> int:
+    start_prefetch(args.input_dir)
+    from streamconv.pipeline.conversion import convert
+
+    progress = None if args.quiet else RichProgress(console)
+    try:
+        report = convert(args.input_dir, args.output_dir, _options(args), progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if args.report:
+        args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    if not args.quiet:
+        _print_summary(console, report)
+    return 0
+
+
+def _run_plan(args: argparse.Namespace, console: Console) -> int:
+    from streamconv.cli.plan_report import print_plan
+    from streamconv.pipeline.conversion import prepare
+
+    print_plan(console, prepare(args.input_dir, _options(args)))
+    return 0
+
+
+def _run_verify(args: argparse.Namespace, console: Console) -> int:
+    from streamconv.pipeline.verification import verify
+
+    result = verify(args.input_dir, args.output_dir, _options(args))
+    if result.ok:
+        console.print(f"[green]verified[/green] {result.tensors_checked} tensors "
+                      f"({format_size(result.bytes_checked)}), configs and tokenizer files: "
+                      f"{escape(str(args.output_dir))} matches {escape(str(args.input_dir))}")
+        return 0
+    for problem in result.problems[:50]:
+        console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+    more = len(result.problems) - 50
+    raise StreamconvError(f"{args.output_dir} does not match {args.input_dir}: "
+                          f"{len(result.problems)} problem(s)" + (f", {more} not shown" if
+                                                                  more > 0 else "") +
+                          "; convert again (with --force)")
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """`streamconv IN OUT` and `streamconv --max-ram 8G IN OUT` mean `streamconv convert ...`."""
+    if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help"):
+        return argv
+    return ["convert", *argv]
+
+
+def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
+         err_console: Console | None = None) -> int:
+    console = console or Console()
+    err_console = err_console or Console(stderr=True)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
+    except SystemExit as e:
+        return int(e.code or 0) if e.code in (0, None) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
+        return run(args, console)
+    except Interrupted as e:
+        err_console.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+    except StreamconvError as e:
+        if args.debug:
+            err_console.print(traceback.format_exc(), highlight=False, markup=False)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
+        return EXIT_ERROR
+

@@ -1,0 +1,78 @@
+"""`streamconv plan`: what was detected, where each value came from, and the memory schedule."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from streamconv.pipeline.preparation import Prepared
+from streamconv.system.memory import format_flag_size, format_size
+
+
+def _table(title: str, headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_plan(console: Console, prepared: Prepared) -> None:
+    spec, plan = prepared.spec, prepared.plan
+
+    def src(key: str) -> str:
+        return spec.sources.get(key, "params.json")
+
+    detected = [
+        ("family", spec.family.label, src("family")),
+        ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
+        ("size", f"{spec.size_label} parameters", "from the shapes below"),
+        ("shards", str(spec.n_ranks), "consolidated.NN.pth files found"),
+        ("dtype", plan.src_label, "tensor dtypes" + (", fp8_scales_N.pt files"
+                                                     if prepared.checkpoint.scales else "")),
+        ("dim", str(spec.dim), "params.json"),
+        ("n_layers", str(spec.n_layers), "params.json"),
+        ("n_heads", str(spec.n_heads), "params.json"),
+        ("n_kv_heads", str(spec.n_kv_heads), src("n_kv_heads")),
+        ("vocab_size", str(spec.vocab_size), src("vocab_size")),
+        ("ffn_dim", str(spec.ffn_dim), src("ffn_dim")),
+        ("norm_eps", str(spec.norm_eps), "params.json"),
+        ("rope_theta", str(spec.rope_theta), src("rope_theta")),
+        ("rope_scaling", str(spec.rope_scaling), "use_scaled_rope in params.json"),
+        ("max_position_embeddings", str(spec.max_position_embeddings),
+         src("max_position_embeddings")),
+        ("tie_word_embeddings", str(spec.tie_word_embeddings), src("tie_word_embeddings")),
+        ("tokenizer", f"{prepared.tokenizer_kind} ({escape(str(prepared.tokenizer_path))})"
+         if prepared.tokenizer_path else "none", "tokenizer.model"),
+    ]
+    console.print(_table(f"Input: {escape(str(prepared.input_dir))}", ("value", "", "source"),
+                         detected))
+    jobs_per_file = Counter(job.file_idx for job in plan.jobs)
+    files = [(f.name, str(len(f.tensors)), format_size(f.total_bytes), str(jobs_per_file[i]))
+             for i, f in enumerate(plan.files)]
+    files.append(("model.safetensors.index.json", "", "", "written last"))
+    files.append(("config.json, generation_config.json, tokenizer files", "", "", ""))
+    console.print(_table("Output layout", ("file", "tensors", "bytes", "jobs"), files))
+    split = sum(1 for name, n in Counter(j.hf_name for j in plan.jobs).items() if n > 1)
+    schedule = [
+        ("jobs", f"{len(plan.jobs)} ({split} tensors cut into row ranges to fit the budget)"),
+        ("slots", f"{plan.depth} in flight, {format_size(plan.slot_bytes)} each"),
+        ("read", format_size(plan.read_bytes)),
+        ("write", format_size(plan.output_bytes)),
+        ("dtype", f"{plan.src_label} -> {str(plan.dst_dtype).removeprefix('torch.')}"
+                  + (" (fp8 dequantized with its row scales)"
+                     if any(job.dequantize for job in plan.jobs) else "")),
+        ("baseline RSS", format_size(plan.baseline_bytes)),
+        ("predicted peak RSS", format_size(plan.predicted_peak_bytes)),
+        ("--max-ram", format_size(plan.budget_bytes)),
+        ("smallest workable budget", f"{format_size(plan.min_budget_bytes)} "
+                                     f"(--max-ram {format_flag_size(plan.min_budget_bytes)})"),
+    ]
+    console.print(_table("Schedule", ("", ""), schedule))
+    for warning in prepared.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

@@ -1,0 +1,246 @@
+"""What model this is: params.json plus tensor shapes -> a ModelSpec, every value with its source.
+
+Nothing is guessed silently: each inferred value carries the rule that produced it, `plan`
+prints them, and --llama-version / --instruct / --base override. The family rules live in
+family_rules.py; the facts behind them, per Meta release and with sources, in docs/releases.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamconv.errors import CheckpointError, ParamsError
+from streamconv.model.family import Family, context_length, rope_scaling
+from streamconv.model.family_rules import Facts, FamilyVerdict, decide_family
+from streamconv.model.tensor_checks import check_names, check_rank_count, check_shapes
+from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable
+from streamconv.source.fp8_scales import quantized_names
+from streamconv.source.params import MetaParams
+from streamconv.source.rank_reader import RankReader
+from streamconv.source.tensor_index import Checkpoint
+
+_TIE_SAMPLE_BYTES = 1 << 20
+_KV_SAMPLE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The resolved architecture; every field that was inferred has an entry in `sources`."""
+
+    family: Family
+    n_ranks: int
+    dtype: torch.dtype
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    ffn_dim: int
+    norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
+    bos_token_id: int
+    eos_token_id: int
+    instruct: bool = False
+    tensors: TensorTable = field(default=LLAMA_TENSORS, compare=False)
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # Evidence that pointed elsewhere than the family chosen: printed as warnings.
+    doubts: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def n_params(self) -> int:
+        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        layer = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
+        return self.n_layers * layer + self.vocab_size * self.dim + head + self.dim
+
+    @property
+    def size_label(self) -> str:
+        n = self.n_params
+        return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def tensor_table_for(params: MetaParams) -> TensorTable:
+    """The tensor table of the architecture params.json describes: one for every LLaMA 1-3.x
+    family today (Llama 4 will bring its own, chosen by its params.json keys)."""
+    return LLAMA_TENSORS
+
+
+def _source_dtype(ckpt: Checkpoint, table: TensorTable) -> torch.dtype:
+    """The float dtype of every tensor except Meta's FP8 feed-forward weights (fp8.py), which
+    are checked against their scale files instead; an FP8 release's dtype is its bf16."""
+    quantized = quantized_names(ckpt)
+    dtypes: dict[torch.dtype, str] = {}
+    for refs in ckpt.tensors:
+        for ref in refs.values():
+            if not table.is_ignored(ref.meta_name) and ref.meta_name not in quantized:
+                dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
+    allowed = {torch.float32, torch.float16, torch.bfloat16}
+    if len(dtypes) != 1 or not set(dtypes) <= allowed:
+        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})"
+                          for d, where in dtypes.items())
+        raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
+                              "come from different downloads: fetch them again together")
+    return next(iter(dtypes))
+
+
+def _embedding(ckpt: Checkpoint, params: MetaParams,
+               table: TensorTable) -> tuple[int, int, str]:
+    """(vocab_size, split_dim, rule) from the embedding's per-rank shape."""
+    rows, cols = ckpt.tensors[0][table.name("embedding")].shape
+    n = ckpt.n_ranks
+    if cols == params.dim and (n == 1 or cols * n != params.dim):
+        return rows * n, 0, "embedding rows x shards"
+    if cols * n == params.dim:
+        return rows, 1, "embedding rows (split by hidden columns)"
+    raise ParamsError(f"{table.name('embedding')} has shape {rows}x{cols} per shard, which fits "
+                      f"neither dim={params.dim} nor dim/{n}; params.json belongs to another model")
+
+
+def _tied(ckpt: Checkpoint, table: TensorTable) -> bool:
+    """Whether output.weight is absent or the embedding itself (sampled, not fully read)."""
+    shard0 = ckpt.tensors[0]
+    if table.name("output") not in shard0:
+        return True
+    emb, out = shard0[table.name("embedding")], shard0[table.name("output")]
+    if emb.shape != out.shape or emb.dtype != out.dtype:
+        return False
+    n = min(_TIE_SAMPLE_BYTES, emb.nbytes)
+    a, b = bytearray(n), bytearray(n)
+    with RankReader([ckpt.rank_paths[0]]) as reader:
+        reader.read_into(0, emb.offset_bytes, memoryview(a))
+        reader.read_into(0, out.offset_bytes, memoryview(b))
+    return a == b
+
+
+def _family(params: MetaParams, ckpt: Checkpoint, table: TensorTable, *, vocab: int,
+            split_dim: int,
+            tokenizer_kind: str | None) -> FamilyVerdict:
+    names = frozenset(ckpt.tensors[0])
+    return decide_family(Facts(
+        tokenizer_kind=tokenizer_kind, vocab_size=vocab,
+        embedding_split_by_vocab=(split_dim == 0) if ckpt.n_ranks > 1 else None,
+        rope_theta=params.rope_theta, use_scaled_rope=params.use_scaled_rope,
+        norm_eps=params.norm_eps, has_n_kv_heads=params.n_kv_heads is not None,
+        rope_freqs=table.ignored_layout(names), output_tied=_tied(ckpt, table)))
+
+
+def _distinct_kv_heads(ckpt: Checkpoint, table: TensorTable, n_kv: int) -> tuple[int, str | None]:
+    """Meta's 405B MP16 release says n_kv_heads 16 but stores each of its 8 kv heads on two
+    ranks (docs/releases.md); the published config says 8. Ranks whose wk and wv agree byte for
+    byte (sampled) hold the same head, and count once."""
+    n = ckpt.n_ranks
+    if n_kv != n or n < 2:
+        return n_kv, None
+    samples = []
+    with RankReader(ckpt.rank_paths) as reader:
+        for rank_idx in range(n):
+            sample = b""
+            for role in ("k", "v"):
+                ref = ckpt.tensors[rank_idx].get(table.name(role, 0))
+                if ref is None:
+                    return n_kv, None
+                buf = bytearray(min(_KV_SAMPLE_BYTES, ref.nbytes))
+                reader.read_into(rank_idx, ref.offset_bytes, memoryview(buf))
+                sample += bytes(buf)
+            samples.append(sample)
+    for copies in range(n, 1, -1):
+        if n % copies == 0 and all(samples[i] == samples[i - i % copies] for i in range(n)):
+            distinct = n_kv // copies
+            return distinct, (f"params.json says {n_kv}, but every {copies} neighbouring ranks "
+                              f"hold the same wk/wv: {distinct} distinct heads")
+    return n_kv, None
+
+
+# params.json keys of Meta releases streamconv cannot turn into a faithful Hugging Face model,
+# each with the sentence that says why and what to do instead (docs/releases.md).
+_UNSUPPORTED_KEYS: tuple[tuple[str, str], ...] = (
+    ("quantization_args", "is Meta's int4 quantized Llama 3.2 release (SpinQuant / QLoRA): it "
+     "needs run-time pieces (int8 dynamic activations, SpinQuant's Hadamard rotation, LoRA "
+     "adaptors) that Hugging Face transformers does not have, so it has no faithful Hugging "
+     "Face form; convert the bf16 release of the same model (e.g. Llama-3.2-1B-Instruct) "
+     "instead, or run this one with ExecuTorch"),
+    ("vision_chunk_size", "is a Llama 3.2 Vision model (image encoder and cross-attention "
+     "layers), which streamconv does not convert yet; use the text-only Llama 3.x releases"),
+    ("moe_args", "is a Llama 4 model, which streamconv does not convert yet"),
+    ("vision_args", "is a Llama 4 model, which streamconv does not convert yet"),
+)
+
+
+def check_supported(params: MetaParams, input_dir: Path) -> None:
+    for key, why in _UNSUPPORTED_KEYS:
+        if key in params.raw:
+            raise ParamsError(f"{input_dir} ({key} in params.json) {why}")
+
+
+def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Family | None,
+                 tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
+    """Resolve the architecture and check every tensor shape against it, before any write."""
+    check_supported(params, ckpt.input_dir)
+    table = tensor_table_for(params)
+    check_rank_count(ckpt, params, table)
+    check_names(ckpt, params, table)
+    sources: dict[str, str] = {}
+    dtype = _source_dtype(ckpt, table)
+    vocab, split_dim, vocab_rule = _embedding(ckpt, params, table)
+    if params.vocab_size is not None and params.vocab_size != vocab:
+        raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
+                          f"{table.name('embedding')} gives {vocab}; params.json belongs to "
+                          "another model")
+    sources["vocab_size"] = "params.json" if params.vocab_size is not None else vocab_rule
+    doubts: tuple[str, ...] = ()
+    if family_override is not None:
+        family, sources["family"] = family_override, "--llama-version"
+    else:
+        verdict = _family(params, ckpt, table, vocab=vocab, split_dim=split_dim,
+                          tokenizer_kind=tokenizer_kind)
+        family, sources["family"] = verdict.family, f"detected: {verdict.summary}"
+        doubts = tuple(f"family evidence in conflict: {c}; pass --llama-version if "
+                       f"{verdict.family.label} is wrong" for c in verdict.conflicts)
+    sources["instruct"] = instruct[1]
+    if ckpt.n_ranks > 1 and split_dim != (0 if family.is_llama3 else 1):
+        raise ParamsError(f"{family.label} splits the embedding by "
+                          f"{'vocabulary' if family.is_llama3 else 'hidden size'} but these "
+                          "shards split it the other way; check --llama-version")
+    n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
+    sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
+    n_kv, kv_rule = _distinct_kv_heads(ckpt, table, n_kv)
+    if kv_rule:
+        sources["n_kv_heads"] = kv_rule
+    if params.dim % params.n_heads or params.n_heads % n_kv:
+        raise ParamsError(f"params.json: dim={params.dim}, n_heads={params.n_heads}, n_kv_heads="
+                          f"{n_kv} do not divide evenly; params.json is damaged")
+    ffn_dim = ckpt.tensors[0][table.name("gate", 0)].shape[0] * ckpt.n_ranks
+    sources["ffn_dim"] = f"{table.name('gate', 0)} rows x {ckpt.n_ranks} shard(s)"
+    theta = params.rope_theta if params.rope_theta is not None else 10000.0
+    sources["rope_theta"] = "params.json" if params.rope_theta is not None else "default 10000"
+    tied = family is Family.LLAMA3_2 or table.name("output") not in ckpt.tensors[0]
+    sources["tie_word_embeddings"] = "LLaMA 3.2 ties output to embedding" if tied else "default"
+    sources["max_position_embeddings"] = f"{family.label} context length"
+    bos = vocab - 256 if family.is_llama3 else family.facts.bos_token_id
+    spec = ModelSpec(
+        family=family, n_ranks=ckpt.n_ranks, dtype=dtype, dim=params.dim,
+        n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
+        ffn_dim=ffn_dim, norm_eps=params.norm_eps, rope_theta=theta,
+        rope_scaling=rope_scaling(family, use_scaled_rope=params.use_scaled_rope),
+        max_position_embeddings=context_length(family, rope_theta=theta),
+        tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
+        eos_token_id=bos + 1, instruct=instruct[0], tensors=table, sources=sources,
+        doubts=doubts)
+    check_shapes(spec, ckpt)
+    return spec

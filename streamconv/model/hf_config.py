@@ -1,0 +1,66 @@
+"""config.json and generation_config.json as pure dicts.
+
+Keys follow what transformers' convert_llama_weights_to_hf.py (4.47.1) writes through
+LlamaConfig; the values are the published Hugging Face configs' (family.py, docs/releases.md),
+with two deliberate differences: torch_dtype names the dtype of the weights actually written
+(Meta's LLaMA 2 repos publish float16 weights cast from the bf16 originals; streamconv keeps
+the checkpoint's dtype unless --dtype says otherwise), and there is no transformers_version,
+since no transformers wrote the file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from streamconv.model.detect import ModelSpec
+from streamconv.model.family import eos_token_ids, generation_defaults
+
+TORCH_DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16",
+                    torch.bfloat16: "bfloat16"}
+
+
+def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": eos_token_ids(spec.family, bos_token_id=spec.bos_token_id,
+                                      instruct=spec.instruct, for_config=True),
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": spec.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": spec.ffn_dim,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": spec.n_heads,
+        "num_hidden_layers": spec.n_layers,
+        "num_key_value_heads": spec.n_kv_heads,
+        "pretraining_tp": 1,
+        "rms_norm_eps": spec.norm_eps,
+        "rope_scaling": spec.rope_scaling,
+        "rope_theta": spec.rope_theta,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "torch_dtype": TORCH_DTYPE_NAME[dtype],
+        "use_cache": True,
+        "vocab_size": spec.vocab_size,
+    }
+
+
+def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
+    """The family's published generation defaults (family.py), base or chat."""
+    return {
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": eos_token_ids(spec.family, bos_token_id=spec.bos_token_id,
+                                      instruct=spec.instruct, for_config=False),
+        **generation_defaults(spec.family, instruct=spec.instruct),
+    }
+
+
+def to_json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()

@@ -1,0 +1,82 @@
+"""Every rank file against the family's tensor table, before anything is written: the names
+(nothing missing, nothing unknown), the number of rank files, and every shape."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from streamconv.errors import CheckpointError, ParamsError
+from streamconv.model.tensor_table import TensorTable, rank_shape
+from streamconv.source.params import MetaParams
+from streamconv.source.rank_files import missing_ranks_error
+from streamconv.source.tensor_index import Checkpoint, TensorRef
+
+if TYPE_CHECKING:
+    from streamconv.model.detect import ModelSpec
+
+
+def _listed(names: list[str]) -> str:
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable) -> None:
+    expected = set(table.meta_names(params.n_layers))
+    required = set(table.meta_names(params.n_layers, required_only=True))
+    for rank_idx, refs in enumerate(ckpt.tensors):
+        path = ckpt.rank_paths[rank_idx]
+        missing = sorted(required - set(refs))
+        if missing:
+            raise CheckpointError(
+                f"{path} lacks {_listed(missing)} (params.json says n_layers={params.n_layers});"
+                " the file or params.json belongs to another model")
+        unknown = sorted(n for n in set(refs) - expected if not table.is_ignored(n))
+        if unknown and all(n.startswith("model.") for n in unknown):
+            raise CheckpointError(f"{path} holds Hugging Face tensor names ({unknown[0]}, ...), "
+                                  "not Meta's: it is already in Hugging Face format and needs no "
+                                  "conversion")
+        if unknown:
+            raise CheckpointError(
+                f"{path} holds tensors streamconv does not know: {_listed(unknown)}; it is not "
+                "a plain LLaMA text checkpoint (n_layers in params.json may be wrong)")
+
+
+def check_rank_count(ckpt: Checkpoint, params: MetaParams, table: TensorTable) -> None:
+    """q is split by rows in every family, so its rows tell how many rank files there are."""
+    wq = ckpt.tensors[0].get(table.name("q", 0))
+    if wq is None or len(wq.shape) != 2 or wq.shape[0] == 0 or params.dim % wq.shape[0]:
+        return  # check_names and check_shapes say what is wrong
+    expected = params.dim // wq.shape[0]
+    if expected > ckpt.n_ranks:
+        raise missing_ranks_error(ckpt.input_dir, list(range(ckpt.n_ranks, expected)),
+                                  ckpt.n_ranks, expected)
+    if expected < ckpt.n_ranks:
+        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} shards but their shapes "
+                              f"and params.json (dim={params.dim}) make {expected}; remove "
+                              "consolidated files that belong to another model")
+
+
+def check_shapes(spec: ModelSpec, ckpt: Checkpoint) -> None:
+    n = spec.n_ranks
+    splits = {"n_heads": spec.n_heads, "ffn_dim": spec.ffn_dim, "vocab_size": spec.vocab_size}
+    for what, size in splits.items():
+        if size % n:
+            raise ParamsError(f"{what}={size} does not divide into {n} shards; a shard is "
+                              "missing or extra in the input folder")
+    if spec.n_kv_heads % n and n % spec.n_kv_heads:
+        raise ParamsError(f"n_kv_heads={spec.n_kv_heads} and {n} shards do not divide either "
+                          "way; a shard is missing or extra in the input folder")
+    for refs in ckpt.tensors:
+        for meta_name, ref in refs.items():
+            entry = spec.tensors.lookup(meta_name)
+            if entry is not None:
+                _check_one(spec, ref, rank_shape(entry, spec))
+
+
+def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> None:
+    if ref.shape != expected:
+        got = "x".join(map(str, ref.shape))
+        want = "x".join(map(str, expected))
+        raise CheckpointError(f"{ref.meta_name} in {ref.path} has shape {got}, expected {want} "
+                              f"for {spec.family.label} with {spec.n_ranks} shard(s); the file "
+                              "does not belong with params.json and the other shards")

@@ -1,0 +1,212 @@
+"""The one table of a family's tensors: Meta name, Hugging Face name, shape, split, transform.
+
+Detection (which names a rank file must hold, which shape each must have), the planner (which
+rank rows make which output rows), the fixtures that write test checkpoints and the docs all
+read this table; nothing else spells a Meta tensor name. A new family whose tensors differ is a
+new table (and a FamilyFacts naming it), not new code in those places.
+
+Shapes are written with symbolic dimensions, resolved from the model's sizes (`Sizes`). Splits
+say how Meta's model-parallel ranks hold a tensor (Meta's llama and llama-models code, and
+transformers' convert_llama_weights_to_hf.py agree): ROWS, column-parallel layers, stacked on
+dim 0; COLS, row-parallel layers, side by side on dim 1; REPLICATED, the same on every rank;
+EMBEDDING, by vocabulary rows (LLaMA 3's VocabParallelEmbedding) or by hidden columns (LLaMA
+1/2's ParallelEmbedding), as the family says.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Split(enum.Enum):
+    ROWS = "rows"
+    COLS = "cols"
+    REPLICATED = "replicated"
+    EMBEDDING = "embedding"  # ROWS or COLS, by the family's embedding split
+
+
+class Sizes(Protocol):
+    """What a table's symbolic dimensions resolve from (ModelSpec and the fixtures' specs)."""
+
+    @property
+    def dim(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def kv_heads(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def ffn_dim(self) -> int: ...
+    @property
+    def n_ranks(self) -> int: ...
+    @property
+    def embedding_split_dim(self) -> int: ...
+
+
+class Transform(enum.Enum):
+    """What happens to a tensor's rows on the way, beyond the cast. ROTARY: rows are whole heads
+    turned from Meta's interleaved rotary pairs into Hugging Face's rotated halves
+    (runtime/transforms.py). Room for the next ones (slices of a fused tensor, stacked experts,
+    transposes) is here."""
+
+    ROTARY = "rotary"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    role: str  # streamconv's own name for it, used by code that needs one tensor (e.g. "q")
+    hf_name: str  # "{layer}" stands for the layer index
+    meta_name: str
+    shape: tuple[str, ...]  # symbolic: dim, q_rows, kv_rows, ffn_dim, vocab_size
+    split: Split
+    transform: Transform | None = None
+    # Written only when the model does not tie its output to the embedding.
+    unless_tied: bool = False
+    # A rank file may lack it (output.weight of tied models).
+    optional: bool = False
+
+    @property
+    def per_layer(self) -> bool:
+        return "{layer}" in self.meta_name
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    entries: tuple[TensorEntry, ...]
+    # Meta tensors the conversion drops: buffers the model recomputes.
+    ignored: tuple[str, ...] = ()
+
+    def entries_in_order(self, n_layers: int) -> Iterator[tuple[TensorEntry, int | None]]:
+        """(entry, layer index) in the order save_pretrained writes the tensors: the entries
+        before the first per-layer one, every layer, then the rest."""
+        first = next(i for i, e in enumerate(self.entries) if e.per_layer)
+        for entry in self.entries[:first]:
+            yield entry, None
+        for layer_idx in range(n_layers):
+            for entry in self.entries:
+                if entry.per_layer:
+                    yield entry, layer_idx
+        for entry in self.entries[first:]:
+            if not entry.per_layer:
+                yield entry, None
+
+    def meta_names(self, n_layers: int, *, required_only: bool = False) -> list[str]:
+        return [meta_name(e, i) for e, i in self.entries_in_order(n_layers)
+                if not (required_only and e.optional)]
+
+    def lookup(self, meta_tensor_name: str) -> TensorEntry | None:
+        pattern = _pattern_of(meta_tensor_name)
+        return next((e for e in self.entries if e.meta_name == pattern), None)
+
+    def entry(self, role: str) -> TensorEntry:
+        return next(e for e in self.entries if e.role == role)
+
+    def name(self, role: str, layer_idx: int | None = None) -> str:
+        """The Meta name of a role's tensor (in layer layer_idx for per-layer ones)."""
+        return meta_name(self.entry(role), layer_idx)
+
+    def is_ignored(self, meta_tensor_name: str) -> bool:
+        return _pattern_of(meta_tensor_name) in self.ignored
+
+    def ignored_layout(self, meta_tensor_names: frozenset[str]) -> str:
+        """Which of the ignored tensors a rank file carries: "per-layer" (one in each layer),
+        "top" (outside the layers) or "none"; the families differ in it (family_rules.py)."""
+        found = {_pattern_of(n) for n in meta_tensor_names} & set(self.ignored)
+        if any("{layer}" in pattern for pattern in found):
+            return "per-layer"
+        return "top" if found else "none"
+
+
+_LAYER_INDEX = re.compile(r"^layers\.\d+\.")
+
+
+def _pattern_of(meta_tensor_name: str) -> str:
+    return _LAYER_INDEX.sub("layers.{layer}.", meta_tensor_name, count=1)
+
+
+def meta_name(entry: TensorEntry, layer_idx: int | None) -> str:
+    return entry.meta_name if layer_idx is None else entry.meta_name.format(layer=layer_idx)
+
+
+def hf_name(entry: TensorEntry, layer_idx: int | None) -> str:
+    return entry.hf_name if layer_idx is None else entry.hf_name.format(layer=layer_idx)
+
+
+def _resolve(sizes: Sizes, symbol: str) -> int:
+    values = {"dim": sizes.dim, "q_rows": sizes.n_heads * sizes.head_dim,
+              "kv_rows": sizes.kv_heads * sizes.head_dim, "ffn_dim": sizes.ffn_dim,
+              "vocab_size": sizes.vocab_size}
+    return values[symbol]
+
+
+def full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
+    return tuple(_resolve(sizes, s) for s in entry.shape)
+
+
+def effective_split(entry: TensorEntry, sizes: Sizes) -> Split:
+    if entry.split is Split.EMBEDDING:
+        return Split.ROWS if sizes.embedding_split_dim == 0 else Split.COLS
+    return entry.split
+
+
+def rank_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
+    """The shape every rank file holds. A rank holds at least one kv head: with more ranks than
+    kv heads (405B in 16 ranks) each kv head is stored on several ranks."""
+    shape = list(full_shape(entry, sizes))
+    n = sizes.n_ranks
+    split = effective_split(entry, sizes)
+    if split is Split.ROWS:
+        if entry.shape[0] == "kv_rows":
+            shape[0] = max(sizes.kv_heads // n, 1) * sizes.head_dim
+        else:
+            shape[0] //= n
+    elif split is Split.COLS:
+        shape[1] //= n
+    return tuple(shape)
+
+
+def rotary_head_dim(entry: TensorEntry, sizes: Sizes) -> int | None:
+    return sizes.head_dim if entry.transform is Transform.ROTARY else None
+
+
+def _layer(role: str, hf_suffix: str, meta_suffix: str, shape: tuple[str, ...], split: Split,
+           transform: Transform | None = None) -> TensorEntry:
+    return TensorEntry(role, f"model.layers.{{layer}}.{hf_suffix}.weight",
+                       f"layers.{{layer}}.{meta_suffix}.weight", shape, split, transform)
+
+
+# LLaMA 1, 2, Code Llama, 3, 3.1, 3.2, 3.3: one architecture (Meta's llama/model.py and
+# llama-models' llama3/model.py; transformers' LlamaForCausalLM). Why q and k are permuted:
+# runtime/transforms.py.
+LLAMA_TENSORS = TensorTable(
+    entries=(
+        #   role       Hugging Face                 Meta               shape            split
+        TensorEntry("embedding", "model.embed_tokens.weight", "tok_embeddings.weight",
+                    ("vocab_size", "dim"), Split.EMBEDDING),
+        _layer("q", "self_attn.q_proj", "attention.wq", ("q_rows", "dim"), Split.ROWS,
+               Transform.ROTARY),
+        _layer("k", "self_attn.k_proj", "attention.wk", ("kv_rows", "dim"), Split.ROWS,
+               Transform.ROTARY),
+        _layer("v", "self_attn.v_proj", "attention.wv", ("kv_rows", "dim"), Split.ROWS),
+        _layer("o", "self_attn.o_proj", "attention.wo", ("dim", "q_rows"), Split.COLS),
+        _layer("gate", "mlp.gate_proj", "feed_forward.w1", ("ffn_dim", "dim"), Split.ROWS),
+        _layer("up", "mlp.up_proj", "feed_forward.w3", ("ffn_dim", "dim"), Split.ROWS),
+        _layer("down", "mlp.down_proj", "feed_forward.w2", ("dim", "ffn_dim"), Split.COLS),
+        _layer("attention_norm", "input_layernorm", "attention_norm", ("dim",),
+               Split.REPLICATED),
+        _layer("ffn_norm", "post_attention_layernorm", "ffn_norm", ("dim",), Split.REPLICATED),
+        TensorEntry("norm", "model.norm.weight", "norm.weight", ("dim",), Split.REPLICATED),
+        TensorEntry("output", "lm_head.weight", "output.weight", ("vocab_size", "dim"),
+                    Split.ROWS, unless_tied=True, optional=True),
+    ),
+    # The rotary frequencies: one top-level rope.freqs in LLaMA 2 files, one per layer in LLaMA 1
+    # files (docs/releases.md); Meta's model code recomputes them.
+    ignored=("rope.freqs", "layers.{layer}.attention.inner_attention.rope.freqs"),
+)

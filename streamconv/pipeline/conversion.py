@@ -1,0 +1,176 @@
+"""Orchestration: prepared plan -> jobs in bounded slots -> journal -> published output folder.
+
+Knows nothing of the terminal: it reports through the small Progress protocol, which the CLI
+implements with rich and tests implement with lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from streamconv.errors import Interrupted
+from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
+from streamconv.pipeline.output_checks import check_output_dir
+from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
+from streamconv.planning.jobs import Job
+from streamconv.runtime.executor import JobRunner, run_jobs
+from streamconv.runtime.journal import (
+    JOURNAL_NAME,
+    Journal,
+    conversion_fingerprint,
+    covered_jobs,
+    journal_started,
+    read_journal,
+    verified_ranges,
+)
+from streamconv.runtime.output_folder import STAGING_DIR, OutputFolder
+from streamconv.runtime.sampled_crc import sample_crc_of_buffer
+from streamconv.source.prefetch import prefetched_bytes
+from streamconv.source.rank_reader import RankReader
+from streamconv.system.memory import peak_rss_bytes
+
+__all__ = ["ConvertOptions", "Prepared", "Progress", "Report", "convert", "prepare"]
+
+
+@dataclass
+class Report:
+    input_dir: str
+    output_dir: str
+    family: str
+    instruct: bool
+    seconds: float
+    bytes_read: int
+    bytes_written: int
+    peak_rss_bytes: int
+    max_ram_bytes: int
+    predicted_peak_bytes: int
+    resumed_bytes: int = 0
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Progress(Protocol):
+    def started(self, prepared: Prepared, *, resumed_bytes: int) -> None: ...
+
+    def job_done(self, job: Job, *, bytes_read: int) -> None: ...
+
+
+class _Silent:
+    def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
+        pass
+
+    def job_done(self, job: Job, *, bytes_read: int) -> None:
+        pass
+
+
+def extra_files(prepared: Prepared, scratch: Path) -> dict[str, bytes]:
+    """config, generation config and tokenizer files, as bytes to publish with the shards."""
+    spec, dtype = prepared.spec, prepared.plan.dst_dtype
+    files = {
+        "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
+        "generation_config.json": to_json_bytes(generation_config_dict(spec)),
+    }
+    if prepared.tokenizer_path is not None:
+        from streamconv.tokenizer.files import write_tokenizer_files
+
+        tok_dir = scratch / "tokenizer"
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        tok_dir.mkdir(parents=True)
+        names = write_tokenizer_files(prepared.tokenizer_path, tok_dir, family=spec.family,
+                                      instruct=spec.instruct,
+                                      model_max_length=spec.max_position_embeddings)
+        for name in names:
+            files[name] = (tok_dir / name).read_bytes()
+        shutil.rmtree(tok_dir)
+    return files
+
+
+def _jobs_already_done(prepared: Prepared, staging: Path, fingerprint: str) -> set[int]:
+    ranges = read_journal(staging / JOURNAL_NAME, fingerprint)
+    return covered_jobs(prepared.plan, verified_ranges(staging, prepared.plan, ranges))
+
+
+def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
+            progress: Progress | None = None) -> Report:
+    progress = progress or _Silent()
+    start = time.monotonic()
+    prepared = prepare(input_dir, options)
+    plan = prepared.plan
+    staging = output_dir / STAGING_DIR
+    check_output_dir(input_dir, output_dir, prepared, force=options.force,
+                     resume=options.resume)
+    resume = options.resume and journal_started(staging / JOURNAL_NAME)
+    if options.resume and staging.exists() and not resume:
+        prepared.warnings.append(f"{staging} records nothing as durable (the earlier run "
+                                 "stopped before its journal's first line): starting over")
+    fingerprint = conversion_fingerprint(prepared.checkpoint, plan)
+    done = _jobs_already_done(prepared, staging, fingerprint) if resume else set()
+    if not resume:
+        shutil.rmtree(staging, ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [job for job in plan.jobs if job.job_idx not in done]
+    resumed_bytes = sum(job.out_bytes for job in plan.jobs if job.job_idx in done)
+    progress.started(prepared, resumed_bytes=resumed_bytes)
+    bytes_read = 0
+    try:
+        paths = prepared.checkpoint.read_paths  # shards, then FP8 scale files if any
+        with RankReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
+                OutputFolder(output_dir, plan.files, resume=resume) as folder:
+            with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
+                         sync=folder.sync_shards) as journal:
+
+                crcs: dict[int, int] = {}
+
+                def write(job: Job, data: memoryview) -> None:
+                    folder.write_job(job, data)
+                    crcs[job.job_idx] = sample_crc_of_buffer(data, job.file_offset)
+
+                def on_done(job: Job, n_read: int) -> None:
+                    nonlocal bytes_read
+                    bytes_read += n_read
+                    journal.record(job.file_idx, job.file_offset, job.out_bytes,
+                                   crcs.pop(job.job_idx))
+                    progress.job_done(job, bytes_read=n_read)
+
+                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
+                                   scales=prepared.checkpoint.scales)
+                try:
+                    run_jobs(plan, jobs, runner, on_done)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # keep what is durable for --resume
+                        journal.flush()
+                    raise
+                journal.flush()
+            extra = extra_files(prepared, staging)
+            if options.force:
+                _remove_stale_outputs(output_dir, prepared)
+            folder.fill(extra)
+            folder.sync()
+            published = folder.publish()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: nothing was published to {output_dir}; run the same "
+                          "command with --resume to continue where it stopped") from None
+    return Report(
+        input_dir=str(input_dir), output_dir=str(output_dir), family=prepared.spec.family.label,
+        instruct=prepared.spec.instruct, seconds=time.monotonic() - start, bytes_read=bytes_read,
+        bytes_written=sum(p.stat().st_size for p in published),
+        peak_rss_bytes=peak_rss_bytes(), max_ram_bytes=plan.budget_bytes,
+        predicted_peak_bytes=plan.predicted_peak_bytes, resumed_bytes=resumed_bytes,
+        files=[p.name for p in published], warnings=prepared.warnings)
+
+
+def _remove_stale_outputs(output_dir: Path, prepared: Prepared) -> None:
+    """With --force, shards of an earlier conversion with another shard count must go."""
+    keep = {f.name for f in prepared.plan.files}
+    for path in output_dir.glob("model*.safetensors"):
+        if path.name not in keep:
+            os.remove(path)

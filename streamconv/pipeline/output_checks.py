@@ -1,0 +1,49 @@
+"""Checks on the output folder before anything is written there."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from streamconv.errors import OutputError
+from streamconv.pipeline.preparation import Prepared
+from streamconv.runtime.output_folder import STAGING_DIR, looks_finished
+from streamconv.system.memory import format_size
+
+_DISK_MARGIN_BYTES = 64 << 20
+
+
+def check_output_dir(input_dir: Path, output_dir: Path, prepared: Prepared, *, force: bool,
+                     resume: bool) -> None:
+    src, dst = input_dir.resolve(), output_dir.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise OutputError(f"output folder {output_dir} and input folder {input_dir} overlap; "
+                          "choose an output folder outside the input")
+    if dst.exists() and not dst.is_dir():
+        raise OutputError(f"output {output_dir} exists and is not a folder; choose another path")
+    entries = sorted(dst.iterdir()) if dst.exists() else []
+    if looks_finished(dst) and not force:
+        raise OutputError(f"{output_dir} already holds a finished conversion; check it with "
+                          "`streamconv verify`, or pass --force to convert again")
+    leftovers = [p for p in entries if p.name != STAGING_DIR]
+    # A run stopped while publishing has moved some files out of the staging folder already:
+    # --resume republishes them (other files in OUT are kept, as with --force).
+    publishing = resume and (dst / STAGING_DIR).exists()
+    if leftovers and not (force or publishing):
+        raise OutputError(f"output folder {output_dir} is not empty ({leftovers[0].name} and "
+                          f"{len(leftovers) - 1} more); choose an empty folder or pass --force "
+                          "to overwrite")
+    staged = dst / STAGING_DIR
+    if staged.exists() and not (force or resume):
+        raise OutputError(f"{output_dir} holds an interrupted conversion; pass --resume to "
+                          "continue it or --force to start over")
+    probe = dst
+    while not probe.exists():
+        probe = probe.parent
+    already = sum(p.stat().st_size for p in staged.glob("*.safetensors")) if resume else 0
+    needed = prepared.plan.output_bytes + _DISK_MARGIN_BYTES - already
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise OutputError(f"not enough disk space for {output_dir}: the output needs "
+                          f"{format_size(needed)}, {format_size(free)} is free; free some space "
+                          "or choose another output folder")

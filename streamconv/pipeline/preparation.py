@@ -1,0 +1,147 @@
+"""Everything that happens before the first write: read, detect, check, plan.
+
+`streamconv plan` prints the result of prepare(); convert runs it. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from streamconv.errors import TokenizerError
+from streamconv.model.detect import ModelSpec, detect_model
+from streamconv.model.family import Family
+from streamconv.model.family_rules import instruct_from_folder
+from streamconv.model.tensor_table import Split
+from streamconv.planning.jobs import Plan, plan_conversion
+from streamconv.planning.layout import TensorLayout, hf_layouts, replica_ranks
+from streamconv.runtime.executor import as_buffer
+from streamconv.source.fp8_scales import quantized_names
+from streamconv.source.params import read_params
+from streamconv.source.rank_files import resolve_input_dir
+from streamconv.source.rank_reader import RankReader
+from streamconv.source.tensor_index import Checkpoint, open_checkpoint
+from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_MAX_SHARD_BYTES = 5 << 30
+# Replicated tensors compared across shards: whole norms, and this much of each kv-head copy.
+_REPLICA_SAMPLE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    max_ram_bytes: int | None = None  # None: memory.default_max_ram_bytes()
+    dtype: str = "auto"
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    llama_version: str = "auto"
+    force: bool = False
+    resume: bool = False
+    instruct: bool | None = None  # None: from the folder's name (family_rules.py)
+    tokenizer: bool = True
+
+
+@dataclass(frozen=True)
+class Prepared:
+    input_dir: Path
+    checkpoint: Checkpoint
+    spec: ModelSpec
+    layouts: list[TensorLayout]
+    plan: Plan
+    tokenizer_path: Path | None
+    tokenizer_kind: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_tokenizer(input_dir: Path) -> Path | None:
+    """tokenizer.model next to params.json, or one folder up, where Meta's LLaMA 2 download
+    keeps the one tokenizer shared by all sizes."""
+    for candidate in (input_dir / "tokenizer.model", input_dir.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_tokenizer_vocab(path: Path, spec: ModelSpec) -> None:
+    from streamconv.tokenizer.files import tokenizer_vocab_size
+
+    n_tokens = tokenizer_vocab_size(path, family=spec.family)
+    if n_tokens != spec.vocab_size:
+        raise TokenizerError(f"{path} has {n_tokens} tokens but the model's embedding has "
+                             f"{spec.vocab_size} rows; use the tokenizer.model that came with "
+                             "this checkpoint")
+
+
+def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
+                     layouts: list[TensorLayout]) -> list[str]:
+    """Copies of one tensor on several shards should agree; small differences are reported,
+    not fatal (some Meta 3.x checkpoints have norms that differ slightly across shards)."""
+    warnings: list[str] = []
+    if spec.n_ranks == 1:
+        return warnings
+    with RankReader(checkpoint.rank_paths) as reader:
+        for layout in layouts:
+            if layout.split is Split.COLS:
+                continue
+            for group in replica_ranks(layout, spec):
+                if len(group) < 2:
+                    continue
+                first = checkpoint.tensors[group[0]][layout.meta_name]
+                n = first.nbytes if layout.split is Split.REPLICATED else min(
+                    first.nbytes, _REPLICA_SAMPLE_BYTES)
+                copies = []
+                for rank_idx in group:
+                    ref = checkpoint.tensors[rank_idx][layout.meta_name]
+                    buf = torch.empty(n, dtype=torch.uint8)
+                    reader.read_into(rank_idx, ref.offset_bytes, as_buffer(buf))
+                    copies.append(buf.view(ref.dtype).float())
+                diff = max(float((c - copies[0]).abs().max()) for c in copies[1:])
+                if diff > 0:
+                    warnings.append(
+                        f"{layout.meta_name} differs across shards {group} (max abs difference "
+                        f"{diff:.3g}); using the copy in shard {group[0]}")
+    return warnings
+
+
+def _instruct(input_dir: Path, options: ConvertOptions) -> tuple[bool, str]:
+    if options.instruct is not None:
+        return options.instruct, "--instruct" if options.instruct else "--base"
+    return instruct_from_folder(input_dir)
+
+
+def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
+    """Read and check everything and decide the plan."""
+    given_dir = input_dir
+    input_dir = resolve_input_dir(input_dir)  # a wrong folder is the likeliest error: first
+    params = read_params(input_dir)
+    checkpoint = open_checkpoint(input_dir)
+    tokenizer_path = find_tokenizer(input_dir) if options.tokenizer else None
+    if options.tokenizer and tokenizer_path is None:
+        raise TokenizerError(f"no tokenizer.model in {input_dir} or its parent folder; copy "
+                             "Meta's tokenizer.model next to params.json, or pass --no-tokenizer "
+                             "to convert the weights only")
+    kind = None
+    if tokenizer_path is not None:
+        from streamconv.tokenizer.files import detect_tokenizer_kind
+
+        kind = detect_tokenizer_kind(tokenizer_path)
+    override = None if options.llama_version == "auto" else Family(options.llama_version)
+    spec = detect_model(params, checkpoint, family_override=override, tokenizer_kind=kind,
+                        instruct=_instruct(given_dir, options))
+    if tokenizer_path is not None:
+        _check_tokenizer_vocab(tokenizer_path, spec)
+    layouts = hf_layouts(spec, quantized=quantized_names(checkpoint))
+    dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
+    budget = options.max_ram_bytes or default_max_ram_bytes()
+    plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,
+                           baseline_bytes=current_rss_bytes(),
+                           max_shard_bytes=options.max_shard_bytes)
+    warnings = [f"params.json has keys streamconv does not use: {', '.join(params.unknown_keys)}"
+                ] if params.unknown_keys else []
+    warnings += spec.doubts
+    if input_dir != given_dir:
+        warnings.append(f"reading Meta's files from {input_dir}")
+    warnings += replica_warnings(checkpoint, spec, layouts)
+    return Prepared(input_dir, checkpoint, spec, layouts, plan, tokenizer_path, kind, warnings)

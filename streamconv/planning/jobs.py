@@ -1,0 +1,259 @@
+"""The whole conversion as plain data, decided before the first byte is written.
+
+plan_conversion() is pure: it takes the model's tensor layouts, the dtypes, the budget and the
+memory the process already uses, and returns the output files (with their headers), the jobs in
+write order, and the memory schedule. `streamconv plan` prints it; convert runs it.
+
+Memory model. Jobs run in `depth` slots; a slot is one buffer, allocated once and reused, that
+holds a job's output rows (in the output dtype) followed by a staging area for the shard bytes
+of one copy block: they are read there (with O_DIRECT, in whole disk blocks, hence SPAN_SLACK)
+and then copied, cast or permuted into place. Resident
+memory is therefore the baseline (interpreter, torch, metadata) plus depth x slot_bytes, and the
+budget decides the slot size: a tensor bigger than a slot is cut into row ranges (whole heads for
+q/k), so the smallest workable budget depends on the widest row, not on the model's size.
+
+FP8 weights (Meta's 405B release, fp8.py) stage 1 byte per value; after the staging area their
+slot holds the block's row scales (fp32) and a scratch of at most fp8.CHUNK_BYTES (or one fp32
+row) where rows are dequantized in fp32 before they are rounded into the output; with fp32
+output they are dequantized in place and need no scratch. Both are counted in slot_bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streamconv.errors import BudgetError
+from streamconv.model.detect import ModelSpec
+from streamconv.planning.layout import CopyBlock, TensorLayout, copy_blocks
+from streamconv.planning.output_files import OutputFile, layout_output_files
+from streamconv.source.fp8_scales import (
+    FP8_DTYPE,
+    SCALE_DTYPE,
+    chunk_rows,
+    describe_dtypes,
+    layer_of,
+)
+from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
+from streamconv.system.memory import format_flag_size, format_size
+
+# Pieces larger than this do not read or write faster (O_DIRECT on this machine's disk: the same
+# speed from 8 to 64 MiB per call), they only cost memory.
+MAX_PIECE_BYTES = 32 << 20
+# Pieces smaller than this make I/O calls too small to reach disk speed; below it, trade
+# overlap (depth) for size first.
+GOOD_PIECE_BYTES = 16 << 20
+MAX_DEPTH = 3
+# Interpreter growth during the run (thread stacks, job objects, allocator slack), measured on
+# Linux with the memory tests; kept as an allowance so peak RSS stays under --max-ram.
+RUNTIME_ALLOWANCE_BYTES = 48 << 20
+# A slot's bytes beyond its output rows and staged block: the output rows start up to a block
+# in (at their file offset's position within a block), the staging area starts on the next
+# block boundary and holds whole blocks, and the slot's last huge page counts whole in RSS.
+SLOT_SLACK = 2 * ALIGN + SPAN_SLACK + HUGE_PAGE
+# Alignment of the scale and scratch areas of an FP8 job inside its slot (fp32 views need 4;
+# 64 is what torch gives its own allocations).
+SCRATCH_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """Rows [row_start, row_stop) of one output tensor, written at file_offset of its file."""
+
+    job_idx: int
+    hf_name: str
+    file_idx: int
+    file_offset: int
+    row_start: int
+    row_stop: int
+    out_bytes: int
+    stage_bytes: int
+    rotary_head_dim: int | None
+    n_cols: int
+    blocks: tuple[CopyBlock, ...]
+    src_dtype: torch.dtype  # the rank files' dtype of this tensor
+    scratch_bytes: int = 0  # after the staging area: row scales and fp32 scratch (FP8 only)
+
+    @property
+    def dequantize(self) -> bool:
+        """Whether the blocks are fp8 with row scales (Meta's FP8 release)."""
+        return self.src_dtype == FP8_DTYPE
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes the job reads: its blocks, and for FP8 one fp32 scale per block row."""
+        per_row = SCALE_DTYPE.itemsize if self.dequantize else 0
+        return sum(b.n_rows * (b.n_cols * _itemsize(self.src_dtype) + per_row)
+                   for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: tuple[OutputFile, ...]
+    jobs: tuple[Job, ...]
+    src_dtype: torch.dtype  # the model's dtype; FP8 weights are per job (Job.src_dtype)
+    dst_dtype: torch.dtype
+    depth: int
+    slot_bytes: int
+    budget_bytes: int
+    baseline_bytes: int
+    predicted_peak_bytes: int
+    min_budget_bytes: int
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(f.total_bytes for f in self.files)
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(job.read_bytes for job in self.jobs)
+
+    @property
+    def src_label(self) -> str:
+        """The input dtypes as `plan` shows them, e.g. `float8_e4m3fn (feed-forward of layers
+        1-124) + bfloat16` for Meta's FP8 405B."""
+        quantized = [layer_of(job.blocks[0].meta_name) for job in self.jobs if job.dequantize]
+        return describe_dtypes(quantized, self.src_dtype)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype: bool) -> bool:
+    """Whether a block's bytes must be transformed on the way (a cast, the q/k permute, or a
+    block that is only some of the output's columns); otherwise they are a plain copy, which
+    can be read straight into place when O_DIRECT is not available."""
+    return not same_dtype or rotary is not None or block.n_cols != n_cols
+
+
+def _unit_bytes(layout: TensorLayout, itemsize: int) -> int:
+    return layout.row_unit * layout.n_cols * itemsize
+
+
+def _stage_ratio(layouts: list[TensorLayout], dst_item: int) -> float:
+    """Staging bytes per output byte, at least 1 (a plain copy stages as much as it writes).
+    An FP8 block stages 1 byte per value plus its fp32 row scales."""
+    ratios = [1.0]
+    for t in layouts:
+        if t.src_dtype == FP8_DTYPE:
+            ratios.append((t.n_cols + SCALE_DTYPE.itemsize) / (t.n_cols * dst_item))
+        else:
+            ratios.append(_itemsize(t.src_dtype) / dst_item)
+    return max(ratios)
+
+
+def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: torch.dtype) -> int:
+    """fp32 rows for dequantizing an FP8 block of n_rows (none when the output is fp32: the
+    output rows themselves are the fp32 scratch)."""
+    if dst_dtype == SCALE_DTYPE:
+        return 0
+    return min(n_rows, chunk_rows(n_cols)) * n_cols * SCALE_DTYPE.itemsize
+
+
+def _slot_extra(layouts: list[TensorLayout], dst_dtype: torch.dtype) -> int:
+    """Bytes a slot needs beyond output and staging for the largest FP8 scratch (the scales are
+    in _stage_ratio), with the padding that aligns the scale and scratch areas."""
+    fp8 = [t for t in layouts if t.src_dtype == FP8_DTYPE]
+    if not fp8:
+        return 0
+    return 2 * SCRATCH_ALIGN + max(_scratch_bytes(t.n_rows, t.n_cols, dst_dtype) for t in fp8)
+
+
+def _choose_slots(layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
+                  avail: int, min_budget: int, budget: int) -> tuple[int, int]:
+    """(depth, out_cap): as much overlap as the budget allows without starving piece size."""
+    dst_item = _itemsize(dst_dtype)
+    stage_ratio = _stage_ratio(layouts, dst_item)
+    slack = SLOT_SLACK + _slot_extra(layouts, dst_dtype)
+    widest = max(_unit_bytes(t, dst_item) for t in layouts)
+    largest = max(t.n_rows * t.n_cols * dst_item for t in layouts)
+    unit = int(widest * (1 + stage_ratio)) + slack
+    if avail < unit:
+        raise BudgetError(
+            f"--max-ram {format_size(budget)} is too small: one unit of work needs "
+            f"{format_size(unit)} on top of the "
+            f"{format_size(min_budget - unit)} the process itself uses; "
+            f"use --max-ram {format_flag_size(min_budget)} or more")
+    for depth in range(MAX_DEPTH, 0, -1):
+        out_cap = int((avail - depth * slack) / (depth * (1 + stage_ratio)))
+        if out_cap >= min(GOOD_PIECE_BYTES, largest) or depth == 1:
+            return depth, max(min(out_cap, MAX_PIECE_BYTES), widest)
+    raise AssertionError("unreachable")
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype: torch.dtype,
+              file_idx: int, data_start: int, first_idx: int) -> list[Job]:
+    row_bytes = layout.n_cols * _itemsize(dst_dtype)
+    src_item = _itemsize(layout.src_dtype)
+    rows_per_job = max(out_cap // row_bytes // layout.row_unit, 1) * layout.row_unit
+    jobs: list[Job] = []
+    for row_start in range(0, layout.n_rows, rows_per_job):
+        row_stop = min(row_start + rows_per_job, layout.n_rows)
+        blocks = copy_blocks(layout, spec, row_start, row_stop)
+        stage = max(b.n_rows * b.n_cols * src_item for b in blocks) + SPAN_SLACK
+        scratch = 0
+        if layout.src_dtype == FP8_DTYPE:
+            block_rows = max(b.n_rows for b in blocks)
+            scratch = (_round_up(block_rows * SCALE_DTYPE.itemsize, SCRATCH_ALIGN)
+                       + _scratch_bytes(block_rows, layout.n_cols, dst_dtype))
+        jobs.append(Job(first_idx + len(jobs), layout.hf_name, file_idx,
+                        data_start + row_start * row_bytes, row_start, row_stop,
+                        (row_stop - row_start) * row_bytes, stage, layout.rotary_head_dim,
+                        layout.n_cols, tuple(blocks), layout.src_dtype, scratch))
+    return jobs
+
+
+def slot_layout(job: Job) -> tuple[int, int]:
+    """(output offset, staging offset) inside a slot, which is itself block-aligned. The output
+    rows sit where their file offset sits within a disk block, so that every whole block of
+    them can be written with O_DIRECT (direct_io.direct_span); the staging area starts on a
+    block boundary for O_DIRECT reads."""
+    out_offset = job.file_offset % ALIGN
+    return out_offset, -(-(out_offset + job.out_bytes) // ALIGN) * ALIGN
+
+
+def scratch_offset(job: Job) -> int:
+    """Where an FP8 job's row scales start in its slot (its fp32 scratch follows them)."""
+    return _round_up(slot_layout(job)[1] + job.stage_bytes, SCRATCH_ALIGN)
+
+
+def _job_slot_bytes(job: Job) -> int:
+    if not job.scratch_bytes:
+        return slot_layout(job)[1] + job.stage_bytes
+    return scratch_offset(job) + job.scratch_bytes
+
+
+def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
+                    budget_bytes: int, baseline_bytes: int, max_shard_bytes: int) -> Plan:
+    dst_item = _itemsize(dst_dtype)
+    reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
+    stage_ratio = _stage_ratio(layouts, dst_item)
+    widest = max(_unit_bytes(t, dst_item) for t in layouts)
+    min_budget = (reserved + int(widest * (1 + stage_ratio)) + SLOT_SLACK
+                  + _slot_extra(layouts, dst_dtype))
+    depth, out_cap = _choose_slots(layouts, dst_dtype=dst_dtype,
+                                   avail=budget_bytes - reserved, min_budget=min_budget,
+                                   budget=budget_bytes)
+    files = layout_output_files(layouts, dtype=dst_dtype, max_shard_bytes=max_shard_bytes)
+    jobs: list[Job] = []
+    for file_idx, out_file in enumerate(files):
+        for tensor in out_file.tensors:
+            jobs += _jobs_for(tensor.layout, spec, out_cap=out_cap, dst_dtype=dst_dtype,
+                              file_idx=file_idx,
+                              data_start=out_file.data_start + tensor.data_offset,
+                              first_idx=len(jobs))
+    slot_bytes = max(_job_slot_bytes(j) for j in jobs)
+    depth = min(depth, len(jobs))
+    return Plan(files=tuple(files), jobs=tuple(jobs), src_dtype=spec.dtype, dst_dtype=dst_dtype,
+                depth=depth, slot_bytes=slot_bytes, budget_bytes=budget_bytes,
+                baseline_bytes=baseline_bytes,
+                predicted_peak_bytes=reserved + depth * -(-slot_bytes // HUGE_PAGE) * HUGE_PAGE,
+                min_budget_bytes=min_budget)
+
+

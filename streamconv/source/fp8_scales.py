@@ -1,0 +1,132 @@
+"""Meta's FP8 release of Llama 3.1 405B: which weights are fp8, where their scales are, and how
+to turn them back into floats.
+
+Facts (docs/meta_formats.md section 1, with its sources):
+- Meta's loader (llama-models `models/llama3/quantization/loader.py`,
+  convert_to_fp8_quantized_model) quantizes only `layers.{i}.feed_forward.w1/w3/w2.weight`, for
+  i = 1 .. n_layers-2; everything else is bf16. The fp8 bytes are `torch.float8_e4m3fn`.
+- Each rank r has `fp8_scales_{r}.pt`, a dict keyed `f"{layer_id}_feed_forward.{w}_{r}"` of fp32
+  vectors, one value per output row of that rank's tensor, produced by fbgemm's
+  quantize_fp8_per_row (the stored value is the dequantization multiplier). Whether the file
+  holds [N] or [N, 1] is not public, so both are accepted.
+- Dequantization: W = (W_fp8.float() * scale[:, None]).to(bfloat16), what fbgemm's
+  f8f8bf16_rowwise computes per weight row.
+- w2 is split across ranks on its input dim and every rank has its own scale vector, so a rank's
+  block must be dequantized with that rank's scales before the blocks are put side by side; the
+  planner's copy blocks are per rank, so the executor does exactly that.
+
+Why bf16 and not Hugging Face's fbgemm_fp8 layout: transformers refuses fbgemm_fp8 without a CUDA
+(or XPU) GPU of compute capability >= 9.0 (quantizer_fbgemm_fp8.py validate_environment), so that
+output could neither be tested here nor used by anyone on CPU (docs/meta_formats.md 1.7).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from streamconv.errors import CheckpointError
+from streamconv.source.tensor_index import Checkpoint, TensorRef
+
+FP8_DTYPE = torch.float8_e4m3fn
+SCALE_DTYPE = torch.float32
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# A per-layer weight: the scale key is made of its layer index and the part after it.
+_LAYER_WEIGHT_RE = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
+# fp32 rows dequantized at a time when the output is not fp32: a fixed scratch per slot, so a
+# piece's size does not decide the temporary memory (torch would allocate fp32 copies of the
+# whole piece for a mixed-dtype multiply on CPU).
+CHUNK_BYTES = 4 << 20
+
+
+def scale_key(meta_name: str, rank: int) -> str:
+    """`layers.7.feed_forward.w2.weight`, rank 3 -> `7_feed_forward.w2_3` (Meta's loader)."""
+    match = _LAYER_WEIGHT_RE.match(meta_name)
+    assert match, meta_name
+    return f"{match.group(1)}_{match.group(2)}_{rank}"
+
+
+def chunk_rows(n_cols: int) -> int:
+    """Rows dequantized per fp32 scratch chunk (at least one)."""
+    return max(1, CHUNK_BYTES // (n_cols * SCALE_DTYPE.itemsize))
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _layer_label(layer_ids: list[int]) -> str:
+    runs: list[str] = []
+    start = prev = layer_ids[0]
+    for layer_idx in [*layer_ids[1:], None]:
+        if layer_idx is not None and layer_idx == prev + 1:
+            prev = layer_idx
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if layer_idx is not None:
+            start = prev = layer_idx
+    return ", ".join(runs)
+
+
+def describe_dtypes(quantized_layers: list[int], other: torch.dtype) -> str:
+    """`float8_e4m3fn (feed-forward of layers 1-124) + bfloat16`, or just `bfloat16`."""
+    if not quantized_layers:
+        return _name(other)
+    return (f"{_name(FP8_DTYPE)} (feed-forward of layers "
+            f"{_layer_label(sorted(set(quantized_layers)))}) + {_name(other)}")
+
+
+def layer_of(meta_name: str) -> int:
+    match = _LAYER_WEIGHT_RE.match(meta_name)
+    assert match, meta_name
+    return int(match.group(1))
+
+
+def _check_scale(ckpt: Checkpoint, ref: TensorRef) -> None:
+    rank = ref.rank_idx
+    key = scale_key(ref.meta_name, rank)
+    scale_path = ckpt.scale_paths[rank]
+    scale = ckpt.scales[rank].get(key)
+    if scale is None:
+        raise CheckpointError(f"{scale_path} has no scale {key!r} for {ref.meta_name} of "
+                              f"{ref.path.name}; the scale file belongs to another download: "
+                              "fetch fp8_scales and consolidated files again together")
+    n_rows = ref.shape[0] if ref.shape else 0
+    if scale.dtype != SCALE_DTYPE or scale.shape not in ((n_rows,), (n_rows, 1)):
+        got = "x".join(map(str, scale.shape))
+        raise CheckpointError(f"scale {key!r} in {scale_path} is {_name(scale.dtype)} of shape "
+                              f"{got} but {ref.meta_name} in {ref.path.name} needs float32 with "
+                              f"one value per row ({n_rows}); the scale file belongs to another "
+                              "download: fetch it again")
+
+
+def quantized_names(ckpt: Checkpoint) -> frozenset[str]:
+    """Meta names stored as fp8 with row scales, after checking them; empty for other releases.
+
+    Per-layer weights of a dtype that is not a plain float are fp8 candidates when the folder
+    holds scale files (Meta quantized only feed-forward weights; a scale must exist for each);
+    anything else with another dtype is left to detect's "one float dtype" check.
+    """
+    names: set[str] = set()
+    for refs in ckpt.tensors:
+        for ref in refs.values():
+            if not _LAYER_WEIGHT_RE.match(ref.meta_name) or ref.dtype in _FLOAT_DTYPES:
+                continue
+            where = f"{ref.meta_name} in {ref.path}"
+            if ref.dtype != FP8_DTYPE:
+                raise CheckpointError(f"{where} is {_name(ref.dtype)}, but Meta's FP8 release "
+                                      f"stores {_name(FP8_DTYPE)}; use Meta's original file")
+            if not ckpt.scale_paths:
+                raise CheckpointError(f"{where} is {_name(FP8_DTYPE)} but {ckpt.input_dir} has "
+                                      "no fp8_scales_N.pt files; copy Meta's fp8_scales_0.pt ... "
+                                      "next to the consolidated files")
+            _check_scale(ckpt, ref)
+            names.add(ref.meta_name)
+    for meta_name in names:
+        dtypes = {refs[meta_name].dtype for refs in ckpt.tensors if meta_name in refs}
+        if len(dtypes) > 1:
+            raise CheckpointError(f"{meta_name} is fp8 in some consolidated files and not in "
+                                  "others; the shards come from different downloads: fetch them "
+                                  "again together")
+    return frozenset(names)

@@ -1,0 +1,162 @@
+"""tokenizer.model -> the Hugging Face tokenizer files of a converted model.
+
+LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x ships a tiktoken ranks file
+under the same name. This module tells them apart and dispatches; tokenizer_spm.py and
+tokenizer_tiktoken.py build the files, synthetic_tokenizer.py makes tokenizer.model files for
+tests and demos (re-exported here). Nothing here imports tokenizers, transformers or tiktoken:
+the output is plain JSON in the formats those libraries read.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from streamconv.errors import TokenizerError
+from streamconv.model.family import Family
+from streamconv.tokenizer import from_sentencepiece as tokenizer_spm
+from streamconv.tokenizer import from_tiktoken as tokenizer_tiktoken
+from streamconv.tokenizer import tokenizer_json
+
+__all__ = [
+    "detect_tokenizer_kind",
+    "tokenizer_vocab_size",
+    "write_tokenizer_files",
+]
+
+log = logging.getLogger(__name__)
+
+TokenizerKind = Literal["sentencepiece", "tiktoken"]
+
+# The first line of a tiktoken ranks file: base64 token, one space, decimal rank.
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+\r?\n")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise TokenizerError(
+            f"{path} does not exist; copy the tokenizer.model shipped with the checkpoint there"
+        ) from e
+    except IsADirectoryError as e:
+        raise TokenizerError(f"{path} is a folder; pass the tokenizer.model file itself") from e
+    except OSError as e:
+        raise TokenizerError(f"{path} cannot be read ({e.strerror}); check its permissions") from e
+    if not data:
+        raise TokenizerError(
+            f"{path} is empty; replace it with the tokenizer.model shipped with the checkpoint"
+        )
+    return data
+
+
+def _kind_of(data: bytes) -> TokenizerKind:
+    # A ranks file is ASCII text; a serialized ModelProto starts with a protobuf tag byte.
+    return "tiktoken" if _TIKTOKEN_LINE.match(data[:200]) else "sentencepiece"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    kind: TokenizerKind
+    spm: tokenizer_spm.SpmModel | None = None
+    ranks: dict[bytes, int] | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_bytes(path: Path, data: bytes) -> _Parsed:
+    if _kind_of(data) == "tiktoken":
+        return _Parsed("tiktoken", ranks=tokenizer_tiktoken.read_ranks(path, data))
+    return _Parsed("sentencepiece", spm=tokenizer_spm.load_spm(path, data))
+
+
+def _parse(path: Path) -> _Parsed:
+    """The parsed file. A conversion asks three times (kind, vocab size, files): the last parse
+    is kept, keyed by path and content, so the file is parsed once. It stays in memory until
+    the next tokenizer is parsed; prepare() measures the baseline RSS after it, so the plan
+    counts it."""
+    return _parse_bytes(path, _read(path))
+
+
+def detect_tokenizer_kind(path: Path) -> Literal["sentencepiece", "tiktoken"]:
+    """Which format ``path`` is in, after checking that it parses completely."""
+    return _parse(path).kind
+
+
+def _check_family(path: Path, kind: TokenizerKind, family: Family) -> None:
+    expected: TokenizerKind = "tiktoken" if family.is_llama3 else "sentencepiece"
+    if kind != expected:
+        raise TokenizerError(
+            f"{path} is a {kind} tokenizer but {family.label} uses {expected}; pass the "
+            "family this checkpoint belongs to, or the tokenizer.model shipped with it"
+        )
+
+
+def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
+    """How many ids the model's embedding must have rows for.
+
+    SentencePiece: every piece (32000 for LLaMA 1/2; Code Llama's model already holds its 16
+    infilling pieces, 32016). tiktoken: the ranks plus the 256 specials Meta adds in code (128256).
+    """
+    parsed = _parse(path)
+    _check_family(path, parsed.kind, family)
+    if parsed.ranks is not None:
+        return len(parsed.ranks) + tokenizer_tiktoken.N_SPECIAL_TOKENS
+    assert parsed.spm is not None
+    return parsed.spm.vocab_size
+
+
+def _write_json(path: Path, document: tokenizer_json.JsonDict) -> None:
+    path.write_text(tokenizer_json.to_text(document), encoding="utf-8")
+
+
+def write_tokenizer_files(
+    path: Path, out_dir: Path, *, family: Family, instruct: bool, model_max_length: int
+) -> list[str]:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (and, for
+    SentencePiece, a copy of tokenizer.model) into ``out_dir``; return the file names written."""
+    parsed = _parse(path)
+    kind = parsed.kind
+    _check_family(path, kind, family)
+    documents: dict[str, Any]
+    if parsed.spm is not None:
+        model = parsed.spm
+        documents = {
+            "tokenizer.json": tokenizer_spm.build_tokenizer_json(model),
+            "tokenizer_config.json": tokenizer_spm.build_tokenizer_config(
+                model, model_max_length=model_max_length
+            ),
+            "special_tokens_map.json": tokenizer_spm.build_special_tokens_map(model),
+        }
+        if instruct:
+            log.info("%s chat models get no chat template from streamconv", family.label)
+    else:
+        assert parsed.ranks is not None
+        ranks = parsed.ranks
+        specials = tokenizer_tiktoken.special_token_names(family)
+        documents = {
+            "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, specials),
+            "tokenizer_config.json": tokenizer_tiktoken.build_tokenizer_config(
+                specials,
+                family=family,
+                n_ranks=len(ranks),
+                instruct=instruct,
+                model_max_length=model_max_length,
+            ),
+            "special_tokens_map.json": tokenizer_tiktoken.build_special_tokens_map(
+                instruct=instruct
+            ),
+        }
+    for name, document in documents.items():
+        _write_json(out_dir / name, document)
+    written = list(documents)
+    if kind == "sentencepiece":
+        # Kept for tools that read the SentencePiece model itself (LlamaTokenizer, llama.cpp).
+        shutil.copyfile(path, out_dir / "tokenizer.model")
+        written.append("tokenizer.model")
+    log.info("wrote %s tokenizer files: %s", kind, ", ".join(written))
+    return written
