@@ -195,7 +195,8 @@ def test_rotary_permute_maps_interleaved_pairs_to_halves() -> None:
 
 
 def _fp8_405b_layouts(spec: ModelSpec) -> list[TensorLayout]:
-    """Meta's FP8 405B: feed-forward of layers 1 .. n_layers-2 stored as fp8 (docs/meta_formats.md 1.2)."""
+    """Meta's FP8 405B: feed-forward of layers 1 .. n_layers-2 stored as fp8
+    (docs/meta_formats.md 1.2)."""
     quantized = frozenset(f"layers.{i}.feed_forward.{w}.weight"
                           for i in range(1, spec.n_layers - 1) for w in ("w1", "w2", "w3"))
     return hf_layouts(spec, quantized=quantized)
