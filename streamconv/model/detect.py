@@ -193,8 +193,8 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     """Resolve the architecture and check every tensor shape against it, before any write."""
     check_supported(params, ckpt.input_dir)
     table = tensor_table_for(params)
-    check_rank_count(ckpt, params, table)
     check_names(ckpt, params, table)
+    check_rank_count(ckpt, params, table)
     sources: dict[str, str] = {}
     dtype = _source_dtype(ckpt, table)
     vocab, split_dim, vocab_rule = _embedding(ckpt, params, table)

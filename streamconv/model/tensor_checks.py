@@ -25,16 +25,16 @@ def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable) -> Non
     required = set(table.meta_names(params.n_layers, required_only=True))
     for rank_idx, refs in enumerate(ckpt.tensors):
         path = ckpt.rank_paths[rank_idx]
+        unknown = sorted(n for n in set(refs) - expected if not table.is_ignored(n))
+        if unknown and all(n.startswith(("model.", "lm_head.")) for n in unknown):
+            raise CheckpointError(f"{path} holds Hugging Face tensor names ({unknown[0]}, ...), "
+                                  "not Meta's: it is already in Hugging Face format and needs no "
+                                  "conversion")
         missing = sorted(required - set(refs))
         if missing:
             raise CheckpointError(
                 f"{path} lacks {_listed(missing)} (params.json says n_layers={params.n_layers});"
                 " the file or params.json belongs to another model")
-        unknown = sorted(n for n in set(refs) - expected if not table.is_ignored(n))
-        if unknown and all(n.startswith("model.") for n in unknown):
-            raise CheckpointError(f"{path} holds Hugging Face tensor names ({unknown[0]}, ...), "
-                                  "not Meta's: it is already in Hugging Face format and needs no "
-                                  "conversion")
         if unknown:
             raise CheckpointError(
                 f"{path} holds tensors streamconv does not know: {_listed(unknown)}; it is not "
