@@ -107,10 +107,10 @@ HIDDEN = textwrap.dedent("""
     if hasattr(mmap, "MADV_HUGEPAGE"):
         del mmap.MADV_HUGEPAGE
     import streamconv
-    names = sorted(m.name for m in pkgutil.iter_modules(streamconv.__path__)
-                   if m.name != "__main__")
+    names = sorted(m.name for m in pkgutil.walk_packages(streamconv.__path__, "streamconv.")
+                   if not m.name.endswith("__main__"))
     for name in names:
-        importlib.import_module("streamconv." + name)
+        importlib.import_module(name)
     assert "resource" not in sys.modules or sys.modules["resource"] is None
     from streamconv.cli.main import main
     from streamconv.system.memory import peak_rss_bytes
