@@ -70,6 +70,7 @@ def _facts(row: dict[str, Any]) -> list[str]:
         f"| dtype | {row['dtype']} |",
         f"| tokenizer | {row['tokenizer']['kind']}, {row['tokenizer']['n_tokens']} ids |",
         f"| published config.json ({row['hf_repo']}) | {_value(config)} |",
+        f"| how the config values were found | {row['hf_config_status']} |",
         f"| config values not found | {unknown} |",
         "| published generation_config.json | "
         + (_value(generation) if generation is not None else "unknown") + " |",
