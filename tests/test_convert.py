@@ -309,3 +309,27 @@ def test_tensors_that_start_mid_block_still_bypass_the_page_cache(
         payload - norms - 2 * ALIGN * n_big)
     for name, tensor in expected_tensors(src, spec, torch.bfloat16).items():
         assert torch.equal(got[name], tensor), name
+
+
+@pytest.mark.parametrize(("max_ram", "overlapped"), [("4G", True), ("min", False)])
+def test_tokenizer_files_are_built_while_tensors_stream_when_the_budget_allows(
+        make_checkpoint: MakeCkpt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        max_ram: str, overlapped: bool) -> None:
+    conversion = importlib.import_module("streamconv.pipeline.conversion")
+    src = make_checkpoint(tiny(Family.LLAMA3_1, n_ranks=2))
+    if max_ram == "min":  # the smallest workable budget leaves no room beside the slots
+        minimum = prepare(src, ConvertOptions(max_ram_bytes=4 << 30)).plan.min_budget_bytes
+        max_ram = str(minimum + (64 << 20))  # room for the slots, not for the tokenizer
+    threads: list[str] = []
+    real = conversion.extra_files
+
+    def spy(*args: object) -> dict[str, bytes]:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(conversion, "extra_files", spy)
+    assert main([str(src), str(tmp_path / "out"), "--quiet", "--max-ram", max_ram]) == 0
+    assert threads == (["extra-files"] if overlapped else ["MainThread"])
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
