@@ -54,40 +54,6 @@ _NAMED_3_1 = [
     "<|python_tag|>",
 ]
 
-# The chat template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json, the one
-# transformers 4.47.1's conversion script fetches for --llama_version 3 (Hub revision 5f0b02c7,
-# named in its Llama3Converter). Text as in the copy of that file at github.com/YJiangcm/WebR,
-# Meta-Llama-3-8B-Instruct/tokenizer_config.json (commit fb2f249a).
-CHAT_TEMPLATE_3_0 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}"
-)
-
-# LLaMA 3.1+: no verifiable copy of Meta's published template (with its tool-call and date
-# lines) was found, so this is streamconv's own, in LLaMA 3's header format: BOS, then per
-# message <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> (content stripped, as
-# Meta's ChatFormat does), then an open assistant header when a reply is wanted.
-CHAT_TEMPLATE_OWN = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}"
-)
-
-
-def chat_template(family: Family) -> str:
-    return CHAT_TEMPLATE_3_0 if family is Family.LLAMA3 else CHAT_TEMPLATE_OWN
-
-
 def _special_tokens(specials: Sequence[str], n_ranks: int) -> list[JsonDict]:
     """LLaMA 3's specials take the ids right after the ranks (128000... in Meta's file)."""
     return [added_token(n_ranks + i, name, special=True, normalized=False)
@@ -298,8 +264,8 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
 
 
 def build_tokenizer_config(
-    specials: Sequence[str], *, family: Family, n_ranks: int, instruct: bool,
-    model_max_length: int
+    specials: Sequence[str], *, n_ranks: int, instruct: bool, model_max_length: int,
+    chat_template: str | None
 ) -> JsonDict:
     """tokenizer_config.json.
 
@@ -318,8 +284,8 @@ def build_tokenizer_config(
             _special_tokens(specials, n_ranks)
         ),
     }
-    if instruct:
-        config["chat_template"] = chat_template(family)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     return config
 
 

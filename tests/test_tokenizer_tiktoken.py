@@ -244,8 +244,9 @@ def test_chat_template(converted: Callable[[str], Converted]) -> None:
     ]
     text = conv.auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert isinstance(text, str)
-    assert text == (
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    assert text == (  # Meta's 3.1 template; tests/test_tokenizer_chat.py has the rest
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nBe brief.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
