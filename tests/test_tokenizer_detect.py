@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import spm_writer
 from fixtures.synthetic_tokenizer import (
     add_code_llama_pieces,
     build_sentencepiece_model,
@@ -160,8 +161,8 @@ def test_family_mismatch(spm_model: Path, tiktoken_model: Path, tmp_path: Path) 
 
 def _with_normalizer(model: bytes, number: int, value: int) -> bytes:
     # A second NormalizerSpec occurrence is merged into the first, as protobuf does.
-    extra = spm_proto.len_field(
-        spm_proto.MODEL_NORMALIZER_SPEC, spm_proto.varint_field(number, value)
+    extra = spm_writer.len_field(
+        spm_proto.MODEL_NORMALIZER_SPEC, spm_writer.varint_field(number, value)
     )
     return model + extra
 
@@ -176,9 +177,9 @@ def _with_normalizer(model: bytes, number: int, value: int) -> bytes:
         (
             lambda m: (
                 m
-                + spm_proto.len_field(
+                + spm_writer.len_field(
                     spm_proto.MODEL_TRAINER_SPEC,
-                    spm_proto.varint_field(spm_proto.TRAINER_MODEL_TYPE, 1),
+                    spm_writer.varint_field(spm_proto.TRAINER_MODEL_TYPE, 1),
                 )
             ),
             "only BPE",
@@ -186,16 +187,16 @@ def _with_normalizer(model: bytes, number: int, value: int) -> bytes:
         (
             lambda m: (
                 m
-                + spm_proto.len_field(
+                + spm_writer.len_field(
                     spm_proto.MODEL_TRAINER_SPEC,
-                    spm_proto.varint_field(spm_proto.TRAINER_BYTE_FALLBACK, 0),
+                    spm_writer.varint_field(spm_proto.TRAINER_BYTE_FALLBACK, 0),
                 )
             ),
             "byte_fallback",
         ),
         (
-            lambda m: spm_proto.insert_pieces(
-                m, [spm_proto.encode_piece("zzz", -1.0, spm_proto.PIECE_UNUSED)]
+            lambda m: spm_writer.insert_pieces(
+                m, [spm_writer.encode_piece("zzz", -1.0, spm_proto.PIECE_UNUSED)]
             ),
             "UNUSED",
         ),

@@ -207,20 +207,23 @@ def test_each_file_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @needs_llama3
-def test_real_file_converts_in_under_3_seconds(tmp_path: Path) -> None:
-    # Best of three, parse included (the cache is cleared): 1.1-1.4 s of CPU, 1.6-2.2 s wall on
-    # the shared 2-core machine (load 2.7); the old code took 2.7-8 s. Not yet the 1 s asked for.
-    best = float("inf")
+def test_real_file_converts_in_about_half_a_second(tmp_path: Path) -> None:
+    # Best of three, parse included (the cache is cleared). Measured best of five on the shared
+    # 2-core machine at load 2.3-3.3: 0.50-0.77 s wall, 0.50-0.66 s CPU (the code before: 0.96-1.7
+    # s wall, 0.9-1.2 s CPU); single runs reached 1.4 s wall when the machine was busy, hence
+    # the wall bound. docs/tokenizers.md has the figures.
+    best_wall = best_cpu = float("inf")
     for attempt in range(3):
         tokenizer._parse_bytes.cache_clear()
         out = tmp_path / str(attempt)
         out.mkdir()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         write_tokenizer_files(LLAMA3_MODEL, out, family=Family.LLAMA3_3, instruct=True,
                               model_max_length=131072)
-        best = min(best, time.perf_counter() - start)
-    assert best < 3.0, f"{best:.2f} s"
-
+        best_wall = min(best_wall, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
+    assert best_wall < 2.0, f"{best_wall:.2f} s wall"
+    assert best_cpu < 1.0, f"{best_cpu:.2f} s CPU"
 
 
 LLAMA2_MODEL = LLAMA3_MODEL.parent / "llama2_tokenizer.model"

@@ -22,8 +22,10 @@ from streamconv.model.family import Family
 from streamconv.tokenizer import from_sentencepiece as tokenizer_spm
 from streamconv.tokenizer import from_tiktoken as tokenizer_tiktoken
 from streamconv.tokenizer import tokenizer_json
+from streamconv.tokenizer.chat_templates import chat_template
 
 __all__ = [
+    "chat_template",
     "detect_tokenizer_kind",
     "tokenizer_vocab_size",
     "write_tokenizer_files",
@@ -122,18 +124,19 @@ def write_tokenizer_files(
     parsed = _parse(path)
     kind = parsed.kind
     _check_family(path, kind, family)
+    template = chat_template(family, instruct=instruct)
+    if instruct and template is None:
+        log.info("%s has no published chat template; none written", family.label)
     documents: dict[str, Any]
     if parsed.spm is not None:
         model = parsed.spm
         documents = {
             "tokenizer.json": tokenizer_spm.build_tokenizer_json(model),
             "tokenizer_config.json": tokenizer_spm.build_tokenizer_config(
-                model, model_max_length=model_max_length
+                model, model_max_length=model_max_length, chat_template=template
             ),
             "special_tokens_map.json": tokenizer_spm.build_special_tokens_map(model),
         }
-        if instruct:
-            log.info("%s chat models get no chat template from streamconv", family.label)
     else:
         assert parsed.ranks is not None
         ranks = parsed.ranks
@@ -142,10 +145,10 @@ def write_tokenizer_files(
             "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, specials),
             "tokenizer_config.json": tokenizer_tiktoken.build_tokenizer_config(
                 specials,
-                family=family,
                 n_ranks=len(ranks),
                 instruct=instruct,
                 model_max_length=model_max_length,
+                chat_template=template,
             ),
             "special_tokens_map.json": tokenizer_tiktoken.build_special_tokens_map(
                 instruct=instruct

@@ -226,7 +226,9 @@ def added_tokens_decoder(tokens: Sequence[JsonDict]) -> JsonDict:
     return {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in tokens}
 
 
-def build_tokenizer_config(model: SpmModel, *, model_max_length: int) -> JsonDict:
+def build_tokenizer_config(
+    model: SpmModel, *, model_max_length: int, chat_template: str | None = None
+) -> JsonDict:
     """tokenizer_config.json.
 
     ``tokenizer_class`` is PreTrainedTokenizerFast, not LlamaTokenizerFast: transformers 5
@@ -235,7 +237,7 @@ def build_tokenizer_config(model: SpmModel, *, model_max_length: int) -> JsonDic
     PreTrainedTokenizerFast uses tokenizer.json as written, in transformers 4 and 5 alike.
     ``legacy: true`` records that a dummy prefix follows every special token (see the module doc).
     """
-    return {
+    config: JsonDict = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True,
         "add_eos_token": False,
@@ -249,6 +251,9 @@ def build_tokenizer_config(model: SpmModel, *, model_max_length: int) -> JsonDic
         "model_input_names": ["input_ids", "attention_mask"],
         "added_tokens_decoder": added_tokens_decoder(added_tokens(model)),
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config
 
 
 def build_special_tokens_map(model: SpmModel) -> JsonDict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from operator import itemgetter
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 from streamconv.errors import TokenizerError
 from streamconv.model.family import Family
 from streamconv.tokenizer.from_sentencepiece import added_tokens_decoder, special_token_entry
-from streamconv.tokenizer.tokenizer_json import JsonDict, added_token, bos_template
+from streamconv.tokenizer.tokenizer_json import IndexedMerges, JsonDict, added_token, bos_template
 
 # LLaMA 3's pre-tokenizer regex (Meta's llama3/tokenizer.py pat_str).
 LLAMA3_PATTERN = (
@@ -54,40 +54,6 @@ _NAMED_3_1 = [
     "<|python_tag|>",
 ]
 
-# The chat template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json, the one
-# transformers 4.47.1's conversion script fetches for --llama_version 3 (Hub revision 5f0b02c7,
-# named in its Llama3Converter). Text as in the copy of that file at github.com/YJiangcm/WebR,
-# Meta-Llama-3-8B-Instruct/tokenizer_config.json (commit fb2f249a).
-CHAT_TEMPLATE_3_0 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}"
-)
-
-# LLaMA 3.1+: no verifiable copy of Meta's published template (with its tool-call and date
-# lines) was found, so this is streamconv's own, in LLaMA 3's header format: BOS, then per
-# message <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> (content stripped, as
-# Meta's ChatFormat does), then an open assistant header when a reply is wanted.
-CHAT_TEMPLATE_OWN = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}"
-)
-
-
-def chat_template(family: Family) -> str:
-    return CHAT_TEMPLATE_3_0 if family is Family.LLAMA3 else CHAT_TEMPLATE_OWN
-
-
 def _special_tokens(specials: Sequence[str], n_ranks: int) -> list[JsonDict]:
     """LLaMA 3's specials take the ids right after the ranks (128000... in Meta's file)."""
     return [added_token(n_ranks + i, name, special=True, normalized=False)
@@ -110,6 +76,62 @@ def special_token_names(family: Family) -> list[str]:
 
 def read_ranks(path: Path, data: bytes) -> dict[bytes, int]:
     """Parse a ranks file; ranks must be 0..n-1 and every single byte must be a token."""
+    ranks = _read_canonical_ranks(data)
+    if ranks is None:
+        ranks = _read_ranks_by_line(path, data)
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerError(
+            f"{path} lacks single-byte tokens (e.g. byte {missing[0]}), so some text could not be "
+            "encoded; replace it with the tokenizer.model shipped with the checkpoint"
+        )
+    return ranks
+
+
+# What a ranks file as Meta writes it is made of: base64 characters, decimal digits, " ", "\n".
+_RANKS_ALPHABET = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \n")
+
+
+def _read_canonical_ranks(data: bytes) -> dict[bytes, int] | None:
+    """The ranks of a file laid out as Meta writes it, else None.
+
+    Meta's file is ``<base64> <rank>\\n`` per line, ranks 0, 1, 2, ... in order. Such a file is
+    checked with a few passes over the whole text (numpy for the layout) and decoded token by
+    token in C: 0.07 s for 128,000 lines, against 0.2-0.6 s line by line. Anything else (other
+    whitespace, blank lines, ranks out of order, a repeated token, a bad line) returns None, and
+    the line-by-line parser accepts it or says which line is wrong. What passes here is what
+    ``base64.b64decode(validate=True)`` accepts, so both parsers give the same tokens.
+    """
+    if data.translate(None, _RANKS_ALPHABET):
+        return None
+    parts = data.split()
+    tokens_b64, rank_text = parts[0::2], parts[1::2]
+    n_ranks = len(rank_text)
+    if n_ranks == 0 or len(tokens_b64) != n_ranks:
+        return None
+    if rank_text != [b"%d" % i for i in range(n_ranks)]:
+        return None
+    text = np.frombuffer(data, dtype=np.uint8)
+    spaces, newlines = np.flatnonzero(text == ord(" ")), np.flatnonzero(text == ord("\n"))
+    if len(spaces) != n_ranks or len(newlines) != n_ranks or newlines[-1] != len(data) - 1:
+        return None
+    # One space per line, with a token before it and a rank after it.
+    line_starts = np.concatenate(([0], newlines[:-1] + 1))
+    if not bool(((line_starts < spaces) & (spaces + 1 < newlines)).all()):
+        return None
+    # Base64 in whole groups of four, "=" only as the last one or two characters of a token.
+    equals = np.flatnonzero(text == ord("="))
+    after, after_two = text[equals + 1], text[np.minimum(equals + 2, len(text) - 1)]
+    if (bool(((spaces - line_starts) % 4).any())
+            or not bool(((after == ord(" ")) | ((after == ord("=")) & (after_two == ord(" "))))
+                        .all())):
+        return None
+    tokens = list(map(binascii.a2b_base64, tokens_b64))
+    ranks = dict(zip(tokens, range(n_ranks)))
+    return ranks if len(ranks) == n_ranks else None
+
+
+def _read_ranks_by_line(path: Path, data: bytes) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     for line_no, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
@@ -132,12 +154,6 @@ def read_ranks(path: Path, data: bytes) -> dict[bytes, int]:
             f"{path} ranks are not 0..{len(ranks) - 1} without gaps; the file is corrupt, "
             "replace it with the tokenizer.model shipped with the checkpoint"
         )
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise TokenizerError(
-            f"{path} lacks single-byte tokens (e.g. byte {missing[0]}), so some text could not be "
-            "encoded; replace it with the tokenizer.model shipped with the checkpoint"
-        )
     return ranks
 
 
@@ -156,9 +172,23 @@ def byte_to_unicode() -> list[str]:
 
 def mapped_vocab(ranks: dict[bytes, int]) -> dict[str, int]:
     """Each token as its byte-to-unicode characters (one character per byte), with its rank."""
-    table = dict(enumerate(byte_to_unicode()))
-    # latin-1 turns each byte into the code point of the same value; translate maps those.
-    return {token.decode("latin-1").translate(table): rank for token, rank in ranks.items()}
+    return dict(zip(mapped_tokens(list(ranks)), ranks.values()))
+
+
+def mapped_tokens(tokens: Sequence[bytes]) -> list[str]:
+    """``tokens`` mapped through the byte-to-unicode table, in one numpy pass over all bytes."""
+    table = np.array([ord(c) for c in byte_to_unicode()], dtype="<u4")
+    text = table[np.frombuffer(b"".join(tokens), dtype=np.uint8)].tobytes().decode("utf-32-le")
+    ends = list(accumulate(map(len, tokens)))
+    return [text[start:end] for start, end in zip([0, *ends], ends)]
+
+
+def tokens_by_rank(ranks: dict[bytes, int]) -> list[bytes]:
+    """The tokens in rank order (Meta's file already lists them so)."""
+    tokens = list(ranks)
+    if list(ranks.values()) == list(range(len(tokens))):
+        return tokens
+    return sorted(tokens, key=ranks.__getitem__)
 
 
 _HASH_BASE = 0x100000001B3  # odd, so invertible modulo 2**64 (FNV-1's 64-bit prime)
@@ -174,24 +204,29 @@ def _powers(value: int, count: int) -> Any:
 def derive_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
     """Every split of every token into two tokens, as (left rank, right rank), in transformers'
     order: by the rank of the token made, then by the rank of the left part (a token's splits
-    all have different left parts).
+    all have different left parts). ``merge_arrays`` does the work."""
+    lefts, rights = merge_arrays(ranks, tokens_by_rank(ranks))
+    return list(zip(lefts.tolist(), rights.tolist()))
 
-    Vectorized with numpy (0.1 s for LLaMA 3's 830,000 candidate splits, against 0.6-1 s for
-    the loop in ``derive_merges_by_loop``): every token and every candidate part gets a 64-bit
-    polynomial hash, and parts are looked up among the tokens' hashes. Equal bytes give equal
-    hashes, so no split is missed; each split found is checked on the bytes, and if two tokens
-    ever shared a hash the loop is used instead, so the result is exact.
+
+def merge_arrays(ranks: dict[bytes, int], by_rank: Sequence[bytes]) -> tuple[Any, Any]:
+    """``derive_merges`` as two numpy arrays of ranks (left parts, right parts); ``by_rank`` is
+    ``tokens_by_rank(ranks)``.
+
+    Vectorized (0.1-0.2 s for LLaMA 3's 830,000 candidate splits, against 0.6-1 s for the loop
+    in ``derive_merges_by_loop``): every token and every candidate part gets a 64-bit polynomial
+    hash, and parts are looked up in a hash table of the tokens. Equal bytes give equal hashes, so
+    no split is missed; each split found is checked on the bytes, and if two tokens ever shared a
+    hash the loop is used instead, so the result is exact.
     """
-    by_rank = sorted(ranks, key=ranks.__getitem__)
     lengths = np.fromiter(map(len, by_rank), dtype=np.int64, count=len(by_rank))
+    joined = np.frombuffer(b"".join(by_rank), dtype=np.uint8)
     # Bytes + 1, so that leading zero bytes change the hash.
-    buf = np.frombuffer(b"".join(by_rank), dtype=np.uint8).astype(np.uint64) + np.uint64(1)
-    base = _HASH_BASE
-    inverse = pow(base, -1, 2**64)
+    buf = joined.astype(np.uint64) + np.uint64(1)
+    inverse = pow(_HASH_BASE, -1, 2**64)
     with np.errstate(over="ignore"):  # arithmetic modulo 2**64 on purpose
-        powers = _powers(base, len(buf) + 1)  # base**i
-        inverse_powers = _powers(inverse, len(buf))
-        prefix = np.concatenate(([np.uint64(0)], np.cumsum(buf * inverse_powers)))
+        powers = _powers(_HASH_BASE, len(buf) + 1)  # base**i
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(buf * _powers(inverse, len(buf)))))
 
         def span_hash(start: Any, stop: Any) -> Any:
             # sum of buf[j] * base**(stop - 1 - j) for j in [start, stop)
@@ -199,37 +234,93 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
 
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         stops = starts + lengths
-        token_hash = span_hash(starts, stops)
         n_cuts = np.maximum(lengths - 1, 0)
         owner = np.repeat(np.arange(len(by_rank), dtype=np.int64), n_cuts)
-        offset = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(n_cuts) - n_cuts,
-                                                                    n_cuts)
-        cut = starts[owner] + 1 + offset
-        left_hash = span_hash(starts[owner], cut)
-        right_hash = span_hash(cut, stops[owner])
-    order = np.argsort(token_hash, kind="stable")
-    sorted_hash = token_hash[order]
-    if len(sorted_hash) > 1 and bool((sorted_hash[1:] == sorted_hash[:-1]).any()):
-        return derive_merges_by_loop(ranks)
-
-    def find(hashes: Any) -> tuple[Any, Any]:
-        idx = np.minimum(np.searchsorted(sorted_hash, hashes), len(sorted_hash) - 1)
-        return order[idx], sorted_hash[idx] == hashes
-
-    left, found = find(left_hash)
-    owner, left, right_hash = owner[found], left[found], right_hash[found]
-    right, found = find(right_hash)
+        cut = np.arange(len(owner), dtype=np.int64) + np.repeat(
+            starts + 1 - (np.cumsum(n_cuts) - n_cuts), n_cuts)
+        table = _HashTable(span_hash(starts, stops))
+        if table.has_duplicates:
+            return _as_arrays(derive_merges_by_loop(ranks))
+        left = table.find(span_hash(starts[owner], cut))
+        found = left >= 0
+        owner, left, cut = owner[found], left[found], cut[found]
+        right = table.find(span_hash(cut, stops[owner]))
+    found = right >= 0
     owner, left, right = owner[found], left[found], right[found]
-    merge_order = np.lexsort((left, owner))
-    lefts, rights, made = (a[merge_order].tolist() for a in (left, right, owner))
-    if len(made) < 2:
-        return derive_merges_by_loop(ranks)
-    # The exact check, in C loops: left + right is the token made, for every merge.
-    joined = list(map(bytes.__add__, itemgetter(*lefts)(by_rank), itemgetter(*rights)(by_rank)))
-    if joined != list(itemgetter(*made)(by_rank)):
-        return derive_merges_by_loop(ranks)
-    pairs = list(zip(lefts, rights))
-    return pairs
+    # By the token made (already in order), then by the left part's rank.
+    order = np.argsort(owner * len(by_rank) + left, kind="stable")
+    owner, left, right = owner[order], left[order], right[order]
+    if not _splits_hold(joined, starts, lengths, owner, left, right):
+        return _as_arrays(derive_merges_by_loop(ranks))
+    return left, right
+
+
+def _splits_hold(joined: Any, starts: Any, lengths: Any, made: Any, left: Any, right: Any) -> bool:
+    """Whether the bytes of ``left`` then ``right`` are those of ``made``, for every merge."""
+    if not np.array_equal(lengths[left] + lengths[right], lengths[made]):
+        return False
+    parts = np.stack((left, right), axis=1).ravel()
+    return bool(np.array_equal(joined[_gather(starts[parts], lengths[parts])],
+                               joined[_gather(starts[made], lengths[made])]))
+
+
+def _gather(starts: Any, lengths: Any) -> Any:
+    """The indexes of the spans [starts[i], starts[i] + lengths[i]), one after the other (int32:
+    half the memory traffic; the bytes of all tokens number far fewer than 2**31)."""
+    offsets = np.cumsum(lengths) - lengths
+    return (np.arange(int(lengths.sum()), dtype=np.int32)
+            + np.repeat((starts - offsets).astype(np.int32), lengths))
+
+
+def _as_arrays(pairs: list[tuple[int, int]]) -> tuple[Any, Any]:
+    array = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return array[:, 0].copy(), array[:, 1].copy()
+
+
+class _HashTable:
+    """Open addressing over 64-bit hashes, probed for many keys at once: each round handles every
+    key still unresolved (2-3 rounds on average at this load), where a binary search would take 17
+    dependent steps per key."""
+
+    def __init__(self, hashes: Any) -> None:
+        size = 1 << max(4, (2 * len(hashes)).bit_length())  # load factor below 1/2
+        self._mask = size - 1
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
+        self._keys = np.zeros(size, dtype=np.uint64)
+        self._values = np.full(size, -1, dtype=np.int64)
+        ordered = np.sort(hashes)
+        self.has_duplicates = bool((ordered[1:] == ordered[:-1]).any())
+        if self.has_duplicates:
+            return
+        pending = np.arange(len(hashes), dtype=np.int64)
+        slots = self._slots(hashes)
+        while len(pending):
+            free = np.flatnonzero(self._values[slots] < 0)
+            _, first = np.unique(slots[free], return_index=True)
+            winners = free[first]
+            self._values[slots[winners]] = pending[winners]
+            self._keys[slots[winners]] = hashes[pending[winners]]
+            rest = np.ones(len(pending), dtype=bool)
+            rest[winners] = False
+            pending, slots = pending[rest], (slots[rest] + 1) & self._mask
+
+    def _slots(self, hashes: Any) -> Any:
+        with np.errstate(over="ignore"):  # Fibonacci hashing: the top bits of hash * 2**64/phi
+            mixed = hashes * np.uint64(0x9E3779B97F4A7C15)
+        return (mixed >> self._shift).astype(np.int64)
+
+    def find(self, hashes: Any) -> Any:
+        """The value stored for each hash, or -1."""
+        result = np.full(len(hashes), -1, dtype=np.int64)
+        pending = np.arange(len(hashes), dtype=np.int64)
+        slots = self._slots(hashes)
+        while len(pending):
+            values = self._values[slots]
+            hit = (values >= 0) & (self._keys[slots] == hashes[pending])
+            result[pending[hit]] = values[hit]
+            rest = (values >= 0) & ~hit
+            pending, slots = pending[rest], (slots[rest] + 1) & self._mask
+        return result
 
 
 def derive_merges_by_loop(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
@@ -253,9 +344,11 @@ def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) 
 
 def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> JsonDict:
     """The tokenizer.json document (tokenizers' serialization format, version 1.0)."""
-    vocab = mapped_vocab(ranks)
-    by_rank = sorted(vocab, key=vocab.__getitem__)
+    tokens = tokens_by_rank(ranks)
+    pieces = mapped_tokens(tokens)
     n_ranks = len(ranks)
+    # In the file's order, as before (Meta's file is in rank order: the same list).
+    vocab = dict(zip(pieces, range(n_ranks))) if tokens == list(ranks) else mapped_vocab(ranks)
     return {
         "version": "1.0",
         "truncation": None,
@@ -292,14 +385,14 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
             "byte_fallback": False,
             "ignore_merges": True,
             "vocab": vocab,
-            "merges": [[by_rank[left], by_rank[right]] for left, right in derive_merges(ranks)],
+            "merges": IndexedMerges(pieces, *merge_arrays(ranks, tokens)),
         },
     }
 
 
 def build_tokenizer_config(
-    specials: Sequence[str], *, family: Family, n_ranks: int, instruct: bool,
-    model_max_length: int
+    specials: Sequence[str], *, n_ranks: int, instruct: bool, model_max_length: int,
+    chat_template: str | None
 ) -> JsonDict:
     """tokenizer_config.json.
 
@@ -318,8 +411,8 @@ def build_tokenizer_config(
             _special_tokens(specials, n_ranks)
         ),
     }
-    if instruct:
-        config["chat_template"] = chat_template(family)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     return config
 
 
