@@ -50,7 +50,10 @@ class VisionSpec:
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 8
-    mlp_ratio: float = 2.0
+    # 4.0 = 1 / pixel_shuffle_ratio**2, as in the real model: transformers sizes the adapter's
+    # fc1 input from the encoder's intermediate_size (mlp_ratio * dim), Meta from
+    # dim / pixel_shuffle_ratio**2; the two agree only then (docs/llama4_facts.md, section 3).
+    mlp_ratio: float = 4.0
     output_dim: int = 64
     pixel_shuffle_ratio: float = 0.5
 
