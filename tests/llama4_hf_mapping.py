@@ -134,7 +134,8 @@ def hf_config(params: dict[str, Any], *, rope_scaling_factor: float = 16.0,
         "attention_chunk_size": params.get("attention_chunk_size"),
         "use_qk_norm": params.get("use_qk_norm", False),
         "attn_temperature_tuning": params.get("attn_temperature_tuning", False),
-        "floor_scale": params.get("floor_scale", 8192),
+        # Meta's ModelArgs has a float (8192.0); transformers 5.x refuses a float here.
+        "floor_scale": int(params.get("floor_scale", 8192)),
         "attn_scale": params.get("attn_scale", 0.1),
         # Above rope_scaling's original_max_position_embeddings (8192), as transformers wants.
         "max_position_embeddings": 16384,

@@ -13,6 +13,7 @@ torch.distributed group); none of that should leak into the converter's tests.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -38,8 +39,11 @@ def meta_python() -> Path | None:
     return path if path.exists() else None
 
 
+@functools.lru_cache(maxsize=1)
 def missing_reason() -> str | None:
-    """Why the reference cannot run here, or None when it can (a pytest skip reason)."""
+    """Why the reference cannot run here, or None when it can (a pytest skip reason).
+
+    Cached: the probe starts the venv's Python once per test session (~2 s)."""
     python = meta_python()
     if python is None:
         return ("no .venv-meta (Meta's llama-models + fairscale): run scripts/make_meta_env.sh "

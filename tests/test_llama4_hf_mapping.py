@@ -74,9 +74,15 @@ def _meta_and_hf(spec: Llama4Spec, tmp_path: Path) -> tuple[MetaRun, torch.nn.Mo
 
 
 # With a tiny vision tower: without one, transformers builds the default 34-layer tower at random.
+# floor_scale 4 (8192 in the real models) makes the NoPE layers' attention temperature tuning
+# act within SEQ_LEN tokens.
+_TEMPERATURE = (("attn_temperature_tuning", True), ("floor_scale", 4.0))
+
+
 @pytest.mark.parametrize("spec", [scout_like(vision=VisionSpec()),
-                                  maverick_like(vision=VisionSpec())],
-                         ids=["scout-like", "maverick-like"])
+                                  maverick_like(vision=VisionSpec()),
+                                  scout_like(vision=VisionSpec(), extra_params=_TEMPERATURE)],
+                         ids=["scout-like", "maverick-like", "scout-like-temperature-tuning"])
 def test_text_logits_match_meta(spec: Llama4Spec, tmp_path: Path) -> None:
     meta, hf = _meta_and_hf(spec, tmp_path)
     with torch.no_grad():

@@ -36,7 +36,7 @@ from llama4_reference import missing_reason, run_meta_reference
 
 BATCH = 2
 # Three attention chunks of 8 tokens: the chunked mask of the rope layers differs from the
-# causal mask of the nope layers (test_chunked_attention_is_exercised).
+# causal mask of the nope layers (test_feature_changes_the_logits).
 SEQ_LEN = 24
 
 needs_meta = pytest.mark.skipif(missing_reason() is not None,
@@ -152,15 +152,20 @@ def test_wrong_split_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @needs_meta
-def test_chunked_attention_is_exercised(tmp_path: Path) -> None:
-    """SEQ_LEN spans several chunks: without attention_chunk_size the logits change, so a
-    converted config that drops the chunk size would be caught by a logits comparison."""
+@pytest.mark.parametrize("changes", [
+    {"attention_chunk_size": None},
+    # floor_scale 4 instead of 8192 so the NoPE layers' temperature tuning acts within SEQ_LEN.
+    {"extra_params": (("attn_temperature_tuning", True), ("floor_scale", 4.0))},
+], ids=["no-chunked-attention", "temperature-tuning"])
+def test_feature_changes_the_logits(changes: dict[str, object], tmp_path: Path) -> None:
+    """At SEQ_LEN, chunked attention and temperature tuning change Meta's logits, so a
+    converted config.json that loses either would be caught by a logits comparison."""
     tokens = _tokens(scout_like().vocab_size)
-    chunked = write_llama4_checkpoint(scout_like(), tmp_path / "chunked")
-    full = write_llama4_checkpoint(scout_like(attention_chunk_size=None), tmp_path / "full")
-    diff = (run_meta_reference(chunked, tokens).logits
-            - run_meta_reference(full, tokens).logits).abs().max()
-    assert diff > 0.05, f"attention_chunk_size changed the logits by only {diff:.3e}"
+    base = write_llama4_checkpoint(scout_like(), tmp_path / "base")
+    changed = write_llama4_checkpoint(scout_like(**changes), tmp_path / "changed")
+    diff = (run_meta_reference(base, tokens).logits
+            - run_meta_reference(changed, tokens).logits).abs().max()
+    assert diff > 0.05, f"{changes} changed the logits by only {diff:.3e}"
 
 
 # --- fact checks of the fixture against published values (no .venv-meta needed) ---
