@@ -365,3 +365,20 @@ def rank_shapes(spec: Llama4Spec) -> dict[str, tuple[int, ...]]:
         full = torch.empty(tensor.shape, device="meta")
         shapes[tensor.meta_name] = tuple(rank_slice(spec, tensor, full, 0).shape)
     return shapes
+
+
+def fixed_image(vision: VisionSpec, *, seed: int = 1) -> torch.Tensor:
+    """One seeded image tile, (1, 3, H, W) float32, for vision comparisons."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, vision.image_size, vision.image_size, generator=gen)
+
+
+def image_positions(vision: VisionSpec, *, batch: int, seq_len: int,
+                    start: int = 2) -> torch.Tensor:
+    """A bool (batch, seq_len) mask of the tokens one tile's patch embeddings replace:
+    (grid * pixel_shuffle_ratio)^2 of them (Meta's PixelShuffle merges 2x2 patches at 0.5)."""
+    grid = vision.image_size // vision.patch_size
+    n_image_tokens = int(grid * grid * vision.pixel_shuffle_ratio ** 2)
+    positions = torch.zeros(batch, seq_len, dtype=torch.bool)
+    positions[:, start:start + n_image_tokens] = True
+    return positions

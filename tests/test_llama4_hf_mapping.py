@@ -23,6 +23,8 @@ import torch
 from llama4_fixture import (
     Llama4Spec,
     VisionSpec,
+    fixed_image,
+    image_positions,
     maverick_like,
     scout_like,
     write_llama4_checkpoint,
@@ -43,16 +45,11 @@ def _tokens(vocab_size: int) -> torch.Tensor:
 
 
 def _image(vision: VisionSpec) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(1, 3, vision.image_size, vision.image_size, generator=gen)
+    return fixed_image(vision)
 
 
 def _image_positions(vision: VisionSpec) -> torch.Tensor:
-    grid = vision.image_size // vision.patch_size
-    n_image_tokens = int(grid * grid * vision.pixel_shuffle_ratio ** 2)
-    positions = torch.zeros(BATCH, SEQ_LEN, dtype=torch.bool)
-    positions[:, 2:2 + n_image_tokens] = True
-    return positions
+    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)
 
 
 def _load_hf(folder: Path) -> torch.nn.Module:

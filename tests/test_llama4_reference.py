@@ -26,6 +26,8 @@ from llama4_fixture import (
     MetaTensor,
     VisionSpec,
     dense_hidden_dim,
+    fixed_image,
+    image_positions,
     maverick_like,
     moe_hidden_dim,
     rank_shapes,
@@ -49,17 +51,11 @@ def _tokens(vocab_size: int) -> torch.Tensor:
 
 
 def _image(vision: VisionSpec) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(1, 3, vision.image_size, vision.image_size, generator=gen)
+    return fixed_image(vision)
 
 
 def _image_positions(vision: VisionSpec) -> torch.Tensor:
-    """Where the image's tokens go: (grid/ps)^2 patch embeddings after pixel shuffle."""
-    grid = vision.image_size // vision.patch_size
-    n_image_tokens = int(grid * grid * vision.pixel_shuffle_ratio ** 2)
-    positions = torch.zeros(BATCH, SEQ_LEN, dtype=torch.bool)
-    positions[:, 2:2 + n_image_tokens] = True
-    return positions
+    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)
 
 
 def _expected_layers(spec: Llama4Spec) -> dict[str, list[int]]:
@@ -210,3 +206,18 @@ def test_real_scout_rank_shapes() -> None:
     adapter_fc = shapes["vision_embeddings.vision_adapter.mlp.c_fc.weight"]
     assert 8 * torch.Size(adapter_fc).numel() == 23068672
     assert 8 * torch.Size(shapes["vision_projection.weight"]).numel() == 20971520
+
+
+def test_real_maverick_rank_shapes() -> None:
+    """Maverick at MP8: dense layers (even) carry fc1 = [w1; w3] per rank with the published
+    intermediate_size_mlp 16384, MoE layers (odd) 128 experts of F 8192 as transformers'
+    converter reshapes them ((num_experts, -1, 8, 1024) and (8, -1, 5120))."""
+    maverick = replace(_SCOUT, n_layers=2, num_experts=128, interleave_moe_layer_step=2,
+                       use_qk_norm=False, use_scaled_rope=False, vision=None)
+    shapes = rank_shapes(maverick)
+    assert shapes["layers.0.feed_forward.mlp.fc1_weight"] == (2 * 16384 // 8, 5120)
+    assert shapes["layers.0.feed_forward.mlp.fc2_weight"] == (5120, 16384 // 8)
+    assert "layers.0.feed_forward.router_DE" not in shapes
+    assert shapes["layers.1.feed_forward.experts.moe_w_in_eD_F"] == (128 * 5120, 1024)
+    assert shapes["layers.1.feed_forward.experts.moe_w_out_eF_D"] == (128 * 1024, 5120)
+    assert shapes["layers.1.feed_forward.router_DE"] == (5120, 128)
