@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Create <repo>/.venv-meta: Meta's own Llama 4 reference code (llama-models 0.3.0 + fairscale
+# 0.4.13) for tests/llama4_reference.py, the oracle that runs Meta's model on Meta's files.
+# tests/test_llama4_reference.py skips when this venv is missing (or STREAMCONV_META_PYTHON
+# points elsewhere).
+#
+# torch is installed FIRST and pinned: llama-models and fairscale require a plain `torch`, which
+# would otherwise resolve to the multi-GB CUDA build, while torch==2.13.0 resolves to the CPU
+# wheel this machine keeps on local disk (pip's find-links). The pin is repeated on every later
+# install so the resolver cannot replace it.
+#
+# Idempotent: a venv that already imports the pinned versions is left alone. Exits 0 with a
+# warning when the venv cannot be built (the tests that need it then skip and say why).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv-meta"
+PY="$VENV/bin/python"
+TORCH_VERSION="2.13.0"
+LLAMA_MODELS_VERSION="0.3.0"
+FAIRSCALE_VERSION="0.4.13"
+
+is_complete() {
+    [ -x "$PY" ] && "$PY" - "$TORCH_VERSION" "$LLAMA_MODELS_VERSION" <<'PYEOF' 2>/dev/null
+import importlib.metadata as md
+import sys
+
+import fairscale  # noqa: F401
+import llama_models.llama4.model  # noqa: F401
+import torch
+
+torch_ok = torch.__version__.split("+")[0] == sys.argv[1]
+sys.exit(0 if torch_ok and md.version("llama-models") == sys.argv[2] else 1)
+PYEOF
+}
+
+warn() {
+    echo "warning: $VENV could not be built ($1); the Llama 4 reference tests will skip" >&2
+    exit 0
+}
+
+if is_complete; then
+    echo "meta venv already complete: $VENV"
+    exit 0
+fi
+
+start=$(date +%s)
+[ -x "$PY" ] || python3 -m venv "$VENV" || warn "python3 -m venv failed"
+"$PY" -m pip install --quiet "torch==$TORCH_VERSION" || warn "torch==$TORCH_VERSION"
+"$PY" -m pip install --quiet "torch==$TORCH_VERSION" "fairscale==$FAIRSCALE_VERSION" \
+    "llama-models==$LLAMA_MODELS_VERSION" || warn "llama-models / fairscale install failed"
+
+is_complete || warn "built, but it does not import torch $TORCH_VERSION, fairscale and \
+llama_models $LLAMA_MODELS_VERSION; delete it and run $0 again"
+echo "meta venv ready: $VENV ($(( $(date +%s) - start )) s)"

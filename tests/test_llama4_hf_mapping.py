@@ -1,0 +1,113 @@
+"""The mapping facts of docs/llama4_facts.md (section 3), checked by two implementations nobody
+here wrote: transformers' Llama4ForConditionalGeneration, loaded from the folder that
+tests/llama4_hf_mapping.py writes from a tiny MP1 Meta checkpoint, must give the text logits,
+the vision tower's output and the logits with an image that Meta's own code gives on the Meta
+checkpoint (tests/llama4_reference_runner.py, in .venv-meta).
+
+This is the oracle the streaming conversion of issue 12 will be held to; here it validates the
+facts (wqkv split without rope permute, experts fused as [gate | up] on the last dim, router
+transposed, norms renamed, chunked / NoPE layers and qk norm in config.json, Scout's rope scaling
+16 / 1, the vision names) before anything in streamconv relies on them.
+
+transformers 5.24.0's Llama4ForConditionalGeneration.forward fails on any input
+(`'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs'`), so the logits come from
+its `language_model` with the image features scattered in by hand, as that forward would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from llama4_fixture import (
+    Llama4Spec,
+    VisionSpec,
+    fixed_image,
+    image_positions,
+    maverick_like,
+    scout_like,
+    write_llama4_checkpoint,
+)
+from llama4_hf_mapping import write_hf_folder
+from llama4_reference import MetaRun, missing_reason, run_meta_reference
+
+ATOL = 1e-4  # fp32 both sides; measured ~3e-6 on logits of magnitude ~0.8
+BATCH = 2
+SEQ_LEN = 24
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+
+
+def _tokens(vocab_size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (BATCH, SEQ_LEN), generator=gen)
+
+
+def _image(vision: VisionSpec) -> torch.Tensor:
+    return fixed_image(vision)
+
+
+def _image_positions(vision: VisionSpec) -> torch.Tensor:
+    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)
+
+
+def _load_hf(folder: Path) -> torch.nn.Module:
+    from transformers import Llama4ForConditionalGeneration
+
+    model = Llama4ForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def _meta_and_hf(spec: Llama4Spec, tmp_path: Path) -> tuple[MetaRun, torch.nn.Module]:
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    kwargs = {}
+    if spec.vision is not None:
+        kwargs = {"image": _image(spec.vision), "image_positions": _image_positions(spec.vision)}
+    meta = run_meta_reference(meta_dir, _tokens(spec.vocab_size), **kwargs)
+    return meta, _load_hf(write_hf_folder(meta_dir, tmp_path / "hf"))
+
+
+# With a tiny vision tower: without one, transformers builds the default 34-layer tower at random.
+# floor_scale 4 (8192 in the real models) makes the NoPE layers' attention temperature tuning
+# act within SEQ_LEN tokens.
+_TEMPERATURE = (("attn_temperature_tuning", True), ("floor_scale", 4.0))
+
+
+@pytest.mark.parametrize("spec", [scout_like(vision=VisionSpec()),
+                                  maverick_like(vision=VisionSpec()),
+                                  scout_like(vision=VisionSpec(), extra_params=_TEMPERATURE)],
+                         ids=["scout-like", "maverick-like", "scout-like-temperature-tuning"])
+def test_text_logits_match_meta(spec: Llama4Spec, tmp_path: Path) -> None:
+    meta, hf = _meta_and_hf(spec, tmp_path)
+    with torch.no_grad():
+        logits = hf.language_model(input_ids=_tokens(spec.vocab_size)).logits
+    diff = (logits - meta.logits).abs().max().item()
+    print(f"max abs logit diff {diff:.3e}")
+    assert diff <= ATOL
+
+
+def test_vision_and_image_logits_match_meta(tmp_path: Path) -> None:
+    spec = scout_like(vision=VisionSpec())
+    assert spec.vision is not None
+    meta, hf = _meta_and_hf(spec, tmp_path)
+    assert meta.vision is not None and meta.image_logits is not None
+    tokens = _tokens(spec.vocab_size)
+    positions = _image_positions(spec.vision)
+    with torch.no_grad():
+        features = hf.get_image_features(pixel_values=_image(spec.vision)).last_hidden_state
+        projected = hf.multi_modal_projector(features.reshape(-1, features.shape[-1]))
+        embeds = hf.language_model.get_input_embeddings()(tokens)
+        per_sample = projected.repeat(BATCH, 1)  # one image per sample, as the runner gives
+        embeds = embeds.masked_scatter(positions.unsqueeze(-1), per_sample)
+        image_logits = hf.language_model(inputs_embeds=embeds).logits
+    reference = meta.vision["fp32"]
+    torch.testing.assert_close(features.reshape(reference["adapter"].shape), reference["adapter"],
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(projected.reshape(reference["projection"].shape),
+                               reference["projection"], rtol=0, atol=1e-5)
+    diff = (image_logits - meta.image_logits).abs().max().item()
+    print(f"max abs image-logit diff {diff:.3e}")
+    assert diff <= ATOL
