@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test lint peer-env slow
+.PHONY: setup demo test lint peer-env meta-env slow
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +16,12 @@ lint: setup
 peer-env:
 	bash scripts/make_peer_env.sh || echo "warning: .venv-peer could not be built; its tests will skip"
 
-test: setup peer-env lint
+# Meta's own Llama 4 reference code (llama-models + fairscale) for the Llama 4 oracle tests; if it
+# cannot be built, those tests skip and say why.
+meta-env:
+	bash scripts/make_meta_env.sh
+
+test: setup peer-env meta-env lint
 	.venv/bin/python -m pytest -q
 
 slow: setup

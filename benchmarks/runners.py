@@ -64,15 +64,19 @@ def snapshot_streamconv(cache_dir: Path) -> tuple[Path, dict[str, Any]]:
     """
     src = REPO / "streamconv"
     digest = hashlib.sha256()
-    files = sorted(p for p in src.iterdir() if p.suffix in (".py", ".typed"))
+    # The whole package, stage folders included (it was flat until the restructure).
+    files = sorted(p for p in src.rglob("*") if p.suffix in (".py", ".typed")
+                   and "__pycache__" not in p.parts)
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        rel = path.relative_to(src).as_posix()
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     sha = digest.hexdigest()[:12]
     root = cache_dir / "snapshot" / sha
     if not (root / "streamconv" / "__init__.py").exists():
-        (root / "streamconv").mkdir(parents=True, exist_ok=True)
         for path in files:
-            shutil.copy2(path, root / "streamconv" / path.name)
+            dst = root / "streamconv" / path.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
     head = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--", "streamconv")
     return root, {"streamconv_sha": sha, "git_head": head,
