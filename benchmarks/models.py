@@ -1,4 +1,4 @@
-"""The benchmark's models: real LLaMA shapes from streamconv.synthetic.PRESETS, and layer slices.
+"""The benchmark's models: real LLaMA shapes from fixtures.synthetic.PRESETS, and layer slices.
 
 A slice keeps a big model's dim, heads, kv heads, FFN width, vocabulary and shard count and
 only cuts the number of layers, so every tensor (and every output row) has its real size: peak

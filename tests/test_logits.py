@@ -46,8 +46,8 @@ class Case:
     rope_scaling_factor: float = 8.0
 
 
-# Logits tests need no tokenizer; synthetic tokenizers come from streamconv/tokenizer.py, tested
-# on its own.
+# Logits tests need no tokenizer; synthetic tokenizers come from
+# fixtures/synthetic_tokenizer.py, tested on their own.
 def _spec(family: Family, **changes: object) -> SyntheticSpec:
     return tiny(family, with_tokenizer=False, **changes)
 

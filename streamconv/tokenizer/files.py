@@ -1,10 +1,11 @@
 """tokenizer.model -> the Hugging Face tokenizer files of a converted model.
 
 LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x ships a tiktoken ranks file
-under the same name. This module tells them apart and dispatches; tokenizer_spm.py and
-tokenizer_tiktoken.py build the files, synthetic_tokenizer.py makes tokenizer.model files for
-tests and demos (re-exported here). Nothing here imports tokenizers, transformers or tiktoken:
-the output is plain JSON in the formats those libraries read.
+under the same name. This module tells them apart and dispatches; from_sentencepiece.py and
+from_tiktoken.py build the files, chat_templates.py holds the published chat templates (the
+fixtures' fixtures/synthetic_tokenizer.py makes tokenizer.model files for tests and demos).
+Nothing here imports tokenizers, transformers or tiktoken: the output is plain JSON in the
+formats those libraries read.
 """
 
 from __future__ import annotations
