@@ -1,8 +1,9 @@
 """Chat templates of the instruct models, rendered by transformers on a converted folder.
 
 Each family's template is the one Meta publishes (sources in
-streamconv/tokenizer/chat_templates.py and docs/tokenizers.md). Here `AutoTokenizer.apply_chat_template` renders a two-turn conversation with
-a system message, and the text must be the prompt Meta's own code builds for it:
+streamconv/tokenizer/chat_templates.py and docs/tokenizers.md). Here
+`AutoTokenizer.apply_chat_template` renders a two-turn conversation with a system message, and
+the text must be the prompt Meta's own code builds for it:
 
 * LLaMA 2 chat and Code Llama Instruct: `chat_completion` in Meta's llama and codellama
   repositories (llama/generation.py): the system message wrapped in
