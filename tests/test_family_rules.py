@@ -38,6 +38,10 @@ def test_rules_pick_the_family(facts: Facts, family: Family) -> None:
     assert decide_family(facts).family is family
 
 
+def test_llama2_shapes_leave_no_alternative() -> None:
+    assert decide_family(SPM).alternatives == ()
+
+
 def test_weak_rule_against_strong_evidence_is_reported_not_obeyed() -> None:
     verdict = decide_family(replace(SPM, norm_eps=1e-6))
     assert verdict.family is Family.LLAMA2

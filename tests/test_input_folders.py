@@ -106,3 +106,12 @@ def test_conflicting_evidence_is_printed_not_hidden(make_checkpoint: MakeCkpt) -
     text = out.getvalue()
     assert "LLaMA 2" in text and "rotary frequencies stored once" in text
     assert "family evidence in conflict: norm_eps 1e-6" in text
+
+
+def test_meta_download_folder_names_the_model_folders(make_checkpoint: MakeCkpt,
+                                                      tmp_path: Path) -> None:
+    download = tmp_path / "llama"  # Meta's download.sh: one folder per model, tokenizer on top
+    _copy(make_checkpoint(ONE_RANK), download / "llama-2-7b")
+    _copy(make_checkpoint(ONE_RANK), download / "llama-2-7b-chat")
+    code, err = _run(download, tmp_path / "out", *ARGS)
+    assert code == 1 and "llama-2-7b, llama-2-7b-chat hold checkpoints: pass one of them" in err

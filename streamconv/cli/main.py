@@ -149,7 +149,7 @@ class RichProgress:
         for warning in prepared.warnings:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
-            f"{spec.family.label} {spec.size_label}, {spec.n_ranks} shard(s), "
+            f"{spec.family.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
             f"{plan.src_label} -> {_dtype_name(plan.dst_dtype)}; "
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")

@@ -32,7 +32,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("family", spec.family.label, src("family")),
         ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),
-        ("shards", str(spec.n_ranks), "consolidated.NN.pth files found"),
+        ("rank files", str(spec.n_ranks), "consolidated.NN.pth files found"),
         ("dtype", plan.src_label, "tensor dtypes" + (", fp8_scales_N.pt files"
                                                      if prepared.checkpoint.scales else "")),
         ("dim", str(spec.dim), "params.json"),

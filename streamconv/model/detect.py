@@ -226,7 +226,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
         raise ParamsError(f"params.json: dim={params.dim}, n_heads={params.n_heads}, n_kv_heads="
                           f"{n_kv} do not divide evenly; params.json is damaged")
     ffn_dim = ckpt.tensors[0][table.name("gate", 0)].shape[0] * ckpt.n_ranks
-    sources["ffn_dim"] = f"{table.name('gate', 0)} rows x {ckpt.n_ranks} shard(s)"
+    sources["ffn_dim"] = f"{table.name('gate', 0)} rows x {ckpt.n_ranks} rank file(s)"
     theta = params.rope_theta if params.rope_theta is not None else 10000.0
     sources["rope_theta"] = "params.json" if params.rope_theta is not None else "default 10000"
     tied = family is Family.LLAMA3_2 or table.name("output") not in ckpt.tensors[0]

@@ -85,6 +85,11 @@ def _rules(facts: Facts) -> Iterable[Evidence]:
                        frozenset({Family.CODE_LLAMA}))
     elif facts.vocab_size == 32000:
         yield Evidence("vocabulary of 32000", SENTENCEPIECE_FAMILIES)
+        if facts.rope_theta in (None, 10000.0):
+            # Every Code Llama differs in one of the two: 32000 pieces come with rope_theta 1e6
+            # (Python, 34B), rope_theta 10000 with 32016 pieces (70B Python / Instruct).
+            yield Evidence("rope_theta 10000 with 32000 pieces (no Code Llama has both)",
+                           frozenset({Family.LLAMA1, Family.LLAMA2}))
     if facts.embedding_split_by_vocab is True:
         yield Evidence("embedding split across shards by vocabulary rows", LLAMA3_FAMILIES)
     elif facts.embedding_split_by_vocab is False:

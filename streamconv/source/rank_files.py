@@ -81,6 +81,12 @@ def _single_file(input_dir: Path) -> Path:
     if (input_dir / "config.json").exists() or any(input_dir.glob("*.safetensors")):
         hint = " (it looks like a Hugging Face folder, which is already converted)"
     others = sorted(p.name for p in input_dir.iterdir() if p.suffix in (".pth", ".pt", ".bin"))
+    models = sorted(p.name for p in input_dir.iterdir() if _has_rank_files(p))
+    if models and not hint:  # Meta's download folder holds one folder per model
+        names = ", ".join(models[:4]) + (", ..." if len(models) > 4 else "")
+        hint = (f" (its subfolder {names} holds a checkpoint: pass that folder)"
+                if len(models) == 1 else
+                f" (its subfolders {names} hold checkpoints: pass one of them)")
     if others and not hint:
         hint = (f" ({others[0]} is not a name Meta's tools write: if it is a Meta-format "
                 "checkpoint, rename it to consolidated.00.pth)")
