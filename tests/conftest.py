@@ -28,6 +28,15 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Synth
     return make
 
 
+def in_process_budget(extra_bytes: int = 1 << 30) -> str:
+    """A --max-ram for conversions run inside the pytest process: its RSS grows with every test
+    that ran before (libraries imported, allocator slack), so a fixed budget such as 1G can fall
+    below the baseline late in a run. Budgets that tests measure are given to child processes."""
+    from streamconv.system.memory import current_rss_bytes
+
+    return str(current_rss_bytes() + extra_bytes)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item,
                               call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:

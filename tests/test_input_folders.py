@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import in_process_budget
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -21,12 +22,14 @@ from streamconv.model.family import Family
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 ONE_RANK = tiny(Family.LLAMA2, with_tokenizer=False)
-ARGS = ("--quiet", "--max-ram", "1G", "--no-tokenizer")
+ARGS = ("--quiet", "--no-tokenizer")
 
 
 def _run(*argv: str | Path) -> tuple[int, str]:
+    """The CLI in this process, with a budget above what the process already holds."""
     err = io.StringIO()
-    code = main([str(a) for a in argv], console=Console(file=io.StringIO()),
+    code = main([str(a) for a in argv] + ["--max-ram", in_process_budget()],
+                console=Console(file=io.StringIO()),
                 err_console=Console(file=err, width=400))
     return code, err.getvalue()
 

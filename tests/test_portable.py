@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_process_budget
 from test_convert import ALIGNED, expected_tensors, has_direct, load_output
 
 from fixtures.synthetic import SyntheticSpec, tiny
@@ -78,7 +79,7 @@ def test_portable_path_is_byte_identical(spec: SyntheticSpec, make_checkpoint: M
             counts = count_calls(patch)
             out = tmp_path / mode
             assert prefetch.start_prefetch(src) is None or mode == "fast"
-            assert main([str(src), str(out), "--quiet", "--max-ram", "1G"]) == 0
+            assert main([str(src), str(out), "--quiet", "--max-ram", in_process_budget()]) == 0
             outputs[mode] = digests(out)
             if mode == "fast":
                 assert counts["preadv"] and counts["pwrite"] and counts["posix_fallocate"]

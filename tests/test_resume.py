@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import in_process_budget
 
 from fixtures.synthetic import SyntheticSpec
 from streamconv.cli.main import main
@@ -27,7 +28,12 @@ from streamconv.model.family import Family
 # ~1.6 GB (the same checkpoint as test_memory's): the journal commits every 256 MB, so killing
 # after the first or second commit leaves most of the run still to do.
 SPEC = SyntheticSpec(Family.LLAMA2, 2048, 13, 16, None, 32000, with_tokenizer=False)
-ARGS = ["--no-tokenizer", "--quiet", "--max-ram", "1G"]
+ARGS = ["--no-tokenizer", "--quiet", "--max-ram", "1G"]  # child processes
+
+
+def in_process(*extra: str) -> list[str]:
+    """ARGS for conversions inside the test process, whose own RSS is not a child's."""
+    return ["--no-tokenizer", "--quiet", "--max-ram", in_process_budget(), *extra]
 writer_module = importlib.import_module("streamconv.runtime.file_writer")
 
 
@@ -39,7 +45,7 @@ def source(make_checkpoint: Callable[[SyntheticSpec], Path]) -> Path:
 @pytest.fixture(scope="module")
 def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert main([str(source), str(out), *ARGS]) == 0
+    assert main([str(source), str(out), *in_process()]) == 0
     return digests(out)
 
 
@@ -81,7 +87,7 @@ def test_sigkill_then_resume_is_byte_identical(commits: int, source: Path,
     proc.communicate()
     assert_not_published(out)
     report = tmp_path / "report.json"
-    assert main([str(source), str(out), *ARGS, "--resume", "--report", str(report)]) == 0
+    assert main([str(source), str(out), *in_process("--resume", "--report", str(report))]) == 0
     assert json.loads(report.read_text())["resumed_bytes"] > 0
     assert digests(out) == reference
 
@@ -95,7 +101,7 @@ def test_sigint_then_resume_is_byte_identical(source: Path, reference: dict[str,
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "--resume" in stderr and "Traceback" not in stderr
     assert_not_published(out)
-    assert main([str(source), str(out), *ARGS, "--resume"]) == 0
+    assert main([str(source), str(out), *in_process("--resume")]) == 0
     assert digests(out) == reference
 
 
@@ -116,12 +122,13 @@ def test_disk_full_then_resume_is_byte_identical(source: Path, reference: dict[s
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(writer_module.os, "pwrite", filling_disk)
-    assert main([str(source), str(out), *ARGS]) == 1
+    assert main([str(source), str(out), *in_process()]) == 1
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert "disk full" in err and "--resume" in err
     assert_not_published(out)
-    assert main([str(source), str(out), *ARGS, "--resume", "--max-ram", "2G"]) == 0
+    assert main([str(source), str(out), *in_process("--resume", "--max-ram",
+                                                      in_process_budget(2 << 30))]) == 0
     assert digests(out) == reference
 
 
@@ -130,9 +137,9 @@ def test_resume_refuses_a_journal_from_another_input(source: Path, tmp_path: Pat
     out = tmp_path / "out"
     (out / ".streamconv-partial").mkdir(parents=True)
     (out / ".streamconv-partial" / "journal.jsonl").write_text('{"fingerprint": "other"}\n')
-    assert main([str(source), str(out), *ARGS, "--resume"]) == 1
+    assert main([str(source), str(out), *in_process("--resume")]) == 1
     assert "different input" in capsys.readouterr().err
-    assert main([str(source), str(out), *ARGS]) == 1
+    assert main([str(source), str(out), *in_process()]) == 1
     assert "--resume" in capsys.readouterr().err
 
 
@@ -148,5 +155,5 @@ def test_resume_redoes_a_recorded_range_whose_bytes_changed(source: Path,
     with open(staged, "r+b") as f:  # zero the first MiB of data: a sampled block is in it
         f.seek(64 * 1024)
         f.write(bytes(1 << 20))
-    assert main([str(source), str(out), *ARGS, "--resume"]) == 0
+    assert main([str(source), str(out), *in_process("--resume")]) == 0
     assert digests(out) == reference
