@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -26,6 +27,12 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Synth
         return cache[spec]
 
     return make
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file directly in folder: two conversions are the same when these are."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def in_process_budget(extra_bytes: int = 1 << 30) -> str:

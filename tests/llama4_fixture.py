@@ -382,3 +382,18 @@ def image_positions(vision: VisionSpec, *, batch: int, seq_len: int,
     positions = torch.zeros(batch, seq_len, dtype=torch.bool)
     positions[:, start:start + n_image_tokens] = True
     return positions
+
+
+# The inputs both oracle tests feed the models: a batch of 2, three attention chunks of 8 tokens
+# (the chunked mask of the rope layers then differs from the causal mask of the nope layers).
+BATCH = 2
+SEQ_LEN = 24
+
+
+def fixed_tokens(vocab_size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (BATCH, SEQ_LEN), generator=gen)
+
+
+def batch_image_positions(vision: VisionSpec) -> torch.Tensor:
+    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)

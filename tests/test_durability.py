@@ -10,7 +10,6 @@ the index) unless every file in it is complete.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import digests
 
 from fixtures.synthetic import SyntheticSpec, tiny
 from streamconv.cli.main import main
@@ -34,10 +34,6 @@ journal_module = importlib.import_module("streamconv.runtime.journal")
 SPEC = tiny(Family.LLAMA2, n_ranks=2)  # with tokenizer: tokenizer files are published too
 ARGS = ["--quiet", "--max-shard-size", "100k"]
 
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from llama4_fixture import (
+    BATCH,
     Llama4Spec,
     VisionSpec,
+    batch_image_positions,
     fixed_image,
-    image_positions,
+    fixed_tokens,
     maverick_like,
     scout_like,
     write_llama4_checkpoint,
@@ -33,23 +35,10 @@ from llama4_hf_mapping import write_hf_folder
 from llama4_reference import MetaRun, missing_reason, run_meta_reference
 
 ATOL = 1e-4  # fp32 both sides; measured ~3e-6 on logits of magnitude ~0.8
-BATCH = 2
-SEQ_LEN = 24
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 
 
-def _tokens(vocab_size: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab_size, (BATCH, SEQ_LEN), generator=gen)
-
-
-def _image(vision: VisionSpec) -> torch.Tensor:
-    return fixed_image(vision)
-
-
-def _image_positions(vision: VisionSpec) -> torch.Tensor:
-    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)
 
 
 def _load_hf(folder: Path) -> torch.nn.Module:
@@ -65,8 +54,9 @@ def _meta_and_hf(spec: Llama4Spec, tmp_path: Path) -> tuple[MetaRun, torch.nn.Mo
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     kwargs = {}
     if spec.vision is not None:
-        kwargs = {"image": _image(spec.vision), "image_positions": _image_positions(spec.vision)}
-    meta = run_meta_reference(meta_dir, _tokens(spec.vocab_size), **kwargs)
+        kwargs = {"image": fixed_image(spec.vision),
+                  "image_positions": batch_image_positions(spec.vision)}
+    meta = run_meta_reference(meta_dir, fixed_tokens(spec.vocab_size), **kwargs)
     return meta, _load_hf(write_hf_folder(meta_dir, tmp_path / "hf"))
 
 
@@ -83,7 +73,7 @@ _TEMPERATURE = (("attn_temperature_tuning", True), ("floor_scale", 4.0))
 def test_text_logits_match_meta(spec: Llama4Spec, tmp_path: Path) -> None:
     meta, hf = _meta_and_hf(spec, tmp_path)
     with torch.no_grad():
-        logits = hf.language_model(input_ids=_tokens(spec.vocab_size)).logits
+        logits = hf.language_model(input_ids=fixed_tokens(spec.vocab_size)).logits
     diff = (logits - meta.logits).abs().max().item()
     print(f"max abs logit diff {diff:.3e}")
     assert diff <= ATOL
@@ -94,10 +84,10 @@ def test_vision_and_image_logits_match_meta(tmp_path: Path) -> None:
     assert spec.vision is not None
     meta, hf = _meta_and_hf(spec, tmp_path)
     assert meta.vision is not None and meta.image_logits is not None
-    tokens = _tokens(spec.vocab_size)
-    positions = _image_positions(spec.vision)
+    tokens = fixed_tokens(spec.vocab_size)
+    positions = batch_image_positions(spec.vision)
     with torch.no_grad():
-        features = hf.get_image_features(pixel_values=_image(spec.vision)).last_hidden_state
+        features = hf.get_image_features(pixel_values=fixed_image(spec.vision)).last_hidden_state
         projected = hf.multi_modal_projector(features.reshape(-1, features.shape[-1]))
         embeds = hf.language_model.get_input_embeddings()(tokens)
         per_sample = projected.repeat(BATCH, 1)  # one image per sample, as the runner gives

@@ -22,12 +22,15 @@ import llama4_fixture
 import pytest
 import torch
 from llama4_fixture import (
+    BATCH,
+    SEQ_LEN,
     Llama4Spec,
     MetaTensor,
     VisionSpec,
+    batch_image_positions,
     dense_hidden_dim,
     fixed_image,
-    image_positions,
+    fixed_tokens,
     maverick_like,
     moe_hidden_dim,
     rank_shapes,
@@ -36,26 +39,10 @@ from llama4_fixture import (
 )
 from llama4_reference import missing_reason, run_meta_reference
 
-BATCH = 2
-# Three attention chunks of 8 tokens: the chunked mask of the rope layers differs from the
-# causal mask of the nope layers (test_feature_changes_the_logits).
-SEQ_LEN = 24
-
 needs_meta = pytest.mark.skipif(missing_reason() is not None,
                                 reason=missing_reason() or "")
 
 
-def _tokens(vocab_size: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab_size, (BATCH, SEQ_LEN), generator=gen)
-
-
-def _image(vision: VisionSpec) -> torch.Tensor:
-    return fixed_image(vision)
-
-
-def _image_positions(vision: VisionSpec) -> torch.Tensor:
-    return image_positions(vision, batch=BATCH, seq_len=SEQ_LEN)
 
 
 def _expected_layers(spec: Llama4Spec) -> dict[str, list[int]]:
@@ -77,10 +64,11 @@ def test_mp1_and_mp8_give_the_same_logits(case_id: str, tmp_path: Path) -> None:
     spec = CASES[case_id]
     mp1 = write_llama4_checkpoint(spec, tmp_path / "mp1")
     mp8 = write_llama4_checkpoint(replace(spec, n_shards=8), tmp_path / "mp8")
-    tokens = _tokens(spec.vocab_size)
+    tokens = fixed_tokens(spec.vocab_size)
     kwargs = {}
     if spec.vision is not None:
-        kwargs = {"image": _image(spec.vision), "image_positions": _image_positions(spec.vision)}
+        kwargs = {"image": fixed_image(spec.vision),
+                  "image_positions": batch_image_positions(spec.vision)}
     one = run_meta_reference(mp1, tokens, **kwargs)
     eight = run_meta_reference(mp8, tokens, **kwargs)
 
@@ -107,7 +95,7 @@ def test_mp1_and_mp8_give_the_same_logits(case_id: str, tmp_path: Path) -> None:
 @needs_meta
 def test_reference_is_deterministic(tmp_path: Path) -> None:
     ckpt = write_llama4_checkpoint(scout_like(n_shards=8), tmp_path / "mp8")
-    tokens = _tokens(scout_like().vocab_size)
+    tokens = fixed_tokens(scout_like().vocab_size)
     first = run_meta_reference(ckpt, tokens)
     second = run_meta_reference(ckpt, tokens)
     assert torch.equal(first.logits, second.logits)
@@ -120,7 +108,7 @@ def test_nested_params_and_extra_state_load_like_the_plain_form(tmp_path: Path) 
     plain = write_llama4_checkpoint(scout_like(), tmp_path / "plain")
     odd = write_llama4_checkpoint(
         scout_like(n_shards=8, nest_under_model=True, extra_state=True), tmp_path / "odd")
-    tokens = _tokens(scout_like().vocab_size)
+    tokens = fixed_tokens(scout_like().vocab_size)
     torch.testing.assert_close(run_meta_reference(odd, tokens).logits,
                                run_meta_reference(plain, tokens).logits, rtol=0, atol=1e-6)
 
@@ -141,7 +129,7 @@ def test_wrong_split_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(llama4_fixture, "rank_slice", plain_wqkv)
     wrong = write_llama4_checkpoint(replace(spec, n_shards=8), tmp_path / "mp8")
-    tokens = _tokens(spec.vocab_size)
+    tokens = fixed_tokens(spec.vocab_size)
     diff = (run_meta_reference(wrong, tokens).logits
             - run_meta_reference(right, tokens).logits).abs().max()
     assert diff > 0.05, f"a wrong wqkv split changed the logits by only {diff:.3e}"
@@ -156,7 +144,7 @@ def test_wrong_split_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_feature_changes_the_logits(changes: dict[str, object], tmp_path: Path) -> None:
     """At SEQ_LEN, chunked attention and temperature tuning change Meta's logits, so a
     converted config.json that loses either would be caught by a logits comparison."""
-    tokens = _tokens(scout_like().vocab_size)
+    tokens = fixed_tokens(scout_like().vocab_size)
     base = write_llama4_checkpoint(scout_like(), tmp_path / "base")
     changed = write_llama4_checkpoint(scout_like(**changes), tmp_path / "changed")
     diff = (run_meta_reference(base, tokens).logits

@@ -7,7 +7,6 @@ that fills up (os.pwrite failing with ENOSPC inside the writer).
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib
 import json
 import os
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import in_process_budget
+from conftest import digests, in_process_budget
 
 from fixtures.synthetic import SyntheticSpec
 from streamconv.cli.main import main
@@ -48,10 +47,6 @@ def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     assert main([str(source), str(out), *in_process()]) == 0
     return digests(out)
 
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def journal_commits(out: Path) -> int:
