@@ -16,17 +16,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], Path]:
-    """spec -> folder with that checkpoint, written once per session."""
+def cached_writer(tmp_path_factory: pytest.TempPathFactory,
+                  write: Callable[[SyntheticSpec, Path], Path]) -> Callable[[SyntheticSpec], Path]:
+    """spec -> folder that `write` filled for that spec, written once per cache."""
     cache: dict[SyntheticSpec, Path] = {}
 
     def make(spec: SyntheticSpec) -> Path:
         if spec not in cache:
-            cache[spec] = write_checkpoint(spec, tmp_path_factory.mktemp("ckpt"))
+            cache[spec] = write(spec, tmp_path_factory.mktemp("ckpt"))
         return cache[spec]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], Path]:
+    """spec -> folder with that checkpoint, written once per session."""
+    return cached_writer(tmp_path_factory, write_checkpoint)
 
 
 def digests(folder: Path) -> dict[str, str]:

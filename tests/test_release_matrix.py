@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, cached_writer
 from fp8_fixture import write_fp8_checkpoint
 
 from fixtures.synthetic import SyntheticSpec
@@ -104,14 +104,7 @@ def _same(got: Any, want: Any) -> bool:
 @pytest.fixture(scope="module")
 def make_fp8_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Checkpoints laid out like Meta's FP8 405B (tests/fp8_fixture.py), once per spec."""
-    cache: dict[SyntheticSpec, Path] = {}
-
-    def make(spec: SyntheticSpec) -> Path:
-        if spec not in cache:
-            cache[spec] = write_fp8_checkpoint(spec, tmp_path_factory.mktemp("fp8"))
-        return cache[spec]
-
-    return make
+    return cached_writer(tmp_path_factory, write_fp8_checkpoint)
 
 
 @pytest.mark.parametrize(("row", "rope"), _cases("converts") + _cases("converts (fp8)"))

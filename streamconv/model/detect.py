@@ -53,6 +53,8 @@ class ModelSpec:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     # Evidence that pointed elsewhere than the family chosen: printed as warnings.
     doubts: tuple[str, ...] = field(default=(), compare=False)
+    # Meta names stored as fp8 with row scales (the FP8 405B release; fp8_scales.py).
+    quantized: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def kv_heads(self) -> int:
@@ -81,10 +83,10 @@ def tensor_table_for(params: MetaParams) -> TensorTable:
     return LLAMA_TENSORS
 
 
-def _source_dtype(ckpt: Checkpoint, table: TensorTable) -> torch.dtype:
-    """The float dtype of every tensor except Meta's FP8 feed-forward weights (fp8.py), which
-    are checked against their scale files instead; an FP8 release's dtype is its bf16."""
-    quantized = quantized_names(ckpt)
+def _source_dtype(ckpt: Checkpoint, table: TensorTable,
+                  quantized: frozenset[str]) -> torch.dtype:
+    """The float dtype of every tensor except Meta's FP8 feed-forward weights (`quantized`,
+    checked against their scale files instead); an FP8 release's dtype is its bf16."""
     dtypes: dict[torch.dtype, str] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
@@ -196,7 +198,8 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     check_names(ckpt, params, table)
     check_rank_count(ckpt, params, table)
     sources: dict[str, str] = {}
-    dtype = _source_dtype(ckpt, table)
+    quantized = quantized_names(ckpt)
+    dtype = _source_dtype(ckpt, table, quantized)
     vocab, split_dim, vocab_rule = _embedding(ckpt, params, table)
     if params.vocab_size is not None and params.vocab_size != vocab:
         raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
@@ -241,6 +244,6 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
         max_position_embeddings=context_length(family, rope_theta=theta),
         tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
         eos_token_id=bos + 1, instruct=instruct[0], tensors=table, sources=sources,
-        doubts=doubts)
+        doubts=doubts, quantized=quantized)
     check_shapes(spec, ckpt)
     return spec

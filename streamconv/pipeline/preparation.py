@@ -18,7 +18,6 @@ from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import TensorLayout, hf_layouts, replica_ranks
 from streamconv.runtime.executor import as_buffer
-from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import read_params
 from streamconv.source.rank_files import resolve_input_dir
 from streamconv.source.rank_reader import RankReader
@@ -132,7 +131,7 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
                         instruct=_instruct(given_dir, options))
     if tokenizer_path is not None:
         _check_tokenizer_vocab(tokenizer_path, spec)
-    layouts = hf_layouts(spec, quantized=quantized_names(checkpoint))
+    layouts = hf_layouts(spec)
     dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
     budget = options.max_ram_bytes or default_max_ram_bytes()
     plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,

@@ -118,7 +118,7 @@ class Plan:
 
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype: bool) -> bool:

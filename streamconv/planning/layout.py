@@ -65,9 +65,13 @@ class CopyBlock:
     n_cols: int
 
 
-def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] = frozenset()) -> list[TensorLayout]:
-    """All output tensors in the order HF's save_pretrained writes them; `quantized` names the
-    Meta tensors stored as fp8 (fp8_scales.quantized_names), every other one is in spec.dtype."""
+def hf_layouts(spec: ModelSpec, *,
+               quantized: frozenset[str] | None = None) -> list[TensorLayout]:
+    """All output tensors in the order HF's save_pretrained writes them. The Meta tensors stored
+    as fp8 are spec.quantized (or `quantized`, for planner tests); every other one is in
+    spec.dtype."""
+    if quantized is None:
+        quantized = spec.quantized
     layouts = []
     for entry, layer_idx in spec.tensors.entries_in_order(spec.n_layers):
         if entry.unless_tied and spec.tie_word_embeddings:

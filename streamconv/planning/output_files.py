@@ -72,7 +72,7 @@ def shard_name(file_idx: int, n_files: int) -> str:
 def layout_output_files(layouts: list[TensorLayout], *, dtype: torch.dtype,
                         max_shard_bytes: int) -> list[OutputFile]:
     """Greedy split in write order; a tensor larger than the limit gets a file of its own."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     groups: list[list[TensorLayout]] = [[]]
     size = 0
     for layout in layouts:

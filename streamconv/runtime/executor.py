@@ -70,7 +70,7 @@ class JobRunner:
         self.scales = scales
         self.reader = reader
         self.sink = sink
-        self.dst_item = torch.empty((), dtype=plan.dst_dtype).element_size()
+        self.dst_item = plan.dst_dtype.itemsize
 
     def source_offset(self, block: CopyBlock) -> int:
         ref = self.refs[block.rank_idx][block.meta_name]
@@ -109,7 +109,7 @@ class JobRunner:
     def run(self, job: Job, slot: torch.Tensor) -> int:
         """Bytes read from the shards (and scale files)."""
         plan, same = self.plan, job.src_dtype == self.plan.dst_dtype
-        src_item = torch.empty((), dtype=job.src_dtype).element_size()
+        src_item = job.src_dtype.itemsize
         out_offset, stage_offset = slot_layout(job)
         out_raw = slot[out_offset:out_offset + job.out_bytes]
         out = out_raw.view(plan.dst_dtype).view(job.row_stop - job.row_start, job.n_cols)
