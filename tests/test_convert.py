@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_process_budget
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -262,7 +263,8 @@ def test_aligned_jobs_bypass_the_page_cache(make_checkpoint: MakeCkpt, tmp_path:
         pytest.skip(f"{tmp_path} has no O_DIRECT")
     spec = replace(ALIGNED, with_tokenizer=False)
     src = make_checkpoint(spec)
-    assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-ram", "1G") == 0
+    assert run(src, tmp_path / "out", "--no-tokenizer", "--quiet", "--max-ram",
+               in_process_budget()) == 0
     total = sum(w.n_bytes for w in direct_writes)
     assert direct_writes and all(w.went_direct for w in direct_writes)
     got = load_output(tmp_path / "out")

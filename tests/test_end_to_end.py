@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sentencepiece
 import torch
+from conftest import in_process_budget
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +67,7 @@ def test_plan_prints_detection_and_writes_nothing(make_checkpoint: MakeCkpt) -> 
     src = make_checkpoint(tiny(Family.LLAMA3_2, n_ranks=2))
     before = sorted(p.name for p in src.iterdir())
     buffer = io.StringIO()
-    assert main(["plan", str(src), "--max-ram", "1G"],
+    assert main(["plan", str(src), "--max-ram", in_process_budget()],
                 console=Console(file=buffer, width=400)) == 0
     out = buffer.getvalue()
     for expected in ("LLaMA 3.2", "equal to the embedding (tied)", "smallest workable budget",

@@ -73,7 +73,7 @@ class _Silent:
         pass
 
 
-def extra_files(prepared: Prepared, scratch: Path) -> dict[str, bytes]:
+def extra_files(prepared: Prepared) -> dict[str, bytes]:
     """config, generation config and tokenizer files, as bytes to publish with the shards."""
     spec, dtype = prepared.spec, prepared.plan.dst_dtype
     files = {
@@ -81,17 +81,11 @@ def extra_files(prepared: Prepared, scratch: Path) -> dict[str, bytes]:
         "generation_config.json": to_json_bytes(generation_config_dict(spec)),
     }
     if prepared.tokenizer_path is not None:
-        from streamconv.tokenizer.files import write_tokenizer_files
+        from streamconv.tokenizer.files import tokenizer_files
 
-        tok_dir = scratch / "tokenizer"
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tok_dir.mkdir(parents=True)
-        names = write_tokenizer_files(prepared.tokenizer_path, tok_dir, family=spec.family,
-                                      instruct=spec.instruct,
-                                      model_max_length=spec.max_position_embeddings)
-        for name in names:
-            files[name] = (tok_dir / name).read_bytes()
-        shutil.rmtree(tok_dir)
+        files.update(tokenizer_files(prepared.tokenizer_path, family=spec.family,
+                                     instruct=spec.instruct,
+                                     model_max_length=spec.max_position_embeddings))
     return files
 
 
@@ -104,8 +98,8 @@ class _ExtraFiles:
     """extra_files() in a thread while the tensor jobs run, when the budget has room for it
     beside the slots (taking 2-3 s of a conversion off its end); otherwise when asked for."""
 
-    def __init__(self, prepared: Prepared, scratch: Path) -> None:
-        self._prepared, self._scratch = prepared, scratch
+    def __init__(self, prepared: Prepared) -> None:
+        self._prepared = prepared
         self._result: dict[str, bytes] | None = None
         self._error: BaseException | None = None
         plan = prepared.plan
@@ -117,17 +111,13 @@ class _ExtraFiles:
 
     def _build(self) -> None:
         try:
-            self._result = extra_files(self._prepared, self._scratch)
+            self._result = extra_files(self._prepared)
         except BaseException as e:  # re-raised in the caller's thread by result()
             self._error = e
 
-    @property
-    def overlapped(self) -> bool:
-        return self._thread is not None
-
     def result(self) -> dict[str, bytes]:
         if self._thread is None:
-            return extra_files(self._prepared, self._scratch)
+            return extra_files(self._prepared)
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -184,7 +174,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
 
                 runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
                                    scales=prepared.checkpoint.scales)
-                extra_builder = _ExtraFiles(prepared, staging)
+                extra_builder = _ExtraFiles(prepared)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:

@@ -10,7 +10,6 @@ detected from the input, and the tokenizer files against a fresh conversion of t
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,8 +196,7 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
     result.problems += [f"{name}: bytes differ from the input's conversion"
                         for name in sorted(comparer.mismatched)]
     result.tensors_checked = len(expected_names & set(located))
-    with tempfile.TemporaryDirectory() as scratch:
-        _check_json(output_dir, extra_files(prepared, Path(scratch)), result)
+    _check_json(output_dir, extra_files(prepared), result)
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -113,15 +112,11 @@ def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
     return parsed.spm.vocab_size
 
 
-def _write_json(path: Path, document: tokenizer_json.JsonDict) -> None:
-    path.write_text(tokenizer_json.to_text(document), encoding="utf-8")
-
-
-def write_tokenizer_files(
-    path: Path, out_dir: Path, *, family: Family, instruct: bool, model_max_length: int
-) -> list[str]:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (and, for
-    SentencePiece, a copy of tokenizer.model) into ``out_dir``; return the file names written."""
+def tokenizer_files(
+    path: Path, *, family: Family, instruct: bool, model_max_length: int
+) -> dict[str, bytes]:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json (and, for SentencePiece, a
+    copy of tokenizer.model) as file name -> bytes, ready to publish with the shards."""
     parsed = _parse(path)
     kind = parsed.kind
     _check_family(path, kind, family)
@@ -155,12 +150,21 @@ def write_tokenizer_files(
                 instruct=instruct
             ),
         }
-    for name, document in documents.items():
-        _write_json(out_dir / name, document)
-    written = list(documents)
+    files = {name: tokenizer_json.to_text(document).encode("utf-8")
+             for name, document in documents.items()}
     if kind == "sentencepiece":
         # Kept for tools that read the SentencePiece model itself (LlamaTokenizer, llama.cpp).
-        shutil.copyfile(path, out_dir / "tokenizer.model")
-        written.append("tokenizer.model")
-    log.info("wrote %s tokenizer files: %s", kind, ", ".join(written))
-    return written
+        files["tokenizer.model"] = path.read_bytes()
+    log.info("built %s tokenizer files: %s", kind, ", ".join(files))
+    return files
+
+
+def write_tokenizer_files(
+    path: Path, out_dir: Path, *, family: Family, instruct: bool, model_max_length: int
+) -> list[str]:
+    """tokenizer_files() written into ``out_dir``; returns the file names written."""
+    files = tokenizer_files(path, family=family, instruct=instruct,
+                            model_max_length=model_max_length)
+    for name, content in files.items():
+        (out_dir / name).write_bytes(content)
+    return list(files)
