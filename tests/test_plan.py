@@ -39,7 +39,7 @@ def spec_of(*, family: Family = Family.LLAMA2, dim: int = 4096, n_layers: int = 
         n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, ffn_dim=ffn, norm_eps=1e-5,
         rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
         tie_word_embeddings=False, embedding_split_dim=0 if family.is_llama3 else 1,
-        bos_token_id=1, eos_token_id=2)
+        bos_token_id=1)
 
 
 @pytest.mark.parametrize("text,expected", [

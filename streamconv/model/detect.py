@@ -47,7 +47,6 @@ class ModelSpec:
     tie_word_embeddings: bool
     embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
     bos_token_id: int
-    eos_token_id: int
     instruct: bool = False
     tensors: TensorTable = field(default=LLAMA_TENSORS, compare=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -243,7 +242,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
         rope_scaling=rope_scaling(family, use_scaled_rope=params.use_scaled_rope),
         max_position_embeddings=context_length(family, rope_theta=theta),
         tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
-        eos_token_id=bos + 1, instruct=instruct[0], tensors=table, sources=sources,
+        instruct=instruct[0], tensors=table, sources=sources,
         doubts=doubts, quantized=quantized)
     check_shapes(spec, ckpt)
     return spec
