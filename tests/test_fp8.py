@@ -115,6 +115,21 @@ def test_output_dtypes_and_chunked_dequantization(dtype_flag: str, dtype: torch.
         assert torch.equal(tensor, expected[hf_name].to(dtype)), hf_name
 
 
+def test_chunks_fit_the_scratch_when_a_rank_block_is_narrower_than_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """w2 of 2 ranks: output rows of 192 columns, rank blocks of 96. A chunk of 300 fp32 values
+    is 1 output row but 3 block rows; the scratch the planner gives must hold what the executor
+    puts in it (found converting an 8-rank checkpoint with 896-wide blocks)."""
+    monkeypatch.setattr("streamconv.source.fp8_scales.CHUNK_BYTES", 1200)
+    src = write_fp8_checkpoint(_spec(2), tmp_path / "fp8")
+    dst = tmp_path / "hf"
+    result = run_cli("convert", src, dst, "--no-tokenizer")
+    assert result.code == 0, result.err
+    got, expected = _output_tensors(dst), expected_hf_tensors(src, dtype=torch.bfloat16)
+    for hf_name, tensor in got.items():
+        assert torch.equal(tensor, expected[hf_name]), hf_name
+
+
 def test_logits_match_meta_reference_on_dequantized_weights(fp8_8shards: Path,
                                                              tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM

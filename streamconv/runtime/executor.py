@@ -27,7 +27,7 @@ from streamconv.planning.jobs import (
 )
 from streamconv.planning.layout import CopyBlock
 from streamconv.runtime.transforms import permute_rotary_into
-from streamconv.source.fp8_scales import SCALE_DTYPE, chunk_rows, scale_key
+from streamconv.source.fp8_scales import SCALE_DTYPE, scale_key
 from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import TensorRef
 from streamconv.system.direct_io import ALIGN, huge_page_memory
@@ -94,8 +94,10 @@ class JobRunner:
             dst.copy_(src)
             dst.mul_(scale)
             return n_bytes
-        step = chunk_rows(block.n_cols)
         area_start = -(-n_bytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
+        # As many rows as the planner's scratch holds at this block's width: a rank's block of
+        # a row-parallel tensor (w2) is narrower than the output rows the scratch was sized by.
+        step = max(1, (len(scratch) - area_start) // (block.n_cols * SCALE_DTYPE.itemsize))
         for row in range(0, block.n_rows, step):
             stop = min(row + step, block.n_rows)
             n_area = (stop - row) * block.n_cols * SCALE_DTYPE.itemsize
