@@ -68,7 +68,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="largest output .safetensors file, e.g. 5GB (5*10^9 bytes, "
                              "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
     parser.add_argument("--llama-version", default="auto",
-                        choices=("auto", *(f.value for f in Family)),
+                        choices=("auto", *(f.value for f in Family if f is not Family.LLAMA4)),
                         help="model family; auto detects it from params.json, tensor shapes and "
                              "tokenizer.model (see README)")
     variant = parser.add_mutually_exclusive_group()

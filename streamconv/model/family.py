@@ -21,13 +21,22 @@ class Family(str, enum.Enum):
     LLAMA3_1 = "3.1"
     LLAMA3_2 = "3.2"
     LLAMA3_3 = "3.3"
+    # Llama 4 (Scout, Maverick, Guard 4): a different architecture, told by its params.json
+    # (moe_args / vision_args), never by the LLaMA 1-3 evidence rules.
+    LLAMA4 = "4"
 
     @property
     def is_llama3(self) -> bool:
         return self in LLAMA3_FAMILIES
 
     @property
+    def uses_tiktoken(self) -> bool:
+        return self in LLAMA3_FAMILIES or self is Family.LLAMA4
+
+    @property
     def label(self) -> str:
+        if self is Family.LLAMA4:
+            return "Llama 4"
         return "Code Llama" if self is Family.CODE_LLAMA else f"LLaMA {self.value}"
 
     @property
@@ -86,6 +95,12 @@ FACTS: dict[Family, FamilyFacts] = {
                                  instruct_eos=_LLAMA31_CHAT_EOS, rope_scaling_factor=32.0),
     Family.LLAMA3_3: FamilyFacts(131072, 128000, 128001, _LLAMA31_GENERATION, _LLAMA31_GENERATION,
                                  instruct_eos=_LLAMA31_CHAT_EOS, rope_scaling_factor=8.0),
+    # transformers' convert_llama4_weights_to_hf.py: base context 256K, bos 200000, eos 200001;
+    # Instruct generation_config do_sample/temperature 0.6/top_p 0.9 and the three stop tokens
+    # of llama-models' llama4/tokenizer.py (docs/llama4_facts.md sections 4 and 5). The
+    # variant-specific values (Instruct context) are in model/llama4.py.
+    Family.LLAMA4: FamilyFacts(262144, 200000, 200001, (), _LLAMA31_GENERATION,
+                               instruct_eos=(200001, 200007, 200008)),
 }
 
 

@@ -90,7 +90,7 @@ def detect_tokenizer_kind(path: Path) -> Literal["sentencepiece", "tiktoken"]:
 
 
 def _check_family(path: Path, kind: TokenizerKind, family: Family) -> None:
-    expected: TokenizerKind = "tiktoken" if family.is_llama3 else "sentencepiece"
+    expected: TokenizerKind = "tiktoken" if family.uses_tiktoken else "sentencepiece"
     if kind != expected:
         raise TokenizerError(
             f"{path} is a {kind} tokenizer but {family.label} uses {expected}; pass the "
