@@ -175,7 +175,7 @@ def test_kv_heads_replicated_over_shards_are_read_once() -> None:
 def test_cols_split_places_each_shard_side_by_side() -> None:
     spec = spec_of(n_ranks=4)
     o_proj = next(t for t in hf_layouts(spec) if t.hf_name.endswith("0.self_attn.o_proj.weight"))
-    assert o_proj.split is Split.COLS
+    assert [p.split for p in o_proj.pieces] == [Split.COLS]
     blocks = copy_blocks(o_proj, spec, 10, 20)
     assert [(b.rank_idx, b.dst_col_start, b.n_cols, b.src_row_start, b.n_rows)
             for b in blocks] == [(s, s * 1024, 1024, 10, 10) for s in range(4)]

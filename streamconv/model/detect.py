@@ -7,6 +7,8 @@ family_rules.py; the facts behind them, per Meta release and with sources, in do
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from streamconv.errors import CheckpointError, ParamsError
 from streamconv.model.family import Family, context_length, rope_scaling
 from streamconv.model.family_rules import Facts, FamilyVerdict, decide_family
 from streamconv.model.tensor_checks import check_names, check_rank_count, check_shapes
-from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable
+from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable, meta_full_shape
 from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.rank_reader import RankReader
@@ -54,6 +56,16 @@ class ModelSpec:
     doubts: tuple[str, ...] = field(default=(), compare=False)
     # Meta names stored as fp8 with row scales (the FP8 405B release; fp8_scales.py).
     quantized: frozenset[str] = field(default=frozenset(), compare=False)
+    # A family's own dimension names for its tensor table, and its layer kinds beyond "all"
+    # (Llama 4: experts, moe_ffn, ...; "moe", "dense", "vision" layers).
+    extra_dims: Mapping[str, int] = field(default_factory=dict, compare=False)
+    extra_layers: Mapping[str, Sequence[int]] = field(default_factory=dict, compare=False)
+    # params.json as read, for config fields only one family has (Llama 4's model/llama4.py).
+    raw_params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def layer_sets(self) -> dict[str, Sequence[int]]:
+        return {"all": range(self.n_layers), **self.extra_layers}
 
     @property
     def kv_heads(self) -> int:
@@ -65,10 +77,12 @@ class ModelSpec:
 
     @property
     def n_params(self) -> int:
-        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        layer = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
-        head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
-        return self.n_layers * layer + self.vocab_size * self.dim + head + self.dim
+        """Parameters of the converted model, summed over its tensor table."""
+        total = 0
+        for entry, _ in self.tensors.entries_in_order(self.layer_sets):
+            if not (entry.unless_tied and self.tie_word_embeddings):
+                total += math.prod(meta_full_shape(entry, self))
+        return total
 
     @property
     def size_label(self) -> str:

@@ -11,13 +11,23 @@ transformers' convert_llama_weights_to_hf.py agree): ROWS, column-parallel layer
 dim 0; COLS, row-parallel layers, side by side on dim 1; REPLICATED, the same on every rank;
 EMBEDDING, by vocabulary rows (LLaMA 3's VocabParallelEmbedding) or by hidden columns (LLaMA
 1/2's ParallelEmbedding), as the family says.
+
+One entry is one piece: the rank slices of one Meta tensor (or of a part of it) landing in one
+Hugging Face tensor (or in a band of its columns). Llama 4 needs the general case: a fused Meta
+tensor feeds several entries (`part`: q, k, v rows of each rank's wqkv), several entries fill one
+Hugging Face tensor (`col_offset`: gate and up halves of the experts' gate_up_proj), a tensor
+stacks per-expert blocks that are each split across ranks (`stack`), and some are transposed.
+Dimensions are expressions over the model's sizes ("q_rows // ranks").
 """
 
 from __future__ import annotations
 
+import ast
 import enum
+import math
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,15 +58,31 @@ class Sizes(Protocol):
     def n_ranks(self) -> int: ...
     @property
     def embedding_split_dim(self) -> int: ...
+    @property
+    def extra_dims(self) -> Mapping[str, int]:
+        """A family's own dimension names (Llama 4: experts, moe_ffn, vision_dim, ...)."""
+        ...
+
+
+# Which layers an entry exists in, by name: "all" is every text layer; a family may add more
+# (Llama 4: "moe", "dense", "vision").
+LayerSets = Mapping[str, Sequence[int]]
+
+
+def uniform_layers(n_layers: int) -> dict[str, Sequence[int]]:
+    return {"all": range(n_layers)}
 
 
 class Transform(enum.Enum):
     """What happens to a tensor's rows on the way, beyond the cast. ROTARY: rows are whole heads
     turned from Meta's interleaved rotary pairs into Hugging Face's rotated halves
     (runtime/transforms.py). Room for the next ones (slices of a fused tensor, stacked experts,
-    transposes) is here."""
+    transposes) is here. TRANSPOSE: the rank tensor is the Hugging Face tensor transposed (Llama
+    4's router_DE, a (dim, experts) matrix stored for x @ W); such a tensor is small and is
+    converted in one job."""
 
     ROTARY = "rotary"
+    TRANSPOSE = "transpose"
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,18 @@ class TensorEntry:
     unless_tied: bool = False
     # A rank file may lack it (output.weight of tied models).
     optional: bool = False
+    # The merged Meta tensor's shape, where it is not the Hugging Face shape (fused or
+    # flattened tensors); the rank shape follows from it and the split.
+    meta_shape: tuple[str, ...] | None = None
+    # ROWS of a fused tensor: (first row, rows) of this entry's part in each rank's tensor.
+    part: tuple[str, str] | None = None
+    # The Hugging Face column where this entry's columns start (others fill the rest).
+    col_offset: str | None = None
+    # ROWS: the Hugging Face rows are this many stacked units (experts), each split across the
+    # ranks; a rank holds its slice of every unit, unit after unit.
+    stack: str | None = None
+    # Which layers the entry exists in (a name of the model's LayerSets).
+    layers: str = "all"
 
     @property
     def per_layer(self) -> bool:
@@ -83,23 +121,32 @@ class TensorTable:
     # Meta tensors the conversion drops: buffers the model recomputes.
     ignored: tuple[str, ...] = ()
 
-    def entries_in_order(self, n_layers: int) -> Iterator[tuple[TensorEntry, int | None]]:
-        """(entry, layer index) in the order save_pretrained writes the tensors: the entries
-        before the first per-layer one, every layer, then the rest."""
-        first = next(i for i, e in enumerate(self.entries) if e.per_layer)
-        for entry in self.entries[:first]:
-            yield entry, None
-        for layer_idx in range(n_layers):
-            for entry in self.entries:
-                if entry.per_layer:
-                    yield entry, layer_idx
-        for entry in self.entries[first:]:
-            if not entry.per_layer:
+    def entries_in_order(self, layers: int | LayerSets
+                         ) -> Iterator[tuple[TensorEntry, int | None]]:
+        """(entry, layer index) in the order save_pretrained writes the tensors: entries outside
+        the layers as they come; each run of per-layer entries layer by layer (the entries of
+        a layer that exist in it), so a table lists its model's modules in order."""
+        sets = uniform_layers(layers) if isinstance(layers, int) else layers
+        run: list[TensorEntry] = []
+        for entry in (*self.entries, None):
+            if entry is not None and entry.per_layer:
+                run.append(entry)
+                continue
+            if run:
+                members = {e.layers: set(sets.get(e.layers, ())) for e in run}
+                for layer_idx in sorted(set().union(*members.values())):
+                    for e in run:
+                        if layer_idx in members[e.layers]:
+                            yield e, layer_idx
+                run = []
+            if entry is not None:
                 yield entry, None
 
-    def meta_names(self, n_layers: int, *, required_only: bool = False) -> list[str]:
-        return [meta_name(e, i) for e, i in self.entries_in_order(n_layers)
-                if not (required_only and e.optional)]
+    def meta_names(self, layers: int | LayerSets, *, required_only: bool = False) -> list[str]:
+        """Each Meta tensor once (a fused one feeds several entries)."""
+        names = [meta_name(e, i) for e, i in self.entries_in_order(layers)
+                 if not (required_only and e.optional)]
+        return list(dict.fromkeys(names))
 
     def lookup(self, meta_tensor_name: str) -> TensorEntry | None:
         pattern = _pattern_of(meta_tensor_name)
@@ -124,11 +171,12 @@ class TensorTable:
         return "top" if found else "none"
 
 
-_LAYER_INDEX = re.compile(r"^layers\.\d+\.")
+# The first dot-separated number of a name is its layer index (layers.3., resblocks.3.).
+_LAYER_INDEX = re.compile(r"(^|\.)\d+\.")
 
 
 def _pattern_of(meta_tensor_name: str) -> str:
-    return _LAYER_INDEX.sub("layers.{layer}.", meta_tensor_name, count=1)
+    return _LAYER_INDEX.sub(r"\1{layer}.", meta_tensor_name, count=1)
 
 
 def meta_name(entry: TensorEntry, layer_idx: int | None) -> str:
@@ -139,15 +187,47 @@ def hf_name(entry: TensorEntry, layer_idx: int | None) -> str:
     return entry.hf_name if layer_idx is None else entry.hf_name.format(layer=layer_idx)
 
 
+def dims_of(sizes: Sizes) -> dict[str, int]:
+    """The names a table's expressions may use."""
+    return {"dim": sizes.dim, "q_rows": sizes.n_heads * sizes.head_dim,
+            "kv_rows": sizes.kv_heads * sizes.head_dim, "ffn_dim": sizes.ffn_dim,
+            "vocab_size": sizes.vocab_size, "ranks": sizes.n_ranks, **sizes.extra_dims}
+
+
+_OPERATORS: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv}
+
+
+def evaluate(expression: str, dims: Mapping[str, int]) -> int:
+    """An integer expression over dimension names: names, integers, + - * // and brackets."""
+    def value(node: ast.expr) -> int:
+        if isinstance(node, ast.Name):
+            return dims[node.id]
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not a dimension expression: {expression!r}")
+    return value(ast.parse(expression, mode="eval").body)
+
+
 def _resolve(sizes: Sizes, symbol: str) -> int:
-    values = {"dim": sizes.dim, "q_rows": sizes.n_heads * sizes.head_dim,
-              "kv_rows": sizes.kv_heads * sizes.head_dim, "ffn_dim": sizes.ffn_dim,
-              "vocab_size": sizes.vocab_size}
-    return values[symbol]
+    return evaluate(symbol, dims_of(sizes))
 
 
 def full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
+    """The Hugging Face tensor's shape."""
     return tuple(_resolve(sizes, s) for s in entry.shape)
+
+
+def meta_full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
+    """The merged Meta tensor's shape (all ranks together)."""
+    return tuple(_resolve(sizes, s) for s in entry.meta_shape or entry.shape)
+
+
+def n_elements(shape: Sequence[int]) -> int:
+    return math.prod(shape)
 
 
 def effective_split(entry: TensorEntry, sizes: Sizes) -> Split:
@@ -159,16 +239,16 @@ def effective_split(entry: TensorEntry, sizes: Sizes) -> Split:
 def rank_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
     """The shape every rank file holds. A rank holds at least one kv head: with more ranks than
     kv heads (405B in 16 ranks) each kv head is stored on several ranks."""
-    shape = list(full_shape(entry, sizes))
+    shape = list(meta_full_shape(entry, sizes))
     n = sizes.n_ranks
     split = effective_split(entry, sizes)
     if split is Split.ROWS:
-        if entry.shape[0] == "kv_rows":
+        if (entry.meta_shape or entry.shape)[0] == "kv_rows":
             shape[0] = max(sizes.kv_heads // n, 1) * sizes.head_dim
         else:
             shape[0] //= n
     elif split is Split.COLS:
-        shape[1] //= n
+        shape[-1] //= n
     return tuple(shape)
 
 

@@ -16,7 +16,7 @@ from streamconv.model.family import Family
 from streamconv.model.family_rules import instruct_from_folder
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import Plan, plan_conversion
-from streamconv.planning.layout import TensorLayout, hf_layouts, replica_ranks
+from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks
 from streamconv.runtime.executor import as_buffer
 from streamconv.source.params import read_params
 from streamconv.source.rank_files import resolve_input_dir
@@ -82,25 +82,33 @@ def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
         return warnings
     with RankReader(checkpoint.rank_paths) as reader:
         for layout in layouts:
-            if layout.split is Split.COLS:
-                continue
-            for group in replica_ranks(layout, spec):
-                if len(group) < 2:
-                    continue
-                first = checkpoint.tensors[group[0]][layout.meta_name]
-                n = first.nbytes if layout.split is Split.REPLICATED else min(
-                    first.nbytes, _REPLICA_SAMPLE_BYTES)
-                copies = []
-                for rank_idx in group:
-                    ref = checkpoint.tensors[rank_idx][layout.meta_name]
-                    buf = torch.empty(n, dtype=torch.uint8)
-                    reader.read_into(rank_idx, ref.offset_bytes, as_buffer(buf))
-                    copies.append(buf.view(ref.dtype).float())
-                diff = max(float((c - copies[0]).abs().max()) for c in copies[1:])
-                if diff > 0:
-                    warnings.append(
-                        f"{layout.meta_name} differs across shards {group} (max abs difference "
-                        f"{diff:.3g}); using the copy in shard {group[0]}")
+            for piece in layout.pieces:
+                if piece.split is not Split.COLS:
+                    warnings += _replica_differences(checkpoint, reader, piece,
+                                                     replica_ranks(piece, layout, spec))
+    return warnings
+
+
+def _replica_differences(checkpoint: Checkpoint, reader: RankReader, piece: Piece,
+                         groups: list[list[int]]) -> list[str]:
+    warnings = []
+    for group in groups:
+        if len(group) < 2:
+            continue
+        first = checkpoint.tensors[group[0]][piece.meta_name]
+        n = first.nbytes if piece.split is Split.REPLICATED else min(
+            first.nbytes, _REPLICA_SAMPLE_BYTES)
+        copies = []
+        for rank_idx in group:
+            ref = checkpoint.tensors[rank_idx][piece.meta_name]
+            buf = torch.empty(n, dtype=torch.uint8)
+            reader.read_into(rank_idx, ref.offset_bytes, as_buffer(buf))
+            copies.append(buf.view(ref.dtype).float())
+        diff = max(float((c - copies[0]).abs().max()) for c in copies[1:])
+        if diff > 0:
+            warnings.append(
+                f"{piece.meta_name} differs across shards {group} (max abs difference "
+                f"{diff:.3g}); using the copy in shard {group[0]}")
     return warnings
 
 

@@ -122,10 +122,10 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype: bool) -> bool:
-    """Whether a block's bytes must be transformed on the way (a cast, the q/k permute, or a
-    block that is only some of the output's columns); otherwise they are a plain copy, which
-    can be read straight into place when O_DIRECT is not available."""
-    return not same_dtype or rotary is not None or block.n_cols != n_cols
+    """Whether a block's bytes must be transformed on the way (a cast, the q/k permute, a
+    transpose, or a block that is only some of the output's columns); otherwise they are a
+    plain copy, which can be read straight into place when O_DIRECT is not available."""
+    return not same_dtype or rotary is not None or block.n_cols != n_cols or block.transpose
 
 
 def _unit_bytes(layout: TensorLayout, itemsize: int) -> int:

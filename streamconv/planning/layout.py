@@ -1,14 +1,16 @@
 """Meta -> Hugging Face, tensor by tensor: the family's tensor table resolved to this model.
 
 Pure functions over shapes. Every output tensor is treated as a matrix of rows (a 1-D norm is
-one row), so that any job, however the budget cuts it, is "rows [a, b) of one HF tensor", built
-from copy blocks that each read a contiguous byte range of one rank file. Which tensors exist,
+one row, an (experts, rows, cols) tensor experts x rows rows), so that any job, however the
+budget cuts it, is "rows [a, b) of one HF tensor", built from copy blocks that each read a
+contiguous byte range of one rank file. Which tensors exist,
 their names, shapes, splits and transforms come from model/tensor_table.py; nothing here knows
 a tensor by name.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +18,14 @@ import torch
 from streamconv.model.detect import ModelSpec
 from streamconv.model.tensor_table import (
     Split,
+    TensorEntry,
+    Transform,
+    dims_of,
     effective_split,
+    evaluate,
     full_shape,
     hf_name,
+    meta_full_shape,
     meta_name,
     rank_shape,
     rotary_head_dim,
@@ -27,20 +34,40 @@ from streamconv.source.fp8_scales import FP8_DTYPE
 
 
 @dataclass(frozen=True)
+class Piece:
+    """Where the rank slices of one Meta tensor (or of one part of a fused one) land in a
+    Hugging Face tensor, in resolved numbers (model/tensor_table.py says it symbolically)."""
+
+    meta_name: str
+    split: Split  # ROWS, COLS or REPLICATED (the embedding's resolved)
+    src_shape: tuple[int, ...]  # the shape each rank file holds
+    n_cols: int  # output columns this piece fills (all ranks together)
+    col_offset: int = 0  # the first of them
+    row_offset: int = 0  # ROWS: the piece's first row in each rank's tensor
+    unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0: the rank's whole part)
+    stack: int = 1  # ROWS: stacked units (experts), each split across the ranks
+    transpose: bool = False  # the rank tensor is this tensor transposed
+
+
+@dataclass(frozen=True)
 class TensorLayout:
     hf_name: str
-    meta_name: str
     shape: tuple[int, ...]
-    split: Split  # ROWS, COLS or REPLICATED (the embedding's resolved)
+    pieces: tuple[Piece, ...]
     # The dtype in the rank files: the model's, or fp8.FP8_DTYPE for the feed-forward weights
     # of Meta's FP8 release, which are dequantized with their row scales on the way.
     src_dtype: torch.dtype
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows
-    src_shape: tuple[int, ...] = ()  # the shape each rank file holds
+
+    @property
+    def meta_name(self) -> str:
+        """The (first) Meta tensor it is made from."""
+        return self.pieces[0].meta_name
 
     @property
     def n_rows(self) -> int:
-        return self.shape[0] if len(self.shape) == 2 else 1
+        """Every tensor is a matrix of rows: all dimensions but the last (a vector: one row)."""
+        return math.prod(self.shape[:-1])
 
     @property
     def n_cols(self) -> int:
@@ -48,13 +75,17 @@ class TensorLayout:
 
     @property
     def row_unit(self) -> int:
-        """Jobs cut this tensor at multiples of this many rows (whole heads for q/k)."""
+        """Jobs cut this tensor at multiples of this many rows (whole heads for q/k; the whole
+        tensor when it is transposed on the way)."""
+        if any(p.transpose for p in self.pieces):
+            return self.n_rows
         return self.rotary_head_dim or 1
 
 
 @dataclass(frozen=True)
 class CopyBlock:
-    """Rows of one rank file's tensor -> a rectangle of the output tensor."""
+    """Rows of one rank file's tensor -> a rectangle of the output tensor (with `transpose`,
+    the rank's rows are the rectangle's columns)."""
 
     rank_idx: int
     meta_name: str
@@ -63,60 +94,95 @@ class CopyBlock:
     dst_row_start: int
     dst_col_start: int
     n_cols: int
+    transpose: bool = False
+
+
+def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
+           dims: dict[str, int]) -> Piece:
+    src_shape = rank_shape(entry, spec)
+    split = effective_split(entry, spec)
+    stack = evaluate(entry.stack, dims) if entry.stack else 1
+    row_offset, unit_rows = 0, 0
+    if entry.part is not None:
+        row_offset, unit_rows = (evaluate(e, dims) for e in entry.part)
+    elif split is Split.ROWS:
+        unit_rows = src_shape[0] // stack
+    meta_cols = meta_full_shape(entry, spec)[-1]
+    transpose = entry.transform is Transform.TRANSPOSE
+    n_cols = full_shape(entry, spec)[-1] if split is Split.ROWS or transpose else meta_cols
+    col_offset = evaluate(entry.col_offset, dims) if entry.col_offset else 0
+    return Piece(meta_name(entry, layer_idx), split, src_shape, n_cols, col_offset, row_offset,
+                 unit_rows, stack, transpose)
 
 
 def hf_layouts(spec: ModelSpec, *,
                quantized: frozenset[str] | None = None) -> list[TensorLayout]:
-    """All output tensors in the order HF's save_pretrained writes them. The Meta tensors stored
-    as fp8 are spec.quantized (or `quantized`, for planner tests); every other one is in
-    spec.dtype."""
+    """All output tensors in the order HF's save_pretrained writes them, entries that fill the
+    same tensor merged into its pieces. The Meta tensors stored as fp8 are spec.quantized (or
+    `quantized`, for planner tests); every other one is in spec.dtype."""
     if quantized is None:
         quantized = spec.quantized
-    layouts = []
-    for entry, layer_idx in spec.tensors.entries_in_order(spec.n_layers):
+    dims = dims_of(spec)
+    found: dict[str, tuple[tuple[int, ...], list[Piece], int | None]] = {}
+    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets):
         if entry.unless_tied and spec.tie_word_embeddings:
             continue
-        name = meta_name(entry, layer_idx)
-        layouts.append(TensorLayout(
-            hf_name(entry, layer_idx), name, full_shape(entry, spec),
-            effective_split(entry, spec), FP8_DTYPE if name in quantized else spec.dtype,
-            rotary_head_dim(entry, spec), rank_shape(entry, spec)))
-    return layouts
+        name = hf_name(entry, layer_idx)
+        shape, pieces, rotary = found.setdefault(
+            name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec)))
+        pieces.append(_piece(entry, layer_idx, spec, dims))
+    return [TensorLayout(name, shape, tuple(pieces),
+                         FP8_DTYPE if pieces[0].meta_name in quantized else spec.dtype, rotary)
+            for name, (shape, pieces, rotary) in found.items()]
+
+
+def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
+                  row_stop: int) -> list[CopyBlock]:
+    n_rows = row_stop - row_start
+    if piece.transpose:
+        assert (row_start, row_stop) == (0, layout.n_rows), "a transposed tensor is one job"
+        return [CopyBlock(0, piece.meta_name, 0, n_rows, 0, piece.col_offset, piece.n_cols,
+                          transpose=True)]
+    if piece.split is Split.REPLICATED:
+        return [CopyBlock(0, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
+                          piece.col_offset, piece.n_cols)]
+    if piece.split is Split.COLS:
+        width = piece.src_shape[-1]
+        return [CopyBlock(s, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
+                          piece.col_offset + s * width, width) for s in range(n_ranks)]
+    unit = layout.n_rows // piece.stack  # output rows of one stacked unit
+    per_rank = piece.unit_rows
+    replicas = n_ranks * per_rank // unit
+    blocks = []
+    row = row_start
+    while row < row_stop:
+        stacked, within = divmod(row, unit)
+        group, offset = divmod(within, per_rank)
+        stop = min(row_stop, stacked * unit + (group + 1) * per_rank)
+        blocks.append(CopyBlock(group * replicas, piece.meta_name,
+                                piece.row_offset + stacked * per_rank + offset, stop - row, row,
+                                piece.col_offset, piece.n_cols))
+        row = stop
+    return blocks
 
 
 def copy_blocks(layout: TensorLayout, spec: ModelSpec, row_start: int,
                 row_stop: int) -> list[CopyBlock]:
     """The rank reads that produce rows [row_start, row_stop) of one output tensor.
 
-    ROWS tensors whose ranks outnumber the distinct row groups (kv heads of 405B in 16 ranks)
+    ROWS pieces whose ranks outnumber the distinct row groups (kv heads of 405B in 16 ranks)
     read each group from the first rank that holds it.
     """
-    if layout.split is Split.REPLICATED:
-        return [CopyBlock(0, layout.meta_name, 0, 1, 0, 0, layout.n_cols)]
-    if layout.split is Split.COLS:
-        width = layout.src_shape[1]
-        return [CopyBlock(s, layout.meta_name, row_start, row_stop - row_start, row_start,
-                          s * width, width) for s in range(spec.n_ranks)]
-    per_rank = layout.src_shape[0]
-    replicas = spec.n_ranks * per_rank // layout.n_rows
-    blocks = []
-    row = row_start
-    while row < row_stop:
-        group = row // per_rank
-        stop = min(row_stop, (group + 1) * per_rank)
-        blocks.append(CopyBlock(group * replicas, layout.meta_name, row - group * per_rank,
-                                stop - row, row, 0, layout.n_cols))
-        row = stop
-    return blocks
+    return [block for piece in layout.pieces
+            for block in _piece_blocks(piece, layout, spec.n_ranks, row_start, row_stop)]
 
 
-def replica_ranks(layout: TensorLayout, spec: ModelSpec) -> list[list[int]]:
-    """For each distinct row group, every rank holding a copy (for agreement checks)."""
-    if layout.split is Split.REPLICATED:
+def replica_ranks(piece: Piece, layout: TensorLayout, spec: ModelSpec) -> list[list[int]]:
+    """For each distinct row group of a piece, every rank holding a copy (agreement checks)."""
+    if piece.split is Split.REPLICATED:
         return [list(range(spec.n_ranks))]
-    if layout.split is Split.COLS:
+    if piece.split is Split.COLS:
         return [[s] for s in range(spec.n_ranks)]
-    per_rank = layout.src_shape[0]
-    replicas = spec.n_ranks * per_rank // layout.n_rows
-    return [list(range(g * replicas, (g + 1) * replicas))
-            for g in range(spec.n_ranks // replicas)]
+    groups = layout.n_rows // piece.stack // piece.unit_rows
+    replicas = spec.n_ranks // groups
+    return [list(range(g * replicas, (g + 1) * replicas)) for g in range(groups)]

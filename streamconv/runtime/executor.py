@@ -135,7 +135,11 @@ class JobRunner:
             if plain:
                 target.copy_(stage_raw)
             else:
-                src = stage_raw.view(job.src_dtype).view(block.n_rows, block.n_cols)
+                src = stage_raw.view(job.src_dtype)
+                if block.transpose:
+                    src = src.view(block.n_cols, block.n_rows).t()
+                else:
+                    src = src.view(block.n_rows, block.n_cols)
                 dst = out[first:first + block.n_rows,
                           block.dst_col_start:block.dst_col_start + block.n_cols]
                 if job.dequantize:
