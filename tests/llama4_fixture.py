@@ -78,7 +78,8 @@ class Llama4Spec:
     n_layers: int = 4
     n_heads: int = 16
     n_kv_heads: int = 8
-    vocab_size: int = 256
+    # Llama 4's 2,048 special tokens follow the ranks (64 here): config ids are ranks + offsets.
+    vocab_size: int = 2048 + 64
     multiple_of: int = 16
     ffn_dim_multiplier: float = 1.2
     ffn_exp: float = 4.0

@@ -1,13 +1,14 @@
-"""The mapping facts of docs/llama4_facts.md (section 3), checked by two implementations nobody
-here wrote: transformers' Llama4ForConditionalGeneration, loaded from the folder that
-tests/llama4_hf_mapping.py writes from a tiny MP1 Meta checkpoint, must give the text logits,
-the vision tower's output and the logits with an image that Meta's own code gives on the Meta
+"""The mapping facts of docs/llama4_facts.md (section 3), checked by two implementations nobody here
+wrote: transformers' Llama4ForConditionalGeneration, loaded from the folder that
+tests/llama4_hf_mapping.py writes from a tiny MP1 Meta checkpoint, must give the text logits, the
+vision tower's output and the logits with an image that Meta's own code gives on the Meta
 checkpoint (tests/llama4_reference_runner.py, in .venv-meta).
 
-This is the oracle the streaming conversion of issue 12 will be held to; here it validates the
-facts (wqkv split without rope permute, experts fused as [gate | up] on the last dim, router
-transposed, norms renamed, chunked / NoPE layers and qk norm in config.json, Scout's rope scaling
-16 / 1, the vision names) before anything in streamconv relies on them.
+The same comparisons run on the folder streamconv writes from the model stored in 8 rank files (the
+oracle of issue 12), and on the naive mapping's folder, which validates the facts (wqkv split
+without rope permute, experts fused as [gate | up] on the last dim, router transposed, norms
+renamed, chunked / NoPE layers and qk norm in config.json, Scout's rope scaling 16 / 1, the vision
+names) before anything in streamconv relies on them.
 
 transformers 5.24.0's Llama4ForConditionalGeneration.forward fails on any input
 (`'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs'`), so the logits come from
@@ -16,10 +17,12 @@ its `language_model` with the image features scattered in by hand, as that forwa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_process_budget
 from llama4_fixture import (
     BATCH,
     Llama4Spec,
@@ -33,6 +36,8 @@ from llama4_fixture import (
 )
 from llama4_hf_mapping import write_hf_folder
 from llama4_reference import MetaRun, missing_reason, run_meta_reference
+
+import streamconv
 
 ATOL = 1e-4  # fp32 both sides; measured ~3e-6 on logits of magnitude ~0.8
 
@@ -50,14 +55,28 @@ def _load_hf(folder: Path) -> torch.nn.Module:
     return model
 
 
-def _meta_and_hf(spec: Llama4Spec, tmp_path: Path) -> tuple[MetaRun, torch.nn.Module]:
+def _streamconv_folder(meta_dir: Path, out_dir: Path) -> Path:
+    options = streamconv.ConvertOptions(max_ram_bytes=int(in_process_budget()), tokenizer=False)
+    streamconv.convert(meta_dir, out_dir, options)
+    return out_dir
+
+
+# "mapping": the naive in-memory mapping of the facts (MP1); "streamconv": the streaming
+# conversion of the same model stored in 8 rank files, as Meta ships Llama 4.
+WRITERS = {"mapping": (1, write_hf_folder), "streamconv": (8, _streamconv_folder)}
+
+
+def _meta_and_hf(spec: Llama4Spec, tmp_path: Path,
+                 writer: str = "mapping") -> tuple[MetaRun, torch.nn.Module]:
+    n_shards, write = WRITERS[writer]
+    spec = replace(spec, n_shards=n_shards)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     kwargs = {}
     if spec.vision is not None:
         kwargs = {"image": fixed_image(spec.vision),
                   "image_positions": batch_image_positions(spec.vision)}
     meta = run_meta_reference(meta_dir, fixed_tokens(spec.vocab_size), **kwargs)
-    return meta, _load_hf(write_hf_folder(meta_dir, tmp_path / "hf"))
+    return meta, _load_hf(write(meta_dir, tmp_path / "hf"))
 
 
 # With a tiny vision tower: without one, transformers builds the default 34-layer tower at random.
@@ -70,8 +89,9 @@ _TEMPERATURE = (("attn_temperature_tuning", True), ("floor_scale", 4.0))
                                   maverick_like(vision=VisionSpec()),
                                   scout_like(vision=VisionSpec(), extra_params=_TEMPERATURE)],
                          ids=["scout-like", "maverick-like", "scout-like-temperature-tuning"])
-def test_text_logits_match_meta(spec: Llama4Spec, tmp_path: Path) -> None:
-    meta, hf = _meta_and_hf(spec, tmp_path)
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_text_logits_match_meta(spec: Llama4Spec, writer: str, tmp_path: Path) -> None:
+    meta, hf = _meta_and_hf(spec, tmp_path, writer)
     with torch.no_grad():
         logits = hf.language_model(input_ids=fixed_tokens(spec.vocab_size)).logits
     diff = (logits - meta.logits).abs().max().item()
@@ -79,10 +99,11 @@ def test_text_logits_match_meta(spec: Llama4Spec, tmp_path: Path) -> None:
     assert diff <= ATOL
 
 
-def test_vision_and_image_logits_match_meta(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_vision_and_image_logits_match_meta(writer: str, tmp_path: Path) -> None:
     spec = scout_like(vision=VisionSpec())
     assert spec.vision is not None
-    meta, hf = _meta_and_hf(spec, tmp_path)
+    meta, hf = _meta_and_hf(spec, tmp_path, writer)
     assert meta.vision is not None and meta.image_logits is not None
     tokens = fixed_tokens(spec.vocab_size)
     positions = batch_image_positions(spec.vision)

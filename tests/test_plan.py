@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from streamconv.errors import BudgetError
-from streamconv.model.detect import ModelSpec
 from streamconv.model.family import Family
+from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import (
     RUNTIME_ALLOWANCE_BYTES,

@@ -7,19 +7,20 @@ family_rules.py; the facts behind them, per Meta release and with sources, in do
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from streamconv.errors import CheckpointError, ParamsError
+from streamconv.errors import ParamsError
 from streamconv.model.family import Family, context_length, rope_scaling
 from streamconv.model.family_rules import Facts, FamilyVerdict, decide_family
-from streamconv.model.tensor_checks import check_names, check_rank_count, check_shapes
-from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable, meta_full_shape
+from streamconv.model.llama4 import detect_llama4, is_llama4
+from streamconv.model.spec import ModelSpec
+from streamconv.model.tensor_checks import (
+    check_names,
+    check_rank_count,
+    check_shapes,
+    source_dtype,
+)
+from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable
 from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.rank_reader import RankReader
@@ -29,89 +30,9 @@ _TIE_SAMPLE_BYTES = 1 << 20
 _KV_SAMPLE_BYTES = 1 << 16
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The resolved architecture; every field that was inferred has an entry in `sources`."""
-
-    family: Family
-    n_ranks: int
-    dtype: torch.dtype
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    vocab_size: int
-    ffn_dim: int
-    norm_eps: float
-    rope_theta: float
-    rope_scaling: dict[str, Any] | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
-    bos_token_id: int
-    instruct: bool = False
-    tensors: TensorTable = field(default=LLAMA_TENSORS, compare=False)
-    sources: dict[str, str] = field(default_factory=dict, compare=False)
-    # Evidence that pointed elsewhere than the family chosen: printed as warnings.
-    doubts: tuple[str, ...] = field(default=(), compare=False)
-    # Meta names stored as fp8 with row scales (the FP8 405B release; fp8_scales.py).
-    quantized: frozenset[str] = field(default=frozenset(), compare=False)
-    # A family's own dimension names for its tensor table, and its layer kinds beyond "all"
-    # (Llama 4: experts, moe_ffn, ...; "moe", "dense", "vision" layers).
-    extra_dims: Mapping[str, int] = field(default_factory=dict, compare=False)
-    extra_layers: Mapping[str, Sequence[int]] = field(default_factory=dict, compare=False)
-    # params.json as read, for config fields only one family has (Llama 4's model/llama4.py).
-    raw_params: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def layer_sets(self) -> dict[str, Sequence[int]]:
-        return {"all": range(self.n_layers), **self.extra_layers}
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def n_params(self) -> int:
-        """Parameters of the converted model, summed over its tensor table."""
-        total = 0
-        for entry, _ in self.tensors.entries_in_order(self.layer_sets):
-            if not (entry.unless_tied and self.tie_word_embeddings):
-                total += math.prod(meta_full_shape(entry, self))
-        return total
-
-    @property
-    def size_label(self) -> str:
-        n = self.n_params
-        return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-
-
 def tensor_table_for(params: MetaParams) -> TensorTable:
-    """The tensor table of the architecture params.json describes: one for every LLaMA 1-3.x
-    family today (Llama 4 will bring its own, chosen by its params.json keys)."""
+    """The tensor table of LLaMA 1-3.x (Llama 4's is chosen in model/llama4.py)."""
     return LLAMA_TENSORS
-
-
-def _source_dtype(ckpt: Checkpoint, table: TensorTable,
-                  quantized: frozenset[str]) -> torch.dtype:
-    """The float dtype of every tensor except Meta's FP8 feed-forward weights (`quantized`,
-    checked against their scale files instead); an FP8 release's dtype is its bf16."""
-    dtypes: dict[torch.dtype, str] = {}
-    for refs in ckpt.tensors:
-        for ref in refs.values():
-            if not table.is_ignored(ref.meta_name) and ref.meta_name not in quantized:
-                dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
-    allowed = {torch.float32, torch.float16, torch.bfloat16}
-    if len(dtypes) != 1 or not set(dtypes) <= allowed:
-        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})"
-                          for d, where in dtypes.items())
-        raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
-                              "come from different downloads: fetch them again together")
-    return next(iter(dtypes))
 
 
 def _embedding(ckpt: Checkpoint, params: MetaParams,
@@ -192,8 +113,6 @@ _UNSUPPORTED_KEYS: tuple[tuple[str, str], ...] = (
      "instead, or run this one with ExecuTorch"),
     ("vision_chunk_size", "is a Llama 3.2 Vision model (image encoder and cross-attention "
      "layers), which streamconv does not convert yet; use the text-only Llama 3.x releases"),
-    ("moe_args", "is a Llama 4 model, which streamconv does not convert yet"),
-    ("vision_args", "is a Llama 4 model, which streamconv does not convert yet"),
 )
 
 
@@ -207,12 +126,18 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                  tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
     """Resolve the architecture and check every tensor shape against it, before any write."""
     check_supported(params, ckpt.input_dir)
+    if is_llama4(params, ckpt):
+        if family_override is not None:
+            raise ParamsError(f"{ckpt.input_dir} is a Llama 4 checkpoint (its params.json and "
+                              "tensors say so); --llama-version applies to LLaMA 1-3 only: "
+                              "leave it out")
+        return detect_llama4(params, ckpt, instruct=instruct)
     table = tensor_table_for(params)
-    check_names(ckpt, params, table)
+    check_names(ckpt, params, table, params.n_layers)
     check_rank_count(ckpt, params, table)
     sources: dict[str, str] = {}
     quantized = quantized_names(ckpt)
-    dtype = _source_dtype(ckpt, table, quantized)
+    dtype = source_dtype(ckpt, table, quantized)
     vocab, split_dim, vocab_rule = _embedding(ckpt, params, table)
     if params.vocab_size is not None and params.vocab_size != vocab:
         raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "

@@ -15,14 +15,17 @@ from typing import Any
 
 import torch
 
-from streamconv.model.detect import ModelSpec
-from streamconv.model.family import eos_token_ids, generation_defaults
+from streamconv.model import llama4
+from streamconv.model.family import Family, eos_token_ids, generation_defaults
+from streamconv.model.spec import ModelSpec
 
 TORCH_DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16",
                     torch.bfloat16: "bfloat16"}
 
 
 def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
+    if spec.family is Family.LLAMA4:
+        return llama4.config_dict(spec, dtype_name=TORCH_DTYPE_NAME[dtype])
     return {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
@@ -54,6 +57,8 @@ def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
 
 def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
     """The family's published generation defaults (family.py), base or chat."""
+    if spec.family is Family.LLAMA4:
+        return llama4.generation_config_dict(spec)
     return {
         "bos_token_id": spec.bos_token_id,
         "eos_token_id": eos_token_ids(spec.family, bos_token_id=spec.bos_token_id,

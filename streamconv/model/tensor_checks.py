@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from streamconv.errors import CheckpointError, ParamsError
-from streamconv.model.tensor_table import TensorTable, rank_shape
+from streamconv.model.tensor_table import LayerSets, TensorTable, rank_shape
 from streamconv.source.params import MetaParams
 from streamconv.source.rank_files import missing_ranks_error
 from streamconv.source.tensor_index import Checkpoint, TensorRef
 
 if TYPE_CHECKING:
-    from streamconv.model.detect import ModelSpec
+    from streamconv.model.spec import ModelSpec
 
 
 def _listed(names: list[str]) -> str:
@@ -20,9 +22,10 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:3]) + more
 
 
-def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable) -> None:
-    expected = set(table.meta_names(params.n_layers))
-    required = set(table.meta_names(params.n_layers, required_only=True))
+def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable,
+                layers: int | LayerSets) -> None:
+    expected = set(table.meta_names(layers))
+    required = set(table.meta_names(layers, required_only=True))
     for rank_idx, refs in enumerate(ckpt.tensors):
         path = ckpt.rank_paths[rank_idx]
         unknown = sorted(n for n in set(refs) - expected if not table.is_ignored(n))
@@ -80,3 +83,21 @@ def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> No
         raise CheckpointError(f"{ref.meta_name} in {ref.path} has shape {got}, expected {want} "
                               f"for {spec.family.label} with {spec.n_ranks} rank file(s); the file "
                               "does not belong with params.json and the other shards")
+
+
+def source_dtype(ckpt: Checkpoint, table: TensorTable,
+                  quantized: frozenset[str]) -> torch.dtype:
+    """The float dtype of every tensor except Meta's FP8 feed-forward weights (`quantized`,
+    checked against their scale files instead); an FP8 release's dtype is its bf16."""
+    dtypes: dict[torch.dtype, str] = {}
+    for refs in ckpt.tensors:
+        for ref in refs.values():
+            if not table.is_ignored(ref.meta_name) and ref.meta_name not in quantized:
+                dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
+    allowed = {torch.float32, torch.float16, torch.bfloat16}
+    if len(dtypes) != 1 or not set(dtypes) <= allowed:
+        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})"
+                          for d, where in dtypes.items())
+        raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
+                              "come from different downloads: fetch them again together")
+    return next(iter(dtypes))

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from streamconv.errors import TokenizerError
-from streamconv.model.detect import ModelSpec, detect_model
+from streamconv.model.detect import detect_model
 from streamconv.model.family import Family
 from streamconv.model.family_rules import instruct_from_folder
+from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from streamconv.errors import BudgetError
-from streamconv.model.detect import ModelSpec
+from streamconv.model.spec import ModelSpec
 from streamconv.planning.layout import CopyBlock, TensorLayout, copy_blocks
 from streamconv.planning.output_files import OutputFile, layout_output_files
 from streamconv.source.fp8_scales import (

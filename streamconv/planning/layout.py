@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from streamconv.model.detect import ModelSpec
+from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import (
     Split,
     TensorEntry,

@@ -17,12 +17,16 @@ storages. We find that constant and check it against every storage's size before
 
 from __future__ import annotations
 
+import codecs
+import io
 import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -134,11 +138,18 @@ def _refusal_reason(error: Exception) -> str:
     return f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
 
 
+# What unpickling an io.BytesIO needs (llama-models' llama4/generation.py allows the same two
+# before loading its Llama 4 checkpoints): the class, and codecs.encode for its bytes.
+_EXTRA_STATE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    io.BytesIO, codecs.encode]
+
+
 def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
     if not zipfile.is_zipfile(path):
         raise _not_zip_error(path)
     try:
-        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        with torch.serialization.safe_globals(_EXTRA_STATE_GLOBALS):
+            state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} was refused for safety and nothing in it ran: "
                               f"{_refusal_reason(e)}, which a file of plain tensors never does; "
@@ -146,6 +157,12 @@ def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is corrupt (its zip archive cannot be read); download it "
                               "again") from e
+    if isinstance(state, dict):
+        # Llama 4 files carry `_extra_state` entries (serialized io.BytesIO) beside the
+        # tensors; Meta's loader and transformers' converter drop them, and so does this.
+        state = {k: v for k, v in state.items()
+                 if not (isinstance(k, str) and k.endswith("._extra_state")
+                         and isinstance(v, io.BytesIO))}
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path} does not hold a dict of named tensors; is it a Meta "

@@ -1,0 +1,330 @@
+"""Llama 4 (Scout, Maverick, Llama Guard 4): params.json + tensor shapes -> a ModelSpec.
+
+Llama 4 is told by its params.json (moe_args / vision_args) or by its fused attention tensor,
+never by the LLaMA 1-3 evidence rules. The sizes its tensor table needs (model/llama4_tensors.py)
+come from the tensors themselves where they hold them (experts' F, dense F, vocabulary, rank
+count) and from params.json otherwise; every value the plan prints carries its source. Facts:
+docs/llama4_facts.md (Meta's llama-models 0.3.0 and transformers' converter) and
+docs/llama4_published.json (the published Hugging Face configs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from streamconv.errors import CheckpointError, ParamsError
+from streamconv.model.family import Family
+from streamconv.model.llama4_tensors import LLAMA4_TENSORS
+from streamconv.model.spec import ModelSpec
+from streamconv.model.tensor_checks import check_names, check_shapes, source_dtype
+from streamconv.model.tensor_table import TensorTable
+from streamconv.source.fp8_scales import quantized_names
+from streamconv.source.params import MetaParams
+from streamconv.source.rank_files import missing_ranks_error
+from streamconv.source.tensor_index import Checkpoint
+
+# llama-models' llama4/tokenizer.py: 2,048 special tokens after the ranks (ids 200000-202047
+# for the real 200,000 ranks); the published configs' ids, relative to <|begin_of_text|>.
+N_SPECIAL_TOKENS = 2048
+_EOS_OFFSETS = (1, 7, 8)  # <|end_of_text|>, <|eom|>, <|eot|>
+_PAD_OFFSET = 18  # <|finetune_right_pad|>
+_BOI_OFFSET, _EOI_OFFSET, _IMAGE_OFFSET = 80, 81, 92  # <|image_start|>, <|image_end|>, <|patch|>
+
+# Context lengths (transformers' convert_llama4_weights_to_hf.py max_context_length; the
+# published Scout base 262144 and Maverick base 262144 in docs/llama4_published.json).
+_BASE_CONTEXT = 262144
+_SCOUT_INSTRUCT_CONTEXT = 10485760  # 16 experts
+_MAVERICK_INSTRUCT_CONTEXT = 1048576
+_DENSE_INSTRUCT_CONTEXT = 8192  # no moe_args (Llama Guard 4)
+
+# llama-models' llama4/args.py (PR #322, "Only Llama-4-Scout uses scaled rope"): the defaults
+# when params.json sets use_scaled_rope without the factors; the published Scout config.json
+# has these (factor 16.0, high_freq_factor 1.0).
+_ROPE_FACTOR, _ROPE_HIGH_FREQ_FACTOR = 16.0, 1.0
+
+
+def is_llama4(params: MetaParams, ckpt: Checkpoint) -> bool:
+    names = ckpt.tensors[0]
+    return ("moe_args" in params.raw or "vision_args" in params.raw
+            or LLAMA4_TENSORS.name("q", 0) in names)
+
+
+def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ParamsError(f"params.json: {key} is {value!r}, expected an object; fix params.json")
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ParamsError(f"params.json: {key} is {value!r}, expected a whole number; fix "
+                          "params.json")
+    return int(value)
+
+
+def moe_layers(n_layers: int, step: int) -> list[int]:
+    """llama4/model.py TransformerBlock: MoE when (layer + 1) % interleave_moe_layer_step == 0."""
+    return [i for i in range(n_layers) if step > 0 and (i + 1) % step == 0]
+
+
+def dense_hidden_dim(params: MetaParams) -> int:
+    """TransformerBlock's dense branch: 4 * dim, 2/3, ffn_dim_multiplier, multiple_of."""
+    hidden = int(2 * int(4 * params.dim) / 3)
+    if params.ffn_dim_multiplier is not None:
+        hidden = int(params.ffn_dim_multiplier * hidden)
+    multiple_of = params.multiple_of or 1
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _rank_count(ckpt: Checkpoint, params: MetaParams, n_kv: int, table: TensorTable) -> None:
+    """Each rank's wqkv holds its share of q, k and v rows: the rows tell how many ranks."""
+    name = table.name("q", 0)
+    ref = ckpt.tensors[0].get(name)
+    head_dim = params.dim // params.n_heads
+    total = (params.n_heads + 2 * n_kv) * head_dim
+    if ref is None or len(ref.shape) != 2 or not ref.shape[0] or total % ref.shape[0]:
+        return  # check_names / check_shapes say what is wrong
+    expected = total // ref.shape[0]
+    if expected > ckpt.n_ranks:
+        raise missing_ranks_error(ckpt.input_dir, list(range(ckpt.n_ranks, expected)),
+                                  ckpt.n_ranks, expected)
+    if expected < ckpt.n_ranks:
+        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} shards but {name} and "
+                              f"params.json make {expected}; remove consolidated files that "
+                              "belong to another model")
+
+
+def _vision_dims(vision: Mapping[str, Any]) -> dict[str, int]:
+    """vision_args -> the vision tensors' sizes (vision/encoder.py, vision/embedding.py)."""
+    try:
+        dim = _int(vision, "dim")
+        patch = _int(vision["patch_size"], "height")
+        image = _int(vision["image_size"], "height")
+        ratio = float(vision["pixel_shuffle_ratio"])
+        mlp_ratio = float(vision["mlp_ratio"])
+        output = _int(vision, "output_dim")
+    except (KeyError, TypeError) as e:
+        raise ParamsError(f"params.json: vision_args lacks {e}; fix params.json") from e
+    return {"vision_dim": dim, "patch_inputs": 3 * patch * patch,
+            "vision_positions": (image // patch) ** 2 + 1, "vision_ffn": int(mlp_ratio * dim),
+            "adapter_inputs": int(dim // (ratio * ratio)), "vision_output": output}
+
+
+def _context_length(*, instruct: bool, n_experts: int) -> tuple[int, str]:
+    if not instruct:
+        return _BASE_CONTEXT, "Llama 4 base context (256K)"
+    if not n_experts:
+        return _DENSE_INSTRUCT_CONTEXT, "Llama 4 dense Instruct context (8K)"
+    if n_experts == 16:
+        return _SCOUT_INSTRUCT_CONTEXT, "Llama 4 Scout Instruct context (10M)"
+    return _MAVERICK_INSTRUCT_CONTEXT, "Llama 4 Instruct context (1M)"
+
+
+def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not raw.get("use_scaled_rope"):
+        return None
+    return {"factor": float(raw.get("rope_scaling_factor") or _ROPE_FACTOR),
+            "high_freq_factor": float(raw.get("rope_high_freq_factor") or _ROPE_HIGH_FREQ_FACTOR),
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
+            "rope_type": "llama3"}
+
+
+def variant_label(spec: ModelSpec) -> str:
+    experts = spec.extra_dims.get("experts", 0)
+    if not experts:
+        return "Llama 4 (dense)"
+    return f"Llama 4 ({experts} experts{', Scout-shaped' if experts == 16 else ''})"
+
+
+def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
+                  instruct: tuple[bool, str]) -> ModelSpec:
+    """The Llama 4 ModelSpec, every tensor checked against the table before anything is
+    written."""
+    raw = params.raw
+    moe = _mapping(raw, "moe_args")
+    vision = _mapping(raw, "vision_args")
+    if not vision:
+        raise ParamsError(f"{ckpt.input_dir}: params.json has no vision_args; streamconv writes "
+                          "Llama 4 as transformers' Llama4ForConditionalGeneration, which needs "
+                          "the vision encoder of Meta's release")
+    table = LLAMA4_TENSORS
+    n = ckpt.n_ranks
+    n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
+    n_experts = _int(moe, "num_experts", 0) if moe else 0
+    step = _int(moe, "interleave_moe_layer_step", 1) if moe else 0
+    moe_idx = moe_layers(params.n_layers, step) if n_experts else []
+    layers: dict[str, Sequence[int]] = {
+        "moe": moe_idx,
+        "dense": [i for i in range(params.n_layers) if i not in set(moe_idx)],
+        "vision": range(_int(vision, "n_layers")),
+    }
+    sources = {"family": "params.json has " + " and ".join(
+        k for k in ("moe_args", "vision_args") if k in raw) + " (Llama 4)",
+        "instruct": instruct[1]}
+    _rank_count(ckpt, params, n_kv, table)
+    check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
+    quantized = quantized_names(ckpt)
+    if quantized:
+        raise ParamsError(f"{ckpt.input_dir} is an FP8 Llama 4 release, whose scale layout is "
+                          "not public (docs/llama4_facts.md); convert the bf16 release instead")
+    dtype = source_dtype(ckpt, table, quantized)
+    shard0 = ckpt.tensors[0]
+    vocab = shard0[table.name("embedding")].shape[0] * n
+    if params.vocab_size is not None and params.vocab_size != vocab:
+        raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
+                          f"{table.name('embedding')} gives {vocab}; params.json belongs to "
+                          "another model")
+    if vocab <= N_SPECIAL_TOKENS:
+        raise ParamsError(f"{table.name('embedding')} has {vocab} rows, fewer than Llama 4's "
+                          f"{N_SPECIAL_TOKENS} special tokens; the files belong to another model")
+    dims = {"experts": n_experts, **_vision_dims(vision)}
+    if moe_idx:
+        dims["moe_ffn"] = shard0[table.name("experts_gate", moe_idx[0])].shape[-1] * n
+        sources["intermediate_size"] = f"{table.name('experts_gate', moe_idx[0])} columns x {n}"
+    else:
+        dims["moe_ffn"] = 0
+    dense_idx = layers["dense"]
+    if dense_idx:
+        dims["dense_ffn"] = shard0[table.name("gate", dense_idx[0])].shape[0] // 2 * n
+        sources["intermediate_size_mlp"] = f"{table.name('gate', dense_idx[0])} rows / 2 x {n}"
+    else:
+        dims["dense_ffn"] = dense_hidden_dim(params)
+        sources["intermediate_size_mlp"] = "Meta's dense sizing from params.json"
+    context, sources["max_position_embeddings"] = _context_length(
+        instruct=instruct[0], n_experts=n_experts)
+    sources["vocab_size"] = f"{table.name('embedding')} rows x {n}"
+    theta = params.rope_theta if params.rope_theta is not None else 500000.0
+    spec = ModelSpec(
+        family=Family.LLAMA4, n_ranks=n, dtype=dtype, dim=params.dim,
+        n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
+        ffn_dim=dims["dense_ffn"], norm_eps=params.norm_eps, rope_theta=theta,
+        rope_scaling=_rope_scaling(raw), max_position_embeddings=context,
+        tie_word_embeddings=False, embedding_split_dim=0,
+        bos_token_id=vocab - N_SPECIAL_TOKENS, instruct=instruct[0], tensors=table,
+        sources=sources, extra_dims=dims, extra_layers=layers, raw_params=dict(raw))
+    check_shapes(spec, ckpt)
+    return spec
+
+
+def _token_ids(spec: ModelSpec) -> dict[str, Any]:
+    bos = spec.bos_token_id
+    return {"bos_token_id": bos, "eos_token_id": [bos + k for k in _EOS_OFFSETS],
+            "pad_token_id": bos + _PAD_OFFSET}
+
+
+def _no_rope_layers(spec: ModelSpec) -> list[int]:
+    """1 = the layer uses rope. The published files write [] and let transformers derive
+    the list for interval 4; any other interval is written out."""
+    interval = spec.raw_params.get("nope_layer_interval")
+    if interval == 4:
+        return []
+    return [int(not interval or (i + 1) % interval != 0) for i in range(spec.n_layers)]
+
+
+def text_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
+    raw = spec.raw_params
+    moe = raw.get("moe_args") or {}
+    dims = spec.extra_dims
+    config: dict[str, Any] = {
+        "attention_bias": False,
+        "attention_chunk_size": raw.get("attention_chunk_size"),
+        "attention_dropout": 0.0,
+        **_token_ids(spec),
+        "for_llm_compressor": False,
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": spec.dim,
+        "initializer_range": 0.02,
+        "interleave_moe_layer_step": moe.get("interleave_moe_layer_step", 1) if moe else 0,
+        "intermediate_size": dims["moe_ffn"],
+        "intermediate_size_mlp": dims["dense_ffn"],
+        "max_position_embeddings": spec.max_position_embeddings,
+        "model_type": "llama4_text",
+        "no_rope_layers": _no_rope_layers(spec),
+        "num_attention_heads": spec.n_heads,
+        "num_experts_per_tok": moe.get("top_k", 1) if moe else 1,
+        "num_hidden_layers": spec.n_layers,
+        "num_key_value_heads": spec.n_kv_heads,
+        "num_local_experts": dims["experts"],
+        "output_router_logits": False,
+        "rms_norm_eps": spec.norm_eps,
+        "rope_scaling": spec.rope_scaling,
+        "rope_theta": spec.rope_theta,
+        "router_aux_loss_coef": 0.001,
+        "router_jitter_noise": 0.0,
+        "torch_dtype": dtype_name,
+        "use_cache": True,
+        "use_qk_norm": bool(raw.get("use_qk_norm", False)),
+        "vocab_size": spec.vocab_size,
+    }
+    if not moe:
+        config["moe_layers"] = []  # the converter's dense branch (Llama Guard 4)
+    if raw.get("attention_chunk_size") is None:
+        config["cache_implementation"] = "static"  # as transformers' converter writes
+    # The published files leave these to transformers' defaults (tuning on, 8192, 0.1); a
+    # params.json that sets them otherwise is written out. transformers 5 wants an int
+    # floor_scale (Meta's ModelArgs has the float 8192.0).
+    if "attn_temperature_tuning" in raw:
+        config["attn_temperature_tuning"] = bool(raw["attn_temperature_tuning"])
+    if raw.get("floor_scale", 8192) != 8192:
+        config["floor_scale"] = int(raw["floor_scale"])
+    if raw.get("attn_scale", 0.1) != 0.1:
+        config["attn_scale"] = float(raw["attn_scale"])
+    return config
+
+
+def vision_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
+    vision = spec.raw_params["vision_args"]
+    dims = spec.extra_dims
+    return {
+        "attention_dropout": 0.0,
+        "hidden_act": "gelu",
+        "hidden_size": dims["vision_dim"],
+        "image_size": vision["image_size"]["height"],
+        "initializer_range": 0.02,
+        "intermediate_size": dims["vision_ffn"],
+        "model_type": "llama4_vision_model",
+        "multi_modal_projector_bias": False,
+        "norm_eps": 1e-05,
+        "num_attention_heads": vision["n_heads"],
+        "num_channels": 3,
+        "num_hidden_layers": vision["n_layers"],
+        "patch_size": vision["patch_size"]["height"],
+        "pixel_shuffle_ratio": vision["pixel_shuffle_ratio"],
+        "projector_dropout": 0.0,
+        "projector_input_dim": dims["vision_output"],
+        "projector_output_dim": dims["vision_output"],
+        "rope_theta": 10000,
+        "torch_dtype": dtype_name,
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "default",
+        "vision_output_dim": dims["vision_output"],
+    }
+
+
+def config_dict(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
+    """config.json in the published layout (docs/llama4_published.json)."""
+    bos = spec.bos_token_id
+    return {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "boi_token_index": bos + _BOI_OFFSET,
+        "eoi_token_index": bos + _EOI_OFFSET,
+        "image_token_index": bos + _IMAGE_OFFSET,
+        "model_type": "llama4",
+        "text_config": text_config(spec, dtype_name=dtype_name),
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype_name,
+        "vision_config": vision_config(spec, dtype_name=dtype_name),
+    }
+
+
+def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
+    """Instruct: what transformers' converter writes (do_sample, temperature 0.6, top_p 0.9);
+    base: the token ids only (no published base file was found)."""
+    ids = _token_ids(spec)
+    if spec.instruct:
+        return {**ids, "do_sample": True, "temperature": 0.6, "top_p": 0.9}
+    return ids

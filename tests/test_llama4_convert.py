@@ -1,0 +1,133 @@
+"""streamconv's Llama 4 conversion, tensor by tensor, against the mapping facts.
+
+Every tensor of the converted folder must equal, bit for bit, what tests/llama4_hf_mapping.py
+(docs/llama4_facts.md section 3 as naive in-memory code) makes of the merged model, whatever the
+rank count and however the budget cuts the tensors into jobs. The mapping itself is held to
+Meta's reference and transformers in tests/test_llama4_hf_mapping.py, which also runs the
+streaming conversion's folder through both (the oracle of issue 12).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import in_process_budget
+from llama4_fixture import (
+    Llama4Spec,
+    VisionSpec,
+    maverick_like,
+    merged_state,
+    params_json,
+    scout_like,
+    write_llama4_checkpoint,
+)
+from llama4_hf_mapping import hf_state_dict
+from safetensors import safe_open
+
+import streamconv
+from streamconv.planning import jobs
+
+
+def convert(meta_dir: Path, out_dir: Path, **options: object) -> streamconv.Report:
+    opts = streamconv.ConvertOptions(max_ram_bytes=int(in_process_budget()), tokenizer=False,
+                                     **options)  # type: ignore[arg-type]
+    return streamconv.convert(meta_dir, out_dir, opts)
+
+
+def converted_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def expected_tensors(spec: Llama4Spec) -> dict[str, torch.Tensor]:
+    dtype = getattr(torch, spec.dtype)
+    state = {name: t.to(dtype) for name, t in merged_state(spec).items()}
+    params = params_json(spec)
+    return hf_state_dict(state, params.get("model", params))
+
+
+def assert_same_tensors(folder: Path, spec: Llama4Spec) -> None:
+    got = converted_tensors(folder)
+    want = expected_tensors(spec)
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == getattr(torch, spec.dtype), name
+        assert torch.equal(got[name].float(), tensor), name
+
+
+SPECS = {
+    "scout-mp8-vision": scout_like(vision=VisionSpec(), n_shards=8, extra_state=True),
+    "maverick-mp8-nested": maverick_like(vision=VisionSpec(), n_shards=8, nest_under_model=True),
+    "scout-mp1": scout_like(vision=VisionSpec()),
+    "maverick-mp2-fp16": maverick_like(vision=VisionSpec(), n_shards=2, dtype="float16"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_tensors_equal_the_mapping(name: str, tmp_path: Path) -> None:
+    spec = SPECS[name]
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    convert(meta_dir, tmp_path / "hf")
+    assert_same_tensors(tmp_path / "hf", spec)
+
+
+def test_tensors_cut_into_single_rows_still_equal(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of one row: every expert, fused and stacked tensor is cut at every row, so each
+    job's blocks start mid-expert, mid-rank and mid-part."""
+    monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
+    monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
+    spec = maverick_like(vision=VisionSpec(), n_shards=8)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    plan = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
+        max_ram_bytes=int(in_process_budget()), tokenizer=False)).plan
+    convert(meta_dir, tmp_path / "hf")
+    n_tensors = len(converted_tensors(tmp_path / "hf"))
+    assert len(plan.jobs) > 10 * n_tensors
+    assert_same_tensors(tmp_path / "hf", spec)
+
+
+def test_config_follows_the_published_layout(tmp_path: Path) -> None:
+    spec = scout_like(vision=VisionSpec(), n_shards=8)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "Llama-4-Scout-Instruct")
+    convert(meta_dir, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    text = config["text_config"]
+    assert config["architectures"] == ["Llama4ForConditionalGeneration"]
+    bos = spec.vocab_size - 2048
+    assert (text["bos_token_id"], text["eos_token_id"], text["pad_token_id"]) == (
+        bos, [bos + 1, bos + 7, bos + 8], bos + 18)
+    assert config["image_token_index"] == bos + 92
+    assert text["num_local_experts"] == spec.num_experts
+    assert text["interleave_moe_layer_step"] == 1
+    # Instruct with 16 experts would be Scout's 10M; 4 experts: the 1M of other Instruct models.
+    assert text["max_position_embeddings"] == 1048576
+    assert text["rope_scaling"]["factor"] == 16.0
+    assert text["no_rope_layers"] == []  # interval 4: transformers derives it
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["do_sample"] is True and generation["eos_token_id"] == [
+        bos + 1, bos + 7, bos + 8]
+    transformers = pytest.importorskip("transformers")
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    text_config = loaded.text_config
+    assert text_config.moe_layers == list(range(spec.n_layers))
+    assert text_config.no_rope_layers == [int((i + 1) % 4 != 0) for i in range(spec.n_layers)]
+
+
+def test_plan_names_llama4_and_refuses_a_version_flag(tmp_path: Path) -> None:
+    meta_dir = write_llama4_checkpoint(maverick_like(vision=VisionSpec(), n_shards=8),
+                                       tmp_path / "meta")
+    prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
+        max_ram_bytes=int(in_process_budget()), tokenizer=False))
+    assert prepared.spec.family.label == "Llama 4"
+    assert prepared.spec.extra_layers["moe"] == [1, 3]
+    with pytest.raises(streamconv.ParamsError, match="applies to LLaMA 1-3 only"):
+        streamconv.prepare(meta_dir, streamconv.ConvertOptions(
+            max_ram_bytes=int(in_process_budget()), tokenizer=False, llama_version="3"))
