@@ -32,6 +32,7 @@ from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 from streamconv.model.family import Family
 from streamconv.tokenizer import from_tiktoken as tokenizer_tiktoken
 from streamconv.tokenizer.files import chat_template, write_tokenizer_files
+from streamconv.tokenizer.tiktoken_specials import tiktoken_scheme
 
 SYSTEM, USER_1, ANSWER_1, USER_2 = "  Be brief. ", "Hi there", " Hello! ", "What is 2+2?\n"
 CONVERSATION = [
@@ -165,9 +166,8 @@ def test_llama31_config_is_the_published_file() -> None:
     """Our tokenizer_config.json for LLaMA 3.1 Instruct, serialized as transformers'
     save_pretrained does (indent 2, sorted keys, a final newline) and with the one key we set
     otherwise on purpose put back, is Meta's file byte for byte: chat template included."""
-    specials = tokenizer_tiktoken.special_token_names(Family.LLAMA3_1)
     config = tokenizer_tiktoken.build_tokenizer_config(
-        specials, n_ranks=128000, instruct=True, model_max_length=131072,
+        tiktoken_scheme(Family.LLAMA3_1), n_ranks=128000, instruct=True, model_max_length=131072,
         chat_template=chat_template(Family.LLAMA3_1, instruct=True))
     assert config["clean_up_tokenization_spaces"] is False  # docs/tokenizers.md says why
     config["clean_up_tokenization_spaces"] = True

@@ -1,7 +1,8 @@
 """tiktoken ranks files (LLaMA 3.x) converted to tokenizer.json.
 
-tiktoken is the oracle: an Encoding built from the same ranks file with LLaMA 3's regex and the 256
-special tokens, `encode(text, allowed_special="all")` with BOS prepended, must equal what
+tiktoken is the oracle: an Encoding built from the same ranks file with the family's regex and
+special tokens (LLaMA 3's 256 here; tests/test_tokenizer_llama4.py has Llama 4's),
+`encode(text, allowed_special="all")` with BOS prepended, must equal what
 `tokenizers.Tokenizer.from_file` and `AutoTokenizer.from_pretrained` give on the output.
 """
 
@@ -26,13 +27,12 @@ from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 from streamconv.model.family import Family
 from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_files
 from streamconv.tokenizer.from_tiktoken import (
-    LLAMA3_PATTERN,
     byte_to_unicode,
     derive_merges,
     derive_merges_by_loop,
     mapped_vocab,
-    special_token_names,
 )
+from streamconv.tokenizer.tiktoken_specials import special_token_names, tiktoken_scheme
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA3_MODEL = SHARED_DATA / "llama3_tokenizer.model"
@@ -62,7 +62,7 @@ def _oracle(path: Path, family: Family) -> tuple[tiktoken.Encoding, int]:
     specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(family))}
     enc = tiktoken.Encoding(
         f"test-{path.stem}-{family.value}",
-        pat_str=LLAMA3_PATTERN,
+        pat_str=tiktoken_scheme(family).pattern,
         mergeable_ranks=ranks,
         special_tokens=specials,
     )

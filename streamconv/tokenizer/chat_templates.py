@@ -4,6 +4,7 @@ with the copy it was taken from (also in docs/tokenizers.md)."""
 from __future__ import annotations
 
 from streamconv.model.family import Family
+from streamconv.tokenizer.llama4_chat_template import CHAT_TEMPLATE_LLAMA4
 
 # Chat templates of the instruct models, verbatim as Meta's Hugging Face repos publish them in
 # tokenizer_config.json (base models get none). Sources, also in docs/tokenizers.md:
@@ -302,6 +303,7 @@ _CHAT_TEMPLATES = {
     Family.LLAMA3_1: CHAT_TEMPLATE_3_1,
     Family.LLAMA3_2: CHAT_TEMPLATE_3_2,
     Family.LLAMA3_3: CHAT_TEMPLATE_3_1,
+    Family.LLAMA4: CHAT_TEMPLATE_LLAMA4,  # llama4_chat_template.py has its source
 }
 
 

@@ -1,9 +1,10 @@
 """tokenizer.model -> the Hugging Face tokenizer files of a converted model.
 
-LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x ships a tiktoken ranks file
-under the same name. This module tells them apart and dispatches; from_sentencepiece.py and
-from_tiktoken.py build the files, chat_templates.py holds the published chat templates (the
-fixtures' fixtures/synthetic_tokenizer.py makes tokenizer.model files for tests and demos).
+LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x and Llama 4 ship a tiktoken
+ranks file under the same name. This module tells them apart and dispatches; from_sentencepiece.py
+and from_tiktoken.py build the files (tiktoken_specials.py says what each tiktoken family adds to
+its ranks), chat_templates.py holds the published chat templates (the fixtures'
+fixtures/synthetic_tokenizer.py makes tokenizer.model files for tests and demos).
 Nothing here imports tokenizers, transformers or tiktoken: the output is plain JSON in the
 formats those libraries read.
 """
@@ -23,6 +24,7 @@ from streamconv.tokenizer import from_sentencepiece as tokenizer_spm
 from streamconv.tokenizer import from_tiktoken as tokenizer_tiktoken
 from streamconv.tokenizer import tokenizer_json
 from streamconv.tokenizer.chat_templates import chat_template
+from streamconv.tokenizer.tiktoken_specials import tiktoken_scheme
 
 __all__ = [
     "chat_template",
@@ -102,12 +104,13 @@ def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
     """How many ids the model's embedding must have rows for.
 
     SentencePiece: every piece (32000 for LLaMA 1/2; Code Llama's model already holds its 16
-    infilling pieces, 32016). tiktoken: the ranks plus the 256 specials Meta adds in code (128256).
+    infilling pieces, 32016). tiktoken: the ranks plus the specials Meta adds in code (LLaMA 3.x:
+    256, 128256 in all; Llama 4: 2048, 202048 in all).
     """
     parsed = _parse(path)
     _check_family(path, parsed.kind, family)
     if parsed.ranks is not None:
-        return len(parsed.ranks) + tokenizer_tiktoken.N_SPECIAL_TOKENS
+        return len(parsed.ranks) + tiktoken_scheme(family).n_special
     assert parsed.spm is not None
     return parsed.spm.vocab_size
 
@@ -136,18 +139,18 @@ def tokenizer_files(
     else:
         assert parsed.ranks is not None
         ranks = parsed.ranks
-        specials = tokenizer_tiktoken.special_token_names(family)
+        scheme = tiktoken_scheme(family)
         documents = {
-            "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, specials),
+            "tokenizer.json": tokenizer_tiktoken.build_tokenizer_json(ranks, scheme),
             "tokenizer_config.json": tokenizer_tiktoken.build_tokenizer_config(
-                specials,
+                scheme,
                 n_ranks=len(ranks),
                 instruct=instruct,
                 model_max_length=model_max_length,
                 chat_template=template,
             ),
             "special_tokens_map.json": tokenizer_tiktoken.build_special_tokens_map(
-                instruct=instruct
+                scheme, instruct=instruct
             ),
         }
     files = {name: tokenizer_json.to_text(document).encode("utf-8")

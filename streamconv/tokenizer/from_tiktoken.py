@@ -1,10 +1,11 @@
-"""tiktoken ranks file (LLaMA 3, 3.1, 3.2, 3.3) -> Hugging Face tokenizer files.
+"""tiktoken ranks file (LLaMA 3, 3.1, 3.2, 3.3, Llama 4) -> Hugging Face tokenizer files.
 
-Meta's tokenizer.model for LLaMA 3 is text, one ``<base64 token bytes> <rank>`` line per token
-(128000 lines); the 256 special tokens are added by Meta's code, after the ranks. The tokenizer.json
-built here is byte-level BPE that segments text exactly as tiktoken does:
+Meta's tokenizer.model for LLaMA 3 and Llama 4 is text, one ``<base64 token bytes> <rank>`` line
+per token (128,000 and 200,000 lines); the special tokens (256 and 2,048) and the split regex are
+in Meta's code, restated per family in tiktoken_specials.py. The tokenizer.json built here is
+byte-level BPE that segments text exactly as tiktoken does:
 
-* pre-tokenizer: LLaMA 3's split regex, then the GPT-2 byte-to-unicode mapping (``ByteLevel``
+* pre-tokenizer: the family's split regex, then the GPT-2 byte-to-unicode mapping (``ByteLevel``
   without its own regex), so vocab entries are the mapped bytes of each token;
 * ``ignore_merges``: tiktoken looks a whole regex piece up in the ranks before merging, and so
   does BPE with this flag, which also covers the few tokens no merge sequence reaches;
@@ -27,51 +28,15 @@ from typing import Any
 import numpy as np
 
 from streamconv.errors import TokenizerError
-from streamconv.model.family import Family
 from streamconv.tokenizer.from_sentencepiece import added_tokens_decoder, special_token_entry
+from streamconv.tokenizer.tiktoken_specials import TiktokenScheme
 from streamconv.tokenizer.tokenizer_json import IndexedMerges, JsonDict, added_token, bos_template
 
-# LLaMA 3's pre-tokenizer regex (Meta's llama3/tokenizer.py pat_str).
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-N_SPECIAL_TOKENS = 256  # Meta's num_reserved_special_tokens
-BOS = "<|begin_of_text|>"
-EOS = "<|end_of_text|>"
-EOT = "<|eot_id|>"
 
-# The named specials after <|begin_of_text|>, <|end_of_text|>; names and order as in Meta's
-# llama-models and transformers' DEFAULT_LLAMA_SPECIAL_TOKENS. LLaMA 3.0 differs from 3.1+.
-_NAMED_3_0 = ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", EOT]
-_NAMED_3_1 = [
-    "<|finetune_right_pad_id|>",
-    "<|reserved_special_token_2|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eom_id|>",
-    EOT,
-    "<|python_tag|>",
-]
-
-def _special_tokens(specials: Sequence[str], n_ranks: int) -> list[JsonDict]:
-    """LLaMA 3's specials take the ids right after the ranks (128000... in Meta's file)."""
+def _special_tokens(scheme: TiktokenScheme, n_ranks: int) -> list[JsonDict]:
+    """The specials take the ids right after the ranks (128000... / 200000... in Meta's files)."""
     return [added_token(n_ranks + i, name, special=True, normalized=False)
-            for i, name in enumerate(specials)]
-
-
-def special_token_names(family: Family) -> list[str]:
-    """The 256 special tokens in id order (ids n_ranks .. n_ranks + 255)."""
-    if family is Family.LLAMA3:
-        head = [BOS, EOS, "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
-        head += ["<|reserved_special_token_2|>", "<|reserved_special_token_3|>", *_NAMED_3_0]
-        next_reserved = 5
-    else:
-        head = [BOS, EOS, "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
-        head += _NAMED_3_1
-        next_reserved = 3
-    tail = N_SPECIAL_TOKENS - len(head)
-    return head + [f"<|reserved_special_token_{next_reserved + i}|>" for i in range(tail)]
+            for i, name in enumerate(scheme.special_names)]
 
 
 def read_ranks(path: Path, data: bytes) -> dict[bytes, int]:
@@ -342,7 +307,7 @@ def _byte_level(*, add_prefix_space: bool, trim_offsets: bool, use_regex: bool) 
     }
 
 
-def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> JsonDict:
+def build_tokenizer_json(ranks: dict[bytes, int], scheme: TiktokenScheme) -> JsonDict:
     """The tokenizer.json document (tokenizers' serialization format, version 1.0)."""
     tokens = tokens_by_rank(ranks)
     pieces = mapped_tokens(tokens)
@@ -353,14 +318,14 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": _special_tokens(specials, n_ranks),
+        "added_tokens": _special_tokens(scheme, n_ranks),
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
                 {
                     "type": "Split",
-                    "pattern": {"Regex": LLAMA3_PATTERN},
+                    "pattern": {"Regex": scheme.pattern},
                     "behavior": "Isolated",
                     "invert": False,
                 },
@@ -371,7 +336,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
             "type": "Sequence",
             "processors": [
                 _byte_level(add_prefix_space=True, trim_offsets=False, use_regex=True),
-                bos_template(BOS, n_ranks + specials.index(BOS)),
+                bos_template(scheme.bos, scheme.special_id(scheme.bos, n_ranks=n_ranks)),
             ],
         },
         "decoder": _byte_level(add_prefix_space=True, trim_offsets=True, use_regex=True),
@@ -391,7 +356,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], specials: Sequence[str]) -> Js
 
 
 def build_tokenizer_config(
-    specials: Sequence[str], *, n_ranks: int, instruct: bool, model_max_length: int,
+    scheme: TiktokenScheme, *, n_ranks: int, instruct: bool, model_max_length: int,
     chat_template: str | None
 ) -> JsonDict:
     """tokenizer_config.json.
@@ -402,22 +367,22 @@ def build_tokenizer_config(
     """
     config: JsonDict = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS,
-        "eos_token": EOT if instruct else EOS,
+        "bos_token": scheme.bos,
+        "eos_token": scheme.instruct_eos if instruct else scheme.eos,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         "model_input_names": ["input_ids", "attention_mask"],
-        "added_tokens_decoder": added_tokens_decoder(
-            _special_tokens(specials, n_ranks)
-        ),
+        "added_tokens_decoder": added_tokens_decoder(_special_tokens(scheme, n_ranks)),
     }
+    if scheme.pad is not None:
+        config["pad_token"] = scheme.pad
     if chat_template is not None:
         config["chat_template"] = chat_template
     return config
 
 
-def build_special_tokens_map(*, instruct: bool) -> JsonDict:
-    return {
-        "bos_token": special_token_entry(BOS),
-        "eos_token": special_token_entry(EOT if instruct else EOS),
-    }
+def build_special_tokens_map(scheme: TiktokenScheme, *, instruct: bool) -> JsonDict:
+    tokens = {"bos_token": scheme.bos, "eos_token": scheme.instruct_eos if instruct else scheme.eos}
+    if scheme.pad is not None:
+        tokens["pad_token"] = scheme.pad
+    return {key: special_token_entry(content) for key, content in tokens.items()}
