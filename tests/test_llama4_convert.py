@@ -10,6 +10,8 @@ streaming conversion's folder through both (the oracle of issue 12).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from llama4_hf_mapping import hf_state_dict
 from safetensors import safe_open
 
 import streamconv
+from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 from streamconv.planning import jobs
 
 
@@ -131,3 +134,43 @@ def test_plan_names_llama4_and_refuses_a_version_flag(tmp_path: Path) -> None:
     with pytest.raises(streamconv.ParamsError, match="applies to LLaMA 1-3 only"):
         streamconv.prepare(meta_dir, streamconv.ConvertOptions(
             max_ram_bytes=int(in_process_budget()), tokenizer=False, llama_version="3"))
+
+
+def test_command_line_writes_a_folder_transformers_loads(tmp_path: Path) -> None:
+    """The whole product on a Llama-4-shaped Instruct folder: the command line, the tokenizer
+    built from a Llama-4-style tiktoken file (ranks + 2,048 specials = the embedding's rows),
+    and transformers loading model, config and tokenizer with no missing or unexpected key."""
+    transformers = pytest.importorskip("transformers")
+    n_ranks = 3000
+    spec = scout_like(vision=VisionSpec(), n_shards=8, vocab_size=n_ranks + 2048)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "Llama-4-Scout-17B-16E-Instruct")
+    write_synthetic_tokenizer(meta_dir / "tokenizer.model", kind="tiktoken",
+                              vocab_size=n_ranks, style="llama4")
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "streamconv", str(meta_dir), str(out),
+                           "--max-ram", "1G", "--quiet"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    for name in ("config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / name).is_file(), name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == spec.vocab_size
+    assert tokenizer.convert_tokens_to_ids("<|eot|>") == n_ranks + 8
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    model, info = transformers.Llama4ForConditionalGeneration.from_pretrained(
+        out, output_loading_info=True)
+    assert not any(info.values()), info
+    assert model.config.text_config.max_position_embeddings == 1048576  # Instruct, 4 experts
+
+
+def test_missing_rank_file_is_named(tmp_path: Path) -> None:
+    meta_dir = write_llama4_checkpoint(scout_like(vision=VisionSpec(), n_shards=8),
+                                       tmp_path / "meta")
+    (meta_dir / "consolidated.07.pth").unlink()
+    done = subprocess.run([sys.executable, "-m", "streamconv", str(meta_dir),
+                           str(tmp_path / "hf"), "--no-tokenizer"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1
+    assert "consolidated.07.pth" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "hf" / "config.json").exists()
