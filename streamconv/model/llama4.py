@@ -276,7 +276,7 @@ def text_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
     return config
 
 
-def vision_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
+def vision_config(spec: ModelSpec) -> dict[str, Any]:
     vision = spec.raw_params["vision_args"]
     dims = spec.extra_dims
     return {
@@ -298,7 +298,6 @@ def vision_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
         "projector_input_dim": dims["vision_output"],
         "projector_output_dim": dims["vision_output"],
         "rope_theta": 10000,
-        "torch_dtype": dtype_name,
         "vision_feature_layer": -1,
         "vision_feature_select_strategy": "default",
         "vision_output_dim": dims["vision_output"],
@@ -315,9 +314,8 @@ def config_dict(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
         "image_token_index": bos + _IMAGE_OFFSET,
         "model_type": "llama4",
         "text_config": text_config(spec, dtype_name=dtype_name),
-        "tie_word_embeddings": False,
         "torch_dtype": dtype_name,
-        "vision_config": vision_config(spec, dtype_name=dtype_name),
+        "vision_config": vision_config(spec),
     }
 
 
