@@ -70,6 +70,9 @@ SPECS = {
     "maverick-mp8-nested": maverick_like(vision=VisionSpec(), n_shards=8, nest_under_model=True),
     "scout-mp1": scout_like(vision=VisionSpec()),
     "maverick-mp2-fp16": maverick_like(vision=VisionSpec(), n_shards=2, dtype="float16"),
+    # Llama Guard 4's shape: no experts, every layer dense, no chunked attention.
+    "dense-mp8": scout_like(vision=VisionSpec(), n_shards=8, num_experts=0,
+                            attention_chunk_size=None),
 }
 
 
@@ -122,6 +125,16 @@ def test_config_follows_the_published_layout(tmp_path: Path) -> None:
     text_config = loaded.text_config
     assert text_config.moe_layers == list(range(spec.n_layers))
     assert text_config.no_rope_layers == [int((i + 1) % 4 != 0) for i in range(spec.n_layers)]
+
+
+def test_dense_config_is_the_converters_dense_branch(tmp_path: Path) -> None:
+    meta_dir = write_llama4_checkpoint(SPECS["dense-mp8"], tmp_path / "Llama-Guard-4")
+    convert(meta_dir, tmp_path / "hf")
+    text = json.loads((tmp_path / "hf" / "config.json").read_text())["text_config"]
+    assert (text["num_local_experts"], text["moe_layers"], text["cache_implementation"]) == (
+        0, [], "static")
+    assert text["attention_chunk_size"] is None
+    assert text["max_position_embeddings"] == 8192  # dense Instruct (the converter's value)
 
 
 def test_plan_names_llama4_and_refuses_a_version_flag(tmp_path: Path) -> None:

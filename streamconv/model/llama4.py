@@ -238,7 +238,8 @@ def text_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
         "hidden_act": "silu",
         "hidden_size": spec.dim,
         "initializer_range": 0.02,
-        "interleave_moe_layer_step": moe.get("interleave_moe_layer_step", 1) if moe else 0,
+        "interleave_moe_layer_step": (moe.get("interleave_moe_layer_step", 1)
+                                      if dims["experts"] else 0),
         "intermediate_size": dims["moe_ffn"],
         "intermediate_size_mlp": dims["dense_ffn"],
         "max_position_embeddings": spec.max_position_embeddings,
@@ -260,7 +261,7 @@ def text_config(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
         "use_qk_norm": bool(raw.get("use_qk_norm", False)),
         "vocab_size": spec.vocab_size,
     }
-    if not moe:
+    if not dims["experts"]:
         config["moe_layers"] = []  # the converter's dense branch (Llama Guard 4)
     if raw.get("attention_chunk_size") is None:
         config["cache_implementation"] = "static"  # as transformers' converter writes
