@@ -134,7 +134,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
         return detect_llama4(params, ckpt, instruct=instruct)
     table = tensor_table_for(params)
     check_names(ckpt, params, table, params.n_layers)
-    check_rank_count(ckpt, params, table)
+    check_rank_count(ckpt, table, params.dim)
     sources: dict[str, str] = {}
     quantized = quantized_names(ckpt)
     dtype = source_dtype(ckpt, table, quantized)

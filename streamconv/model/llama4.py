@@ -13,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streamconv.errors import CheckpointError, ParamsError
+from streamconv.errors import ParamsError
 from streamconv.model.family import Family
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
-from streamconv.model.tensor_checks import check_names, check_shapes, source_dtype
-from streamconv.model.tensor_table import TensorTable
+from streamconv.model.tensor_checks import (
+    check_names,
+    check_rank_count,
+    check_shapes,
+    source_dtype,
+)
 from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import MetaParams
-from streamconv.source.rank_files import missing_ranks_error
 from streamconv.source.tensor_index import Checkpoint
 
 # llama-models' llama4/tokenizer.py: 2,048 special tokens after the ranks (ids 200000-202047
@@ -77,24 +80,6 @@ def dense_hidden_dim(params: MetaParams) -> int:
         hidden = int(params.ffn_dim_multiplier * hidden)
     multiple_of = params.multiple_of or 1
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-
-def _rank_count(ckpt: Checkpoint, params: MetaParams, n_kv: int, table: TensorTable) -> None:
-    """Each rank's wqkv holds its share of q, k and v rows: the rows tell how many ranks."""
-    name = table.name("q", 0)
-    ref = ckpt.tensors[0].get(name)
-    head_dim = params.dim // params.n_heads
-    total = (params.n_heads + 2 * n_kv) * head_dim
-    if ref is None or len(ref.shape) != 2 or not ref.shape[0] or total % ref.shape[0]:
-        return  # check_names / check_shapes say what is wrong
-    expected = total // ref.shape[0]
-    if expected > ckpt.n_ranks:
-        raise missing_ranks_error(ckpt.input_dir, list(range(ckpt.n_ranks, expected)),
-                                  ckpt.n_ranks, expected)
-    if expected < ckpt.n_ranks:
-        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} shards but {name} and "
-                              f"params.json make {expected}; remove consolidated files that "
-                              "belong to another model")
 
 
 def _vision_dims(vision: Mapping[str, Any]) -> dict[str, int]:
@@ -164,7 +149,7 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
     sources = {"family": "params.json has " + " and ".join(
         k for k in ("moe_args", "vision_args") if k in raw) + " (Llama 4)",
         "instruct": instruct[1]}
-    _rank_count(ckpt, params, n_kv, table)
+    check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
     quantized = quantized_names(ckpt)
     if quantized:

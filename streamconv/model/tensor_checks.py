@@ -44,19 +44,20 @@ def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable,
                 "a plain LLaMA text checkpoint (n_layers in params.json may be wrong)")
 
 
-def check_rank_count(ckpt: Checkpoint, params: MetaParams, table: TensorTable) -> None:
-    """q is split by rows in every family, so its rows tell how many rank files there are."""
+def check_rank_count(ckpt: Checkpoint, table: TensorTable, merged_rows: int) -> None:
+    """q's Meta tensor (LLaMA's wq, Llama 4's fused wqkv) is split by rows in every family:
+    its `merged_rows` over the rows of one rank file tell how many rank files there are."""
     wq = ckpt.tensors[0].get(table.name("q", 0))
-    if wq is None or len(wq.shape) != 2 or wq.shape[0] == 0 or params.dim % wq.shape[0]:
+    if wq is None or len(wq.shape) != 2 or wq.shape[0] == 0 or merged_rows % wq.shape[0]:
         return  # check_names and check_shapes say what is wrong
-    expected = params.dim // wq.shape[0]
+    expected = merged_rows // wq.shape[0]
     if expected > ckpt.n_ranks:
         raise missing_ranks_error(ckpt.input_dir, list(range(ckpt.n_ranks, expected)),
                                   ckpt.n_ranks, expected)
     if expected < ckpt.n_ranks:
         raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} shards but their shapes "
-                              f"and params.json (dim={params.dim}) make {expected}; remove "
-                              "consolidated files that belong to another model")
+                              f"and params.json make {expected}; remove consolidated files "
+                              "that belong to another model")
 
 
 def check_shapes(spec: ModelSpec, ckpt: Checkpoint) -> None:
