@@ -11,6 +11,7 @@ from pathlib import Path
 
 from streamconv.errors import CheckpointError
 from streamconv.system.direct_io import ALIGN, dio_alignment, is_aligned, open_direct
+from streamconv.system.page_cache import ResidencyMap
 from streamconv.system.platform_io import has_os_call
 
 
@@ -29,6 +30,7 @@ class RankReader:
         self._direct_fds: list[int | None] = []
         self._refused: list[int] = []
         self._dio_aligns: list[int] = []
+        self._residency: list[ResidencyMap | None] = []
         self._locks = [threading.Lock() for _ in self._paths]
         self.cached_prefix = cached_prefix
 
@@ -43,7 +45,14 @@ class RankReader:
             fd = open_direct(path, os.O_RDONLY)
             self._direct_fds.append(fd)
             self._dio_aligns.append(ALIGN if fd is None else dio_alignment(fd))
+            self._residency.append(None if fd is None else ResidencyMap(path, self._fds[-1]))
         return self
+
+    def cached_bytes(self, rank_idx: int, offset: int, n_bytes: int) -> int:
+        """How many bytes from offset are in the page cache already (page_cache.py), as a
+        whole number of pages from the first; those are read from there, not with O_DIRECT."""
+        residency = self._residency[rank_idx]
+        return 0 if residency is None else residency.resident_prefix(offset, n_bytes)
 
     def direct(self, rank_idx: int) -> bool:
         """Whether read_span can bypass the page cache for this file."""
@@ -52,7 +61,8 @@ class RankReader:
     def reads_direct(self, rank_idx: int, offset: int, n_bytes: int) -> bool:
         """Whether read_span reads [offset, offset + n_bytes) past the page cache; if not, the
         bytes may as well be read straight into their final place with read_into."""
-        return self._direct_fds[rank_idx] is not None and offset + n_bytes > self.cached_prefix
+        return (self._direct_fds[rank_idx] is not None and offset + n_bytes > self.cached_prefix
+                and self.cached_bytes(rank_idx, offset, n_bytes) < n_bytes)
 
     def dio_align(self, rank_idx: int) -> int:
         """The O_DIRECT alignment of the file's offsets, lengths and buffers (a divisor of
@@ -94,12 +104,18 @@ class RankReader:
         start = offset % ALIGN
         length = -(-(start + n_bytes) // ALIGN) * ALIGN
         window = area[:length]
-        if (fd is None or offset + n_bytes <= self.cached_prefix or len(window) < length
-                or not is_aligned(window, offset - start)):
+        cached = 0 if fd is None else self.cached_bytes(rank_idx, offset, n_bytes)
+        if (fd is None or offset + n_bytes <= self.cached_prefix or cached == n_bytes
+                or len(window) < length or not is_aligned(window, offset - start)):
             self.read_into(rank_idx, offset, area[:n_bytes])
             return 0
+        skip = 0  # bytes of the window that came from the page cache: whole pages from start
+        if cached:
+            self.read_into(rank_idx, offset, area[start:start + cached])
+            skip = start + cached  # offset + cached is on a page boundary
+            window = window[skip:]
         try:
-            got = self._pread_all(fd, window, offset - start)
+            got = skip + self._pread_all(fd, window, offset - start + skip)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
@@ -132,7 +148,11 @@ class RankReader:
         for fd in [*self._fds, *self._direct_fds, *self._refused]:
             if fd is not None:
                 os.close(fd)
+        for residency in self._residency:
+            if residency is not None:
+                residency.close()
         self._fds, self._direct_fds, self._refused, self._dio_aligns = [], [], [], []
+        self._residency = []
 
     def read_into(self, rank_idx: int, offset: int, buffer: memoryview) -> None:
         """Fill buffer from the file at offset; short reads are retried, EOF is an error."""
