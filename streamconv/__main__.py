@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from streamconv.cli.process_exit import run_command
 
-from streamconv.cli.main import main
-
-sys.exit(main())
+run_command()

@@ -16,11 +16,23 @@ from streamconv.system.direct_io import ALIGN, SPAN_SLACK, direct_span, open_dir
 FILE_BYTES = 3 * (1 << 20) + 1000  # not a whole number of blocks: the last read is a part one
 
 
+def evict(path: Path) -> None:
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     path = tmp_path_factory.mktemp("direct") / "consolidated.00.pth"
     data = random.Random(0).randbytes(FILE_BYTES)
     path.write_bytes(data)
+    evict(path)  # bytes in the page cache are read from there, not with O_DIRECT
     return path, data
 
 

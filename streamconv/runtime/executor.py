@@ -26,6 +26,7 @@ from streamconv.planning.jobs import (
     slot_layout,
 )
 from streamconv.planning.layout import CopyBlock
+from streamconv.runtime.in_place_read import read_in_place
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import SCALE_DTYPE, scale_key
 from streamconv.source.rank_reader import RankReader
@@ -108,6 +109,19 @@ class JobRunner:
             dst[row:stop].copy_(rows)
         return n_bytes
 
+    def _read_plain(self, rank_idx: int, file_offset: int, slot: torch.Tensor,
+                    target: torch.Tensor) -> bool:
+        """Read a plain block's bytes straight into its output rows where no copy is needed:
+        through the page cache (no O_DIRECT, or bytes the kernel was asked to cache), or with
+        O_DIRECT when the rows sit where the disk blocks would put them (in_place_read.py).
+        False: the caller stages them."""
+        n_bytes = target.numel()
+        if not self.reader.reads_direct(rank_idx, file_offset, n_bytes):
+            self.reader.read_into(rank_idx, file_offset, as_buffer(target))
+            return True
+        return read_in_place(self.reader, rank_idx, file_offset, as_buffer(slot),
+                             start=target.data_ptr() - slot.data_ptr(), n_bytes=n_bytes)
+
     def run(self, job: Job, slot: torch.Tensor) -> int:
         """Bytes read from the shards (and scale files)."""
         plan, same = self.plan, job.src_dtype == self.plan.dst_dtype
@@ -124,8 +138,7 @@ class JobRunner:
             plain = not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
                                     same_dtype=same)
             target = out_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
-            if plain and not self.reader.direct(block.rank_idx):
-                self.reader.read_into(block.rank_idx, file_offset, as_buffer(target))
+            if plain and self._read_plain(block.rank_idx, file_offset, slot, target):
                 bytes_read += n_bytes
                 continue
             stage_area = slot[stage_offset:stage_offset + job.stage_bytes]
