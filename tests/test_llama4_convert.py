@@ -187,3 +187,22 @@ def test_missing_rank_file_is_named(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "consolidated.07.pth" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "hf" / "config.json").exists()
+
+
+def test_fp8_release_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    """Meta's FP8 Maverick stores the routed experts as float8 (its rank files are 54 GB
+    against 100 GB: sku_list sizes, docs/llama4_facts.md) with fp8_scales_N.pt beside them."""
+    spec = maverick_like(vision=VisionSpec(), n_shards=2)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    for rank in range(2):
+        path = meta_dir / f"consolidated.{rank:02d}.pth"
+        state = torch.load(path, weights_only=True)
+        name = "layers.1.feed_forward.experts.moe_w_in_eD_F"
+        state[name] = state[name].to(torch.float8_e4m3fn)
+        torch.save(state, path)
+    done = subprocess.run([sys.executable, "-m", "streamconv", str(meta_dir),
+                           str(tmp_path / "hf"), "--no-tokenizer"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1
+    assert "FP8 Llama 4" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ from streamconv.model.tensor_checks import (
     check_shapes,
     source_dtype,
 )
-from streamconv.source.fp8_scales import quantized_names
+from streamconv.source.fp8_scales import FP8_DTYPE
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
 
@@ -151,11 +151,14 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         "instruct": instruct[1]}
     check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
-    quantized = quantized_names(ckpt)
-    if quantized:
-        raise ParamsError(f"{ckpt.input_dir} is an FP8 Llama 4 release, whose scale layout is "
-                          "not public (docs/llama4_facts.md); convert the bf16 release instead")
-    dtype = source_dtype(ckpt, table, quantized)
+    fp8 = [ref for ref in ckpt.tensors[0].values() if ref.dtype == FP8_DTYPE]
+    if fp8 or ckpt.scale_paths:
+        where = f"{fp8[0].meta_name} is float8" if fp8 else "it has fp8_scales_N.pt files"
+        raise ParamsError(f"{ckpt.input_dir} is Meta's FP8 Llama 4 release ({where}), which "
+                          "streamconv does not convert yet: the layout of its scale files is "
+                          "known only from Meta's loader code, not from a file "
+                          "(docs/llama4_facts.md); convert the bf16 release instead")
+    dtype = source_dtype(ckpt, table, frozenset())
     shard0 = ckpt.tensors[0]
     vocab = shard0[table.name("embedding")].shape[0] * n
     if params.vocab_size is not None and params.vocab_size != vocab:
