@@ -12,6 +12,7 @@ other people use this machine, and /proc/sys/vm/drop_caches would also measure t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fixtures.llama4_layout import Llama4Spec
+from fixtures.llama4_synthetic import write_llama4_streaming
 from fixtures.synthetic import SyntheticSpec, spec_summary, write_checkpoint
 
 from .models import BenchModel
@@ -95,6 +98,10 @@ def is_cached(model: BenchModel) -> bool:
 
 
 def _marker_content(model: BenchModel) -> dict[str, object]:
+    if isinstance(model.spec, Llama4Spec):
+        # Round-tripped through JSON so it compares equal to the marker read back.
+        summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
+        return {"key": model.key, "spec": summary, "writer": "llama4_synthetic.streaming"}
     return {"key": model.key, "spec": spec_summary(model.spec)}
 
 
@@ -130,9 +137,11 @@ def ensure_checkpoint(model: BenchModel, *, log: Callable[[str], None]) -> Path:
     if free_bytes() < need + DISK_MARGIN_BYTES:
         raise DiskError(f"generating {model.key} needs {gib(need)} free on {CKPT_DIR} "
                         f"(+{gib(DISK_MARGIN_BYTES)} margin), {gib(free_bytes())} is free")
-    log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.spec.n_ranks} "
+    log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.n_ranks} "
         f"shard(s)) into {out_dir}")
-    if model.spec.share_storage:
+    if isinstance(model.spec, Llama4Spec):
+        write_llama4_streaming(model.spec, out_dir)
+    elif model.spec.share_storage:
         write_checkpoint(model.spec, out_dir)
     else:
         write_checkpoint_lean(model.spec, out_dir)

@@ -1,4 +1,5 @@
-"""The benchmark's models: real LLaMA shapes from fixtures.synthetic.PRESETS, and layer slices.
+"""The benchmark's models: real LLaMA shapes from fixtures.synthetic.PRESETS, layer slices, and
+Llama 4 Scout slices (fixtures/llama4_layout.py's real Scout sizes, vision tower included).
 
 A slice keeps a big model's dim, heads, kv heads, FFN width, vocabulary and shard count and
 only cuts the number of layers, so every tensor (and every output row) has its real size: peak
@@ -13,29 +14,47 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fixtures.llama4_layout import Llama4Spec, scout
+from fixtures.llama4_synthetic import rank_file_bytes
 from fixtures.synthetic import PRESETS, SyntheticSpec, rank_shapes
 
 # Keys accepted by --models; "slices" expands to SLICES.
 FULL_MODELS = ("7b", "13b", "8b")
 SLICES = ("70b-l2", "70b-l4", "70b-l8", "405b-l2", "405b-l4", "405b-l8")
 _SLICE_RE = re.compile(r"^(70b|405b)-l(\d+)$")
+# Llama 4 Scout slices: 16 experts, vision tower, 8 rank files (~9.6 GiB at 1 layer, +4.1 per
+# layer). "scout" in --models means both.
+SCOUT_SLICES = ("scout-l1", "scout-l2")
+_SCOUT_RE = re.compile(r"^scout-l(\d+)$")
 
 
 @dataclass(frozen=True)
 class BenchModel:
     key: str  # what --models takes: "7b", "70b-l4"
     label: str  # for tables: "LLaMA-2 7B", "405B-style, 4 layers"
-    spec: SyntheticSpec
-    peer_version: str  # transformers' --llama_version for the same checkpoint
-    slice_of: str | None = None  # "70b" / "405b" for slices
+    spec: SyntheticSpec | Llama4Spec
+    # transformers' --llama_version for the same checkpoint; None: no peer (its Llama 4 script
+    # loads every shard at once: it cannot run here, see issue 12).
+    peer_version: str | None
+    slice_of: str | None = None  # "70b" / "405b" / "scout" for slices
 
     @property
     def n_layers(self) -> int:
         return self.spec.n_layers
 
     @property
+    def is_llama4(self) -> bool:
+        return isinstance(self.spec, Llama4Spec)
+
+    @property
+    def n_ranks(self) -> int:
+        return self.spec.n_shards if isinstance(self.spec, Llama4Spec) else self.spec.n_ranks
+
+    @property
     def shard_bytes(self) -> list[int]:
         """Tensor bytes of each consolidated.NN.pth (the pickle and zip headers add ~100 KB)."""
+        if isinstance(self.spec, Llama4Spec):
+            return [rank_file_bytes(self.spec)] * self.spec.n_shards
         itemsize = torch.empty((), dtype=getattr(torch, self.spec.dtype)).element_size()
         per_shard = sum(math.prod(s) for s in rank_shapes(self.spec).values()) * itemsize
         return [per_shard] * self.spec.n_ranks
@@ -88,19 +107,29 @@ def _slice(family: str, n_layers: int) -> BenchModel:
     return BenchModel(f"{family}-l{n_layers}", label, spec, version, slice_of=family)
 
 
+def _scout_slice(n_layers: int) -> BenchModel:
+    """Scout's real sizes cut to n_layers; with the vision tower (34 layers, ~1.6 GB), whose
+    many small tensors are part of what a Llama 4 conversion does."""
+    label = f"Scout-style, {n_layers} layer{'s' if n_layers > 1 else ''}"
+    return BenchModel(f"scout-l{n_layers}", label, scout(n_layers=n_layers), None,
+                      slice_of="scout")
+
+
 def resolve_models(text: str) -> list[BenchModel]:
     """'7b,13b,slices' -> models in the order given (duplicates dropped)."""
     keys: list[str] = []
     for raw in (part.strip().lower() for part in text.split(",") if part.strip()):
-        keys += list(SLICES) if raw == "slices" else [raw]
+        keys += {"slices": list(SLICES), "scout": list(SCOUT_SLICES)}.get(raw, [raw])
     models: list[BenchModel] = []
     for key in dict.fromkeys(keys):
         if key in _FULL:
             models.append(_FULL[key])
         elif match := _SLICE_RE.match(key):
             models.append(_slice(match.group(1), int(match.group(2))))
+        elif match := _SCOUT_RE.match(key):
+            models.append(_scout_slice(int(match.group(1))))
         else:
             raise ValueError(f"unknown model {key!r} in --models; use {', '.join(FULL_MODELS)}, "
-                             "70b-lN or 405b-lN (N layers), or 'slices' for "
-                             f"{','.join(SLICES)}")
+                             "70b-lN, 405b-lN or scout-lN (N layers), 'slices' for "
+                             f"{','.join(SLICES)} or 'scout' for {','.join(SCOUT_SLICES)}")
     return models

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from fixtures.llama4_layout import Llama4Spec
 from streamconv.system.memory import parse_size
 
 from .cache import WORK_DIR, cached_bytes, evict_from_page_cache, input_files, tree_bytes
@@ -144,7 +145,7 @@ def _result(session: Session, model: BenchModel, runner: str, budget: str | None
         "run_id": run_id(model, runner, budget),
         "session": session.session_id,
         "model": model.key, "model_label": model.label, "slice_of": model.slice_of,
-        "n_layers": model.n_layers, "n_ranks": model.spec.n_ranks,
+        "n_layers": model.n_layers, "n_ranks": model.n_ranks,
         "checkpoint_bytes": model.checkpoint_bytes,
         "runner": runner, "budget": budget,
         "budget_bytes": parse_size(budget) if budget else None,
@@ -187,6 +188,9 @@ def run_streamconv(session: Session, model: BenchModel, ckpt: Path, budget: str
 def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
     """transformers 4.47.1's write_model(); its temporary copy goes to TMPDIR on this disk."""
     rid = run_id(model, "peer", None)
+    if model.peer_version is None or isinstance(model.spec, Llama4Spec):
+        raise MemoryError(f"{model.key}: transformers' LLaMA script does not convert it (its "
+                          "Llama 4 script loads every rank file at once); not run")
     if model.spec.share_storage:
         raise MemoryError(f"{model.key} is generated with one storage per shard, which the "
                           "peer's per-layer torch.save would copy whole into every layer file; "
@@ -205,7 +209,7 @@ def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
     tmp_dir.mkdir(parents=True)
     vocab = model.spec.vocab_size
     job = {"dst": str(out_dir), "src": str(ckpt), "version": model.peer_version,
-           "vocab_size": vocab, "n_ranks": model.spec.n_ranks}
+           "vocab_size": vocab, "n_ranks": model.n_ranks}
     env = {**os.environ, "TMPDIR": str(tmp_dir)}
     m = measure([str(PEER_PYTHON), "-c", PEER_CODE, json.dumps(job)], raw_dir=session.raw_dir,
                 run_id=rid, env=env)

@@ -1,0 +1,65 @@
+"""`streamconv plan` on sparse Llama 4 folders (fixtures/llama4_synthetic.write_llama4_sparse),
+the way benchmarks/plan_maverick.py plans a Maverick-sized folder that no disk here can hold.
+
+The sparse files must read as the real files do: same names, shapes, dtypes and offsets, so the
+plan (schedule, output layout, predicted peak) equals the plan of the same spec written with real
+bytes, and the files hold almost no blocks on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from fixtures.llama4_layout import Llama4Spec, VisionSpec, maverick_like, scout_like
+from fixtures.llama4_synthetic import rank_file_bytes, write_llama4_sparse, write_llama4_streaming
+from streamconv.cli.main import main
+
+SPECS = {
+    # Maverick's structure (dense layer 0, 128-expert-like MoE layer 1), tiny dims, 8 ranks.
+    "maverick": maverick_like(n_layers=2, num_experts=16, n_shards=8, vision=VisionSpec()),
+    "scout": scout_like(n_layers=2, n_shards=8, vision=VisionSpec()),
+}
+
+
+def _plan_text(folder: Path) -> str:
+    out = io.StringIO()
+    assert main(["plan", str(folder), "--max-ram", "1G", "--no-tokenizer"],
+                console=Console(file=out, width=400)) == 0
+    text = out.getvalue().replace(str(folder), "<folder>")
+    # The baseline (and so the peak and the smallest budget) is this process's RSS at the time.
+    process_dependent = ("baseline RSS", "predicted peak RSS", "smallest workable budget")
+    return "\n".join(line.rstrip() for line in text.splitlines()
+                     if not any(key in line for key in process_dependent))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_sparse_folder_plans_like_the_real_one(name: str, tmp_path: Path) -> None:
+    spec: Llama4Spec = SPECS[name]
+    # Same-length parents: the plan prints the folder, and its tables pad to the longest cell.
+    sparse = write_llama4_sparse(spec, tmp_path / "sparse" / name)
+    real = write_llama4_streaming(spec, tmp_path / "stream" / name)
+    sparse_plan = _plan_text(sparse)
+    assert "Llama 4" in sparse_plan and "Schedule" in sparse_plan
+    assert sparse_plan == _plan_text(real)
+    for shard_idx in range(spec.n_shards):
+        sparse_file = sparse / f"consolidated.{shard_idx:02d}.pth"
+        real_file = real / f"consolidated.{shard_idx:02d}.pth"
+        assert sparse_file.stat().st_size == real_file.stat().st_size
+        assert sparse_file.stat().st_size >= rank_file_bytes(spec)
+
+
+def test_sparse_rank_files_hold_holes_not_data(tmp_path: Path) -> None:
+    """A rank file of ~30 MiB of tensors takes a few blocks: only the zip and pickle are written."""
+    spec = maverick_like(n_layers=2, dim=1024, n_heads=8, n_kv_heads=8, vocab_size=8192,
+                         multiple_of=256, num_experts=16, n_shards=8,
+                         vision=VisionSpec())
+    folder = write_llama4_sparse(spec, tmp_path / "sparse")
+    rank = os.stat(folder / "consolidated.00.pth")
+    assert rank.st_size >= rank_file_bytes(spec) > 24 << 20
+    assert rank.st_blocks * 512 < 1 << 20
+    assert "Schedule" in _plan_text(folder)
