@@ -189,20 +189,87 @@ def test_missing_rank_file_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "hf" / "config.json").exists()
 
 
-def test_fp8_release_is_refused_in_one_sentence(tmp_path: Path) -> None:
-    """Meta's FP8 Maverick stores the routed experts as float8 (its rank files are 54 GB
-    against 100 GB: sku_list sizes, docs/llama4_facts.md) with fp8_scales_N.pt beside them."""
-    spec = maverick_like(vision=VisionSpec(), n_shards=2)
-    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
-    for rank in range(2):
+def _fp8_experts(meta_dir: Path, spec: Llama4Spec, bf16_dir: Path) -> None:
+    """Meta's FP8 Maverick from a bf16 folder, as llama-models' llama4/quantization/loader.py
+    reads it: the routed experts of the MoE layers but the first and last layer as float8, each
+    expert quantized transposed, row by row (max |w| / 448, fbgemm's per-row e4m3 scale), the
+    fp32 scales in fp8_scales_N.pt under `layers.N.feed_forward.experts.{w1,w3,w2}`. bf16_dir
+    receives the same ranks dequantized (Meta's formula) in bf16: the model the FP8 folder holds.
+    """
+    bf16_dir.mkdir()
+    (bf16_dir / "params.json").write_bytes((meta_dir / "params.json").read_bytes())
+    experts = spec.num_experts
+    quantized = [i for i in range(1, spec.n_layers - 1) if spec.is_moe_layer(i)]
+    assert quantized
+    for rank in range(spec.n_shards):
         path = meta_dir / f"consolidated.{rank:02d}.pth"
         state = torch.load(path, weights_only=True)
-        name = "layers.1.feed_forward.experts.moe_w_in_eD_F"
-        state[name] = state[name].to(torch.float8_e4m3fn)
+        plain = dict(state)
+        scales = {}
+        for layer in quantized:
+            p = f"layers.{layer}.feed_forward.experts."
+            for stored, key in (("moe_w_in_eD_F", "w1"), ("moe_w_swiglu_eD_F", "w3"),
+                                ("moe_w_out_eF_D", "w2")):
+                weight = state[p + stored]
+                # The loader's param: w1 / w3 (E, D, F/ranks), w2 (E, F/ranks, D).
+                param = weight.view(experts, weight.shape[0] // experts, weight.shape[1])
+                rowwise = param.transpose(1, 2).float()  # what it quantizes, row by row
+                scale = rowwise.abs().amax(dim=-1).clamp(min=1e-12) / 448.0
+                q = (rowwise / scale[..., None]).to(torch.float8_e4m3fn)
+                back = q.transpose(1, 2)
+                deq = (q.float() * scale[..., None]).transpose(1, 2)
+                state[p + stored] = back.reshape(weight.shape).contiguous()
+                plain[p + stored] = deq.reshape(weight.shape).to(weight.dtype).contiguous()
+                scales[p + key] = scale.contiguous()
         torch.save(state, path)
+        torch.save(scales, meta_dir / f"fp8_scales_{rank}.pt")
+        torch.save(plain, bf16_dir / f"consolidated.{rank:02d}.pth")
+
+
+@pytest.mark.parametrize("dst", ["auto", "fp32"])
+def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> None:
+    """The FP8 folder converts to what the same model dequantized in bf16 converts to, bit for
+    bit, with one-row jobs too (blocks that start and end inside an expert)."""
+    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=6)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    _fp8_experts(meta_dir, spec, tmp_path / "bf16")
+    prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
+        max_ram_bytes=int(in_process_budget()), tokenizer=False))
+    assert "float8_e4m3fn (feed-forward of layers 1, 3)" in prepared.plan.src_label
+    convert(meta_dir, tmp_path / "hf", dtype=dst)
+    convert(tmp_path / "bf16", tmp_path / "hf-bf16", dtype=dst)
+    got, want = converted_tensors(tmp_path / "hf"), converted_tensors(tmp_path / "hf-bf16")
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        if dst == "fp32" and any(f".layers.{i}.feed_forward.experts." in name for i in (1, 3)):
+            # fp32 output keeps the unrounded products; bf16 rounding is the only difference.
+            assert not torch.equal(got[name], tensor), name
+            assert torch.equal(got[name].to(torch.bfloat16).float(), tensor), name
+        else:
+            assert torch.equal(got[name], tensor), name
+
+
+def test_fp8_release_in_one_row_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
+    monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
+    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=4)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    _fp8_experts(meta_dir, spec, tmp_path / "bf16")
+    convert(meta_dir, tmp_path / "hf")
+    convert(tmp_path / "bf16", tmp_path / "hf-bf16")
+    got, want = converted_tensors(tmp_path / "hf"), converted_tensors(tmp_path / "hf-bf16")
+    assert all(torch.equal(got[name], tensor) for name, tensor in want.items())
+
+
+def test_fp8_scale_file_missing_is_named(tmp_path: Path) -> None:
+    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=4)
+    meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
+    _fp8_experts(meta_dir, spec, tmp_path / "bf16")
+    scales = torch.load(meta_dir / "fp8_scales_1.pt", weights_only=True)
+    del scales["layers.1.feed_forward.experts.w2"]
+    torch.save(scales, meta_dir / "fp8_scales_1.pt")
     done = subprocess.run([sys.executable, "-m", "streamconv", str(meta_dir),
                            str(tmp_path / "hf"), "--no-tokenizer"], capture_output=True,
                           text=True, check=False)
-    assert done.returncode == 1
-    assert "FP8 Llama 4" in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "fp8_scales_1.pt has no scale 'layers.1.feed_forward.experts.w2'" in done.stderr

@@ -136,7 +136,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     check_names(ckpt, params, table, params.n_layers)
     check_rank_count(ckpt, table, params.dim)
     sources: dict[str, str] = {}
-    quantized = quantized_names(ckpt)
+    quantized = frozenset(quantized_names(ckpt))
     dtype = source_dtype(ckpt, table, quantized)
     vocab, split_dim, vocab_rule = _embedding(ckpt, params, table)
     if params.vocab_size is not None and params.vocab_size != vocab:

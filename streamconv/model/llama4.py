@@ -10,7 +10,7 @@ docs/llama4_published.json (the published Hugging Face configs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamconv.errors import ParamsError
@@ -23,7 +23,8 @@ from streamconv.model.tensor_checks import (
     check_shapes,
     source_dtype,
 )
-from streamconv.source.fp8_scales import FP8_DTYPE
+from streamconv.model.tensor_table import TensorTable, evaluate, layer_index
+from streamconv.source.fp8_scales import ScaleLayout, quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
 
@@ -117,6 +118,23 @@ def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
             "rope_type": "llama3"}
 
 
+def dims_from(params: MetaParams, n_ranks: int) -> dict[str, int]:
+    """The table's base dimension names before a ModelSpec exists."""
+    return {"dim": params.dim, "ranks": n_ranks}
+
+
+def _scale_layouts(table: TensorTable,
+                   dims: dict[str, int]) -> Callable[[str], ScaleLayout | None]:
+    """Where the table says an fp8 tensor's scales are (Meta's FP8 Maverick experts)."""
+    def layout(meta_name: str) -> ScaleLayout | None:
+        entry = table.lookup(meta_name)
+        if entry is None or entry.fp8_scale is None or entry.fp8_scale_rows is None:
+            return None
+        key = entry.fp8_scale.format(layer=layer_index(meta_name))
+        return ScaleLayout(key, evaluate(entry.fp8_scale_rows, dims), per_column=True)
+    return layout
+
+
 def variant_label(spec: ModelSpec) -> str:
     experts = spec.extra_dims.get("experts", 0)
     if not experts:
@@ -151,14 +169,6 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         "instruct": instruct[1]}
     check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
-    fp8 = [ref for ref in ckpt.tensors[0].values() if ref.dtype == FP8_DTYPE]
-    if fp8 or ckpt.scale_paths:
-        where = f"{fp8[0].meta_name} is float8" if fp8 else "it has fp8_scales_N.pt files"
-        raise ParamsError(f"{ckpt.input_dir} is Meta's FP8 Llama 4 release ({where}), which "
-                          "streamconv does not convert yet: the layout of its scale files is "
-                          "known only from Meta's loader code, not from a file "
-                          "(docs/llama4_facts.md); convert the bf16 release instead")
-    dtype = source_dtype(ckpt, table, frozenset())
     shard0 = ckpt.tensors[0]
     vocab = shard0[table.name("embedding")].shape[0] * n
     if params.vocab_size is not None and params.vocab_size != vocab:
@@ -181,6 +191,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
     else:
         dims["dense_ffn"] = dense_hidden_dim(params)
         sources["intermediate_size_mlp"] = "Meta's dense sizing from params.json"
+    scales = quantized_names(ckpt, _scale_layouts(table, {**dims_from(params, n), **dims}))
+    dtype = source_dtype(ckpt, table, frozenset(scales))
     context, sources["max_position_embeddings"] = _context_length(
         instruct=instruct[0], n_experts=n_experts)
     sources["vocab_size"] = f"{table.name('embedding')} rows x {n}"
@@ -192,7 +204,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         rope_scaling=_rope_scaling(raw), max_position_embeddings=context,
         tie_word_embeddings=False, embedding_split_dim=0,
         bos_token_id=vocab - N_SPECIAL_TOKENS, instruct=instruct[0], tensors=table,
-        sources=sources, extra_dims=dims, extra_layers=layers, raw_params=dict(raw))
+        sources=sources, extra_dims=dims, extra_layers=layers, raw_params=dict(raw),
+        quantized=frozenset(scales), scale_layouts=scales)
     check_shapes(spec, ckpt)
     return spec
 

@@ -27,10 +27,13 @@ _VISION_LAYER = "vision_model.model.layers.{layer}."
 def _text(role: str, hf_suffix: str, meta_suffix: str, shape: tuple[str, ...], split: Split,
           *, layers: str = "all", meta_shape: tuple[str, ...] | None = None,
           part: tuple[str, str] | None = None, col_offset: str | None = None,
-          stack: str | None = None, transform: Transform | None = None) -> TensorEntry:
+          stack: str | None = None, transform: Transform | None = None,
+          fp8: tuple[str, str] | None = None) -> TensorEntry:
     return TensorEntry(role, _LAYER + hf_suffix, "layers.{layer}." + meta_suffix, shape, split,
                        transform, layers=layers, meta_shape=meta_shape, part=part,
-                       col_offset=col_offset, stack=stack)
+                       col_offset=col_offset, stack=stack,
+                       fp8_scale=fp8 and "layers.{layer}.feed_forward.experts." + fp8[0],
+                       fp8_scale_rows=fp8 and fp8[1])
 
 
 _EXPERTS_IN = ("experts * dim", "moe_ffn")  # each rank: (E*D, F/ranks), F split
@@ -59,14 +62,15 @@ _TEXT_ENTRIES = (
           transform=Transform.TRANSPOSE),
     _text("experts_gate", "feed_forward.experts.gate_up_proj",
           "feed_forward.experts.moe_w_in_eD_F", _GATE_UP, Split.COLS, layers="moe",
-          meta_shape=_EXPERTS_IN, col_offset="0"),
+          meta_shape=_EXPERTS_IN, col_offset="0", fp8=("w1", "dim")),
     _text("experts_up", "feed_forward.experts.gate_up_proj",
           "feed_forward.experts.moe_w_swiglu_eD_F", _GATE_UP, Split.COLS, layers="moe",
-          meta_shape=_EXPERTS_IN, col_offset="moe_ffn"),
+          meta_shape=_EXPERTS_IN, col_offset="moe_ffn", fp8=("w3", "dim")),
     # Each rank: (E*F/ranks, D), every expert's slice of F in turn.
     _text("experts_down", "feed_forward.experts.down_proj",
           "feed_forward.experts.moe_w_out_eF_D", ("experts", "moe_ffn", "dim"), Split.ROWS,
-          layers="moe", meta_shape=("experts * moe_ffn", "dim"), stack="experts"),
+          layers="moe", meta_shape=("experts * moe_ffn", "dim"), stack="experts",
+          fp8=("w2", "moe_ffn // ranks")),
     _text("shared_gate", "feed_forward.shared_expert.gate_proj.weight",
           "feed_forward.w_in_shared_FD.weight", ("moe_ffn", "dim"), Split.ROWS, layers="moe"),
     _text("shared_up", "feed_forward.shared_expert.up_proj.weight",

@@ -11,6 +11,7 @@ import torch
 
 from streamconv.model.family import Family
 from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable, meta_full_shape
+from streamconv.source.fp8_scales import ScaleLayout
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ModelSpec:
     doubts: tuple[str, ...] = field(default=(), compare=False)
     # Meta names stored as fp8 with row scales (the FP8 405B release; fp8_scales.py).
     quantized: frozenset[str] = field(default=frozenset(), compare=False)
+    # Where their scales are, where it is not 405B's one value per row (Llama 4's experts).
+    scale_layouts: Mapping[str, ScaleLayout] = field(default_factory=dict, compare=False)
     # A family's own dimension names for its tensor table, and its layer kinds beyond "all"
     # (Llama 4: experts, moe_ffn, ...; "moe", "dense", "vision" layers).
     extra_dims: Mapping[str, int] = field(default_factory=dict, compare=False)

@@ -109,6 +109,10 @@ class TensorEntry:
     stack: str | None = None
     # Which layers the entry exists in (a name of the model's LayerSets).
     layers: str = "all"
+    # Meta's FP8 release: the key of this tensor's scales in fp8_scales_N.pt ("{layer}" for
+    # the layer index) and how many stored rows share one vector of column scales.
+    fp8_scale: str | None = None
+    fp8_scale_rows: str | None = None
 
     @property
     def per_layer(self) -> bool:
@@ -177,6 +181,11 @@ _LAYER_INDEX = re.compile(r"(^|\.)\d+\.")
 
 def _pattern_of(meta_tensor_name: str) -> str:
     return _LAYER_INDEX.sub(r"\1{layer}.", meta_tensor_name, count=1)
+
+
+def layer_index(meta_tensor_name: str) -> int | None:
+    match = _LAYER_INDEX.search(meta_tensor_name)
+    return int(match.group(0).strip(".")) if match else None
 
 
 def meta_name(entry: TensorEntry, layer_idx: int | None) -> str:

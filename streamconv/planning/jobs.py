@@ -83,8 +83,8 @@ class Job:
     @property
     def read_bytes(self) -> int:
         """Bytes the job reads: its blocks, and for FP8 one fp32 scale per block row."""
-        per_row = SCALE_DTYPE.itemsize if self.dequantize else 0
-        return sum(b.n_rows * (b.n_cols * _itemsize(self.src_dtype) + per_row)
+        return sum(b.n_rows * b.n_cols * _itemsize(self.src_dtype)
+                   + (b.scale.read_bytes(b.src_row_start, b.n_rows, b.n_cols) if b.scale else 0)
                    for b in self.blocks)
 
 
@@ -138,10 +138,18 @@ def _stage_ratio(layouts: list[TensorLayout], dst_item: int) -> float:
     ratios = [1.0]
     for t in layouts:
         if t.src_dtype == FP8_DTYPE:
-            ratios.append((t.n_cols + SCALE_DTYPE.itemsize) / (t.n_cols * dst_item))
+            ratios.append((t.n_cols + _scale_bytes_per_row(t)) / (t.n_cols * dst_item))
         else:
             ratios.append(_itemsize(t.src_dtype) / dst_item)
     return max(ratios)
+
+
+def _scale_bytes_per_row(layout: TensorLayout) -> int:
+    """fp32 scale bytes per stored row: one value (405B), or an expert's column vector shared
+    by its group_rows rows (Llama 4)."""
+    return max([SCALE_DTYPE.itemsize] + [-(-layout.n_cols * SCALE_DTYPE.itemsize
+                                           // s.group_rows)
+                                         for s in layout.scales if s.per_column])
 
 
 def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: torch.dtype) -> int:
@@ -158,7 +166,11 @@ def _slot_extra(layouts: list[TensorLayout], dst_dtype: torch.dtype) -> int:
     fp8 = [t for t in layouts if t.src_dtype == FP8_DTYPE]
     if not fp8:
         return 0
-    return 2 * SCRATCH_ALIGN + max(_scratch_bytes(t.n_rows, t.n_cols, dst_dtype) for t in fp8)
+    # A block of an expert tensor can start and end inside an expert: two more scale vectors.
+    partial = max((2 * t.n_cols * SCALE_DTYPE.itemsize for t in fp8
+                   if any(s.per_column for s in t.scales)), default=0)
+    return 2 * SCRATCH_ALIGN + partial + max(
+        _scratch_bytes(t.n_rows, t.n_cols, dst_dtype) for t in fp8)
 
 
 def _choose_slots(layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
@@ -200,7 +212,9 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype:
         scratch = 0
         if layout.src_dtype == FP8_DTYPE:
             block_rows = max(b.n_rows for b in blocks)
-            scratch = (_round_up(block_rows * SCALE_DTYPE.itemsize, SCRATCH_ALIGN)
+            scale_bytes = max(b.scale.read_bytes(b.src_row_start, b.n_rows, b.n_cols)
+                              for b in blocks if b.scale is not None)
+            scratch = (_round_up(scale_bytes, SCRATCH_ALIGN)
                        + _scratch_bytes(block_rows, layout.n_cols, dst_dtype))
         jobs.append(Job(first_idx + len(jobs), layout.hf_name, file_idx,
                         data_start + row_start * row_bytes, row_start, row_stop,

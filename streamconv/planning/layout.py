@@ -11,7 +11,7 @@ a tensor by name.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,7 +30,7 @@ from streamconv.model.tensor_table import (
     rank_shape,
     rotary_head_dim,
 )
-from streamconv.source.fp8_scales import FP8_DTYPE
+from streamconv.source.fp8_scales import FP8_DTYPE, ScaleLayout, row_scale_layout
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Piece:
     unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0: the rank's whole part)
     stack: int = 1  # ROWS: stacked units (experts), each split across the ranks
     transpose: bool = False  # the rank tensor is this tensor transposed
+    scale: ScaleLayout | None = None  # fp8 only: where its scales are and what they scale
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class TensorLayout:
     # of Meta's FP8 release, which are dequantized with their row scales on the way.
     src_dtype: torch.dtype
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows
+
+    @property
+    def scales(self) -> list[ScaleLayout]:
+        """The fp8 pieces' scale layouts (none for float tensors)."""
+        return [p.scale for p in self.pieces if p.scale is not None]
 
     @property
     def meta_name(self) -> str:
@@ -95,6 +101,7 @@ class CopyBlock:
     dst_col_start: int
     n_cols: int
     transpose: bool = False
+    scale: ScaleLayout | None = None  # the piece's, for fp8 blocks
 
 
 def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
@@ -131,9 +138,15 @@ def hf_layouts(spec: ModelSpec, *,
         shape, pieces, rotary = found.setdefault(
             name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec)))
         pieces.append(_piece(entry, layer_idx, spec, dims))
-    return [TensorLayout(name, shape, tuple(pieces),
-                         FP8_DTYPE if pieces[0].meta_name in quantized else spec.dtype, rotary)
-            for name, (shape, pieces, rotary) in found.items()]
+    layouts = []
+    for name, (shape, pieces, rotary) in found.items():
+        if pieces[0].meta_name not in quantized:
+            layouts.append(TensorLayout(name, shape, tuple(pieces), spec.dtype, rotary))
+            continue
+        scaled = tuple(replace(p, scale=spec.scale_layouts.get(p.meta_name)
+                               or row_scale_layout(p.meta_name)) for p in pieces)
+        layouts.append(TensorLayout(name, shape, scaled, FP8_DTYPE, rotary))
+    return layouts
 
 
 def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
@@ -142,14 +155,15 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
     if piece.transpose:
         assert (row_start, row_stop) == (0, layout.n_rows), "a transposed tensor is one job"
         return [CopyBlock(0, piece.meta_name, 0, n_rows, 0, piece.col_offset, piece.n_cols,
-                          transpose=True)]
+                          transpose=True, scale=piece.scale)]
     if piece.split is Split.REPLICATED:
         return [CopyBlock(0, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
-                          piece.col_offset, piece.n_cols)]
+                          piece.col_offset, piece.n_cols, scale=piece.scale)]
     if piece.split is Split.COLS:
         width = piece.src_shape[-1]
         return [CopyBlock(s, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
-                          piece.col_offset + s * width, width) for s in range(n_ranks)]
+                          piece.col_offset + s * width, width, scale=piece.scale)
+                for s in range(n_ranks)]
     unit = layout.n_rows // piece.stack  # output rows of one stacked unit
     per_rank = piece.unit_rows
     replicas = n_ranks * per_rank // unit
@@ -161,7 +175,7 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
         stop = min(row_stop, stacked * unit + (group + 1) * per_rank)
         blocks.append(CopyBlock(group * replicas, piece.meta_name,
                                 piece.row_offset + stacked * per_rank + offset, stop - row, row,
-                                piece.col_offset, piece.n_cols))
+                                piece.col_offset, piece.n_cols, scale=piece.scale))
         row = stop
     return blocks
 

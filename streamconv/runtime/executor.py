@@ -28,7 +28,7 @@ from streamconv.planning.jobs import (
 from streamconv.planning.layout import CopyBlock
 from streamconv.runtime.in_place_read import read_in_place
 from streamconv.runtime.transforms import permute_rotary_into
-from streamconv.source.fp8_scales import SCALE_DTYPE, scale_key
+from streamconv.source.fp8_scales import SCALE_DTYPE, ScaleLayout
 from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import TensorRef
 from streamconv.system.direct_io import ALIGN, huge_page_memory
@@ -78,35 +78,48 @@ class JobRunner:
         return ref.offset_bytes + block.src_row_start * ref.shape[-1] * ref.itemsize
 
     def dequantize_into(self, dst: torch.Tensor, src: torch.Tensor, block: CopyBlock,
-                        scratch: torch.Tensor) -> int:
-        """dst = (src.float() * scale[:, None]).to(dst.dtype) with the block's rank's row
-        scales (fp8.py: Meta's formula); returns the scale bytes read.
+                        scratch: torch.Tensor, layout: ScaleLayout) -> int:
+        """dst = (src.float() * scale).to(dst.dtype) with the block's rank's scales (fp8_scales.py:
+        Meta's formula; one value per row, or one column vector per expert); returns the scale
+        bytes read.
 
         The multiply runs in fp32 in `scratch`, a few rows at a time, so no temporary of the
         block's size is ever allocated; with fp32 output it runs in dst itself.
         """
-        ref = self.scales[block.rank_idx][scale_key(block.meta_name, block.rank_idx)]
-        n_bytes = block.n_rows * SCALE_DTYPE.itemsize
+        ref = self.scales[block.rank_idx][layout.key_for(block.rank_idx)]
+        first, n_groups = layout.groups(block.src_row_start, block.n_rows)
+        width = block.n_cols if layout.per_column else 1
+        n_bytes = n_groups * width * SCALE_DTYPE.itemsize
         scale_raw = scratch[:n_bytes]
-        self.reader.read_into(ref.rank_idx, ref.offset_bytes + block.src_row_start
+        self.reader.read_into(ref.rank_idx, ref.offset_bytes + first * width
                               * SCALE_DTYPE.itemsize, as_buffer(scale_raw))
-        scale = scale_raw.view(SCALE_DTYPE).view(block.n_rows, 1)
-        if dst.dtype == SCALE_DTYPE:
-            dst.copy_(src)
-            dst.mul_(scale)
-            return n_bytes
+        scale = scale_raw.view(SCALE_DTYPE).view(n_groups, width)
+        in_place = dst.dtype == SCALE_DTYPE
         area_start = -(-n_bytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
         # As many rows as the planner's scratch holds at this block's width: a rank's block of
         # a row-parallel tensor (w2) is narrower than the output rows the scratch was sized by.
-        step = max(1, (len(scratch) - area_start) // (block.n_cols * SCALE_DTYPE.itemsize))
-        for row in range(0, block.n_rows, step):
+        step = block.n_rows if in_place else max(
+            1, (len(scratch) - area_start) // (block.n_cols * SCALE_DTYPE.itemsize))
+        row = 0
+        while row < block.n_rows:
             stop = min(row + step, block.n_rows)
-            n_area = (stop - row) * block.n_cols * SCALE_DTYPE.itemsize
-            area = scratch[area_start:area_start + n_area]
-            rows = area.view(SCALE_DTYPE).view(stop - row, block.n_cols)
+            if layout.per_column:  # one expert's rows at a time, with its column vector
+                group = (block.src_row_start + row) // layout.group_rows
+                stop = min(stop, (group + 1) * layout.group_rows - block.src_row_start)
+                factor = scale[group - first:group - first + 1]
+            else:
+                factor = scale[row:stop]
+            if in_place:
+                rows = dst[row:stop]
+            else:
+                n_area = (stop - row) * block.n_cols * SCALE_DTYPE.itemsize
+                area = scratch[area_start:area_start + n_area]
+                rows = area.view(SCALE_DTYPE).view(stop - row, block.n_cols)
             rows.copy_(src[row:stop])
-            rows.mul_(scale[row:stop])
-            dst[row:stop].copy_(rows)
+            rows.mul_(factor)
+            if not in_place:
+                dst[row:stop].copy_(rows)
+            row = stop
         return n_bytes
 
     def _read_plain(self, rank_idx: int, file_offset: int, slot: torch.Tensor,
@@ -157,9 +170,10 @@ class JobRunner:
                           block.dst_col_start:block.dst_col_start + block.n_cols]
                 if job.dequantize:
                     assert not job.rotary_head_dim, "no rotary tensor is stored as fp8"
+                    assert block.scale is not None, job.hf_name
                     start = scratch_offset(job)
                     bytes_read += self.dequantize_into(
-                        dst, src, block, slot[start:start + job.scratch_bytes])
+                        dst, src, block, slot[start:start + job.scratch_bytes], block.scale)
                 elif job.rotary_head_dim:
                     permute_rotary_into(dst, src, job.rotary_head_dim)
                 else:

@@ -23,6 +23,8 @@ output could neither be tested here nor used by anyone on CPU (docs/meta_formats
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -34,17 +36,54 @@ SCALE_DTYPE = torch.float32
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # A per-layer weight: the scale key is made of its layer index and the part after it.
 _LAYER_WEIGHT_RE = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.")
 # fp32 rows dequantized at a time when the output is not fp32: a fixed scratch per slot, so a
 # piece's size does not decide the temporary memory (torch would allocate fp32 copies of the
 # whole piece for a mixed-dtype multiply on CPU).
 CHUNK_BYTES = 4 << 20
 
 
-def scale_key(meta_name: str, rank: int) -> str:
-    """`layers.7.feed_forward.w2.weight`, rank 3 -> `7_feed_forward.w2_3` (Meta's loader)."""
+@dataclass(frozen=True)
+class ScaleLayout:
+    """Where an fp8 tensor's scales are in its rank's fp8_scales_N.pt, and what each scales.
+
+    405B: one fp32 per stored row (group_rows 1). Llama 4's FP8 Maverick: Meta's loader
+    transposes each expert's (D, F) block before quantizing it per row, so in the stored
+    layout one fp32 vector over the columns scales every row of one expert (group_rows = the
+    expert's stored rows, per_column). Both are W = fp8.float() * scale, rounded once.
+    """
+
+    key: str  # "{rank}" stands for the rank
+    group_rows: int = 1
+    per_column: bool = False
+
+    def key_for(self, rank: int) -> str:
+        return self.key.format(rank=rank)
+
+    def groups(self, src_row_start: int, n_rows: int) -> tuple[int, int]:
+        """(first group, number of groups) of stored rows [src_row_start, +n_rows)."""
+        first = src_row_start // self.group_rows
+        return first, (src_row_start + n_rows - 1) // self.group_rows - first + 1
+
+    def read_bytes(self, src_row_start: int, n_rows: int, n_cols: int) -> int:
+        """Scale bytes a block of those rows needs."""
+        width = n_cols if self.per_column else 1
+        return self.groups(src_row_start, n_rows)[1] * width * SCALE_DTYPE.itemsize
+
+    def max_bytes(self, n_rows: int, n_cols: int) -> int:
+        """The most scale bytes any block of n_rows can need, wherever it starts."""
+        width = n_cols if self.per_column else 1
+        return (-(-n_rows // self.group_rows) + 1) * width * SCALE_DTYPE.itemsize \
+            if self.group_rows > 1 else n_rows * width * SCALE_DTYPE.itemsize
+
+
+def row_scale_layout(meta_name: str) -> ScaleLayout | None:
+    """405B: `layers.7.feed_forward.w2.weight` of rank 3 -> key `7_feed_forward.w2_3` (Meta's
+    loader), one value per stored row."""
     match = _LAYER_WEIGHT_RE.match(meta_name)
-    assert match, meta_name
-    return f"{match.group(1)}_{match.group(2)}_{rank}"
+    if not match:
+        return None
+    return ScaleLayout(f"{match.group(1)}_{match.group(2)}_{{rank}}")
 
 
 def chunk_rows(n_cols: int) -> int:
@@ -78,14 +117,14 @@ def describe_dtypes(quantized_layers: list[int], other: torch.dtype) -> str:
 
 
 def layer_of(meta_name: str) -> int:
-    match = _LAYER_WEIGHT_RE.match(meta_name)
+    match = _LAYER_RE.match(meta_name)
     assert match, meta_name
     return int(match.group(1))
 
 
-def _check_scale(ckpt: Checkpoint, ref: TensorRef) -> None:
+def _check_scale(ckpt: Checkpoint, ref: TensorRef, layout: ScaleLayout) -> None:
     rank = ref.rank_idx
-    key = scale_key(ref.meta_name, rank)
+    key = layout.key_for(rank)
     scale_path = ckpt.scale_paths[rank]
     scale = ckpt.scales[rank].get(key)
     if scale is None:
@@ -93,25 +132,36 @@ def _check_scale(ckpt: Checkpoint, ref: TensorRef) -> None:
                               f"{ref.path.name}; the scale file belongs to another download: "
                               "fetch fp8_scales and consolidated files again together")
     n_rows = ref.shape[0] if ref.shape else 0
-    if scale.dtype != SCALE_DTYPE or scale.shape not in ((n_rows,), (n_rows, 1)):
+    if layout.per_column:
+        n_groups, width = n_rows // layout.group_rows, ref.shape[-1]
+        fits = scale.nbytes == n_groups * width * SCALE_DTYPE.itemsize and bool(scale.shape) \
+            and scale.shape[0] in (n_groups, n_groups * width)
+        needs = f"one value per column for each of {n_groups} experts ({n_groups}x{width})"
+    else:
+        fits = scale.shape in ((n_rows,), (n_rows, 1))
+        needs = f"one value per row ({n_rows})"
+    if scale.dtype != SCALE_DTYPE or not fits:
         got = "x".join(map(str, scale.shape))
         raise CheckpointError(f"scale {key!r} in {scale_path} is {_name(scale.dtype)} of shape "
                               f"{got} but {ref.meta_name} in {ref.path.name} needs float32 with "
-                              f"one value per row ({n_rows}); the scale file belongs to another "
-                              "download: fetch it again")
+                              f"{needs}; the scale file belongs to another download: fetch it "
+                              "again")
 
 
-def quantized_names(ckpt: Checkpoint) -> frozenset[str]:
-    """Meta names stored as fp8 with row scales, after checking them; empty for other releases.
+def quantized_names(ckpt: Checkpoint, scale_layout: Callable[[str], ScaleLayout | None]
+                    = row_scale_layout) -> dict[str, ScaleLayout]:
+    """Meta names stored as fp8 with their scales, after checking them; empty for other
+    releases.
 
-    Per-layer weights of a dtype that is not a plain float are fp8 candidates when the folder
-    holds scale files (Meta quantized only feed-forward weights; a scale must exist for each);
-    anything else with another dtype is left to detect's "one float dtype" check.
+    Tensors of a dtype that is not a plain float are fp8 candidates when `scale_layout` knows
+    where their scales are (Meta quantized only feed-forward weights; a scale must exist for
+    each); anything else with another dtype is left to detect's "one float dtype" check.
     """
-    names: set[str] = set()
+    names: dict[str, ScaleLayout] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
-            if not _LAYER_WEIGHT_RE.match(ref.meta_name) or ref.dtype in _FLOAT_DTYPES:
+            layout = scale_layout(ref.meta_name)
+            if layout is None or ref.dtype in _FLOAT_DTYPES:
                 continue
             where = f"{ref.meta_name} in {ref.path}"
             if ref.dtype != FP8_DTYPE:
@@ -121,12 +171,12 @@ def quantized_names(ckpt: Checkpoint) -> frozenset[str]:
                 raise CheckpointError(f"{where} is {_name(FP8_DTYPE)} but {ckpt.input_dir} has "
                                       "no fp8_scales_N.pt files; copy Meta's fp8_scales_0.pt ... "
                                       "next to the consolidated files")
-            _check_scale(ckpt, ref)
-            names.add(ref.meta_name)
+            _check_scale(ckpt, ref, layout)
+            names[ref.meta_name] = layout
     for meta_name in names:
         dtypes = {refs[meta_name].dtype for refs in ckpt.tensors if meta_name in refs}
         if len(dtypes) > 1:
             raise CheckpointError(f"{meta_name} is fp8 in some consolidated files and not in "
                                   "others; the shards come from different downloads: fetch them "
                                   "again together")
-    return frozenset(names)
+    return names
