@@ -1,5 +1,5 @@
 """`streamconv plan` on a Maverick-shaped folder (issue 12): `bash benchmarks/run.sh
---plan-maverick [--layers N] [--budget 1G] [--map-shared]`.
+--plan-maverick [--layers N] [--budget 1G]`.
 
 Maverick at its real size (~750 GiB in 8 rank files of ~94 GiB) fits on no disk here, so the
 folder is written sparse (fixtures/llama4_synthetic.write_llama4_sparse): real zip and pickle
@@ -7,11 +7,9 @@ structure at real offsets, holes for the data, a few MB on disk. plan reads only
 The output goes to benchmarks/results/plan_maverick-l<N>.txt; the folder is deleted afterwards
 unless --keep.
 
---map-shared runs plan with torch.load's mmap as MAP_SHARED instead of torch's default
-MAP_PRIVATE. Diagnostic only: the source index maps each whole rank file with torch.load(mmap=
-True), and a private writable mapping larger than RAM + swap is refused under the kernel's
-default overcommit heuristic (vm.overcommit_memory=0), which real Maverick rank files (94 GiB)
-are on this 23 GiB machine; a shared mapping has no commit charge.
+The rank files (~94 GiB each) are larger than this machine's RAM: the source index reads
+their pickles and zip directories only (source/pickle_index.py). Before it did, torch.load
+(mmap=True) mapped each whole file privately, which Linux refuses beyond RAM + swap.
 """
 
 from __future__ import annotations
@@ -30,10 +28,6 @@ from fixtures.llama4_synthetic import write_llama4_sparse
 from .cache import CACHE_DIR, gib
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_SHARED_PLAN = ("import mmap, sys, torch\n"
-                "torch.serialization.set_default_mmap_options(mmap.MAP_SHARED)\n"
-                "from streamconv.cli.main import main\n"
-                "sys.exit(main(sys.argv[1:]))\n")
 
 
 def _disk_summary(folder: Path) -> str:
@@ -50,7 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=48, help="Maverick has 48")
     parser.add_argument("--budget", default="1G")
-    parser.add_argument("--map-shared", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the sparse folder")
     args = parser.parse_args(argv)
     folder = CACHE_DIR / f"maverick-sparse-l{args.layers}"
@@ -58,15 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_llama4_sparse(maverick(n_layers=args.layers), folder)
     disk = _disk_summary(folder)
     plan_argv = ["plan", str(folder), "--max-ram", args.budget, "--no-tokenizer"]
-    entry = ["-c", _SHARED_PLAN] if args.map_shared else ["-m", "streamconv"]
-    done = subprocess.run([sys.executable, *entry, *plan_argv], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "streamconv", *plan_argv], capture_output=True,
+                          text=True,
                           env={**os.environ, "COLUMNS": "110"})
     command = "streamconv " + " ".join(plan_argv)
-    text = (f"$ {command}{'  (torch.load mmap MAP_SHARED)' if args.map_shared else ''}\n"
+    text = (f"$ {command}\n"
             f"# input: {disk}\n# exit code {done.returncode}\n{done.stdout}{done.stderr}")
     RESULTS_DIR.mkdir(exist_ok=True)
-    suffix = "-map-shared" if args.map_shared else ""
-    out = RESULTS_DIR / f"plan_maverick-l{args.layers}-{args.budget}{suffix}.txt"
+    out = RESULTS_DIR / f"plan_maverick-l{args.layers}-{args.budget}.txt"
     out.write_text(text)
     print(text)
     print(f"wrote {out}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,34 @@ def test_sparse_rank_files_hold_holes_not_data(tmp_path: Path) -> None:
     assert rank.st_size >= rank_file_bytes(spec) > 24 << 20
     assert rank.st_blocks * 512 < 1 << 20
     assert "Schedule" in _plan_text(folder)
+
+
+_INDEX_UNDER_LIMIT = """
+import resource, sys
+from pathlib import Path
+import torch  # noqa: F401  (imported before the limit: its own mappings are not the point)
+from streamconv.source.tensor_index import open_rank_file
+with open("/proc/self/status") as status:
+    vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = vm + (1 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+refs = open_rank_file(Path(sys.argv[1]), 0)
+print(len(refs), max(ref.offset_bytes + ref.nbytes for ref in refs.values()))
+"""
+
+
+def test_rank_files_larger_than_memory_are_indexed_without_mapping(tmp_path: Path) -> None:
+    """A real Maverick rank file is 94 GiB; torch.load(mmap=True) maps a file privately and
+    writably, which Linux refuses beyond RAM + swap, so the index must not map it at all.
+    Here: a 2 GiB sparse rank file read by a process allowed 1 GiB more address space than it
+    already has."""
+    spec = maverick_like(n_layers=2, dim=2048, n_heads=16, n_kv_heads=8, vocab_size=16384,
+                         multiple_of=256, num_experts=128, n_shards=1)
+    folder = write_llama4_sparse(spec, tmp_path / "sparse")
+    rank = folder / "consolidated.00.pth"
+    assert rank.stat().st_size > 2 << 30
+    done = subprocess.run([sys.executable, "-c", _INDEX_UNDER_LIMIT, str(rank)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    n_tensors, end = map(int, done.stdout.split())
+    assert n_tensors == 20 and end > 2 << 30  # embedding, norm, output, 2 layers of 8 and 9

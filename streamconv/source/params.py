@@ -18,6 +18,10 @@ KNOWN_KEYS = frozenset({
     "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
     "ffn_dim_multiplier", "norm_eps", "rope_theta", "use_scaled_rope", "max_seq_len",
     "max_batch_size",
+    # Llama 4 (model/llama4.py reads them; llama-models' llama4/args.py ModelArgs).
+    "moe_args", "vision_args", "nope_layer_interval", "attention_chunk_size", "use_qk_norm",
+    "ffn_exp", "rope_scaling_factor", "rope_high_freq_factor", "attn_temperature_tuning",
+    "floor_scale", "attn_scale",
 })
 
 

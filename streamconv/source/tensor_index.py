@@ -1,36 +1,35 @@
 """Meta's rank files, opened lazily: tensor references (name, dtype, shape, byte offset), no data.
 
-Each file is opened once with ``torch.load(mmap=True, weights_only=True)``: the restricted
-unpickler refuses anything that is not plain tensors (a .pth is a pickle, and a plain load runs
-arbitrary code), and mmap means no tensor byte is read. From that state dict we keep only names,
-dtypes, shapes and each tensor's byte offset in the file, then drop it, which unmaps the file.
-Jobs later read exactly the bytes they need with positioned reads into buffers they own. That way
-no mapped checkpoint page is ever resident, peak RSS is the buffers we allocate, and nothing has
-to be released page by page (which macOS and Windows would make hard).
+Each file's pickle is read once by a restricted unpickler that builds records instead of
+tensors (pickle_index.py): it refuses anything that is not plain tensors (a .pth is a pickle, and
+a plain load runs arbitrary code), and it neither reads nor maps a tensor byte, so a rank file
+larger than the machine's memory (a 94 GiB Maverick rank) is indexed like a small one. We keep
+only names, dtypes, shapes and each tensor's byte offset in the file. Jobs later read exactly
+the bytes they need with positioned reads into buffers they own. That way no mapped checkpoint
+page is ever resident, peak RSS is the buffers we allocate, and nothing has to be released page
+by page (which macOS and Windows would make hard).
 
 Where a tensor's bytes sit in the file: torch's zip archives store every storage uncompressed as
 a member ``<archive>/data/<key>`` (the archive folder is named after the file the checkpoint was
-first saved as, so it is matched, never assumed). An mmap-loaded storage is the file mapping
-sliced at that member's offset, so its address minus the member's data offset is the same for all
-storages. We find that constant and check it against every storage's size before trusting it.
+first saved as, so it is read from the pickle's own member, never assumed); the pickle names
+each tensor's storage key and its offset in it.
 """
 
 from __future__ import annotations
 
-import codecs
-import io
+import math
 import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from streamconv.errors import CheckpointError
+from streamconv.source.pickle_index import NotATensor, TensorRecord, read_records
 from streamconv.source.rank_files import find_rank_paths, find_scale_paths
 
 _DATA_MEMBER_RE = re.compile(r"^[^/]+/data/\d+$")
@@ -86,35 +85,24 @@ class Checkpoint:
 # since late 2024 model-00001-of-00001.bin). All hold one rank with Meta's tensor names.
 
 
-def _data_member_offsets(path: Path) -> dict[int, int]:
-    """File offset of each stored data member -> its size, from the zip's own directory."""
-    offsets: dict[int, int] = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        for info in archive.infolist():
-            if not _DATA_MEMBER_RE.match(info.filename):
-                continue
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise CheckpointError(f"{path} stores {info.filename} compressed, which torch "
-                                      "never does; the file was re-packed: download it again")
-            raw.seek(info.header_offset)
-            signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
-            if signature != b"PK\x03\x04":
-                raise CheckpointError(f"{path} is corrupt (bad zip entry for {info.filename}); "
-                                      "download it again")
-            data_offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-            offsets[data_offset] = info.file_size
-    return offsets
-
-
-def _storage_base(path: Path, storages: dict[int, int], members: dict[int, int]) -> int:
-    """The constant (storage address - member offset), checked against every storage."""
-    ptrs = sorted(storages)
-    for member_offset in sorted(members):
-        base = ptrs[0] - member_offset
-        if all(members.get(ptr - base) == size for ptr, size in storages.items()):
-            return base
-    raise CheckpointError(f"cannot locate the tensor data inside {path}: its zip layout is not "
-                          "one torch writes; re-save it with torch.save or download it again")
+def _data_members(archive: zipfile.ZipFile, raw: IO[bytes], path: Path,
+                  folder: str) -> dict[str, tuple[int, int]]:
+    """Storage key -> (file offset of its bytes, size), from the zip's own directory."""
+    members: dict[str, tuple[int, int]] = {}
+    for info in archive.infolist():
+        if not (_DATA_MEMBER_RE.match(info.filename) and info.filename.startswith(folder)):
+            continue
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{path} stores {info.filename} compressed, which torch "
+                                  "never does; the file was re-packed: download it again")
+        raw.seek(info.header_offset)
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+        if signature != b"PK\x03\x04":
+            raise CheckpointError(f"{path} is corrupt (bad zip entry for {info.filename}); "
+                                  "download it again")
+        data_offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        members[info.filename.rsplit("/", 1)[1]] = (data_offset, info.file_size)
+    return members
 
 
 def _not_zip_error(path: Path) -> CheckpointError:
@@ -138,23 +126,25 @@ def _refusal_reason(error: Exception) -> str:
     return f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
 
 
-# What unpickling an io.BytesIO needs (llama-models' llama4/generation.py allows the same two
-# before loading its Llama 4 checkpoints): the class, and codecs.encode for its bytes.
-_EXTRA_STATE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
-    io.BytesIO, codecs.encode]
-
-
-def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
+def _load_records(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """(name -> TensorRecord or NotATensor, storage key -> (offset, size))."""
     if not zipfile.is_zipfile(path):
         raise _not_zip_error(path)
     try:
-        with torch.serialization.safe_globals(_EXTRA_STATE_GLOBALS):
-            state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(f"{path} is not a torch checkpoint (no single data.pkl "
+                                      "in its archive); download it again")
+            folder = pickles[0].removesuffix("data.pkl")
+            with archive.open(pickles[0]) as data_pkl:
+                state = read_records(data_pkl)
+            members = _data_members(archive, raw, path, folder)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} was refused for safety and nothing in it ran: "
                               f"{_refusal_reason(e)}, which a file of plain tensors never does; "
                               "use Meta's original file") from e
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is corrupt (its zip archive cannot be read); download it "
                               "again") from e
     if isinstance(state, dict):
@@ -162,34 +152,30 @@ def _load_metadata(path: Path) -> dict[str, torch.Tensor]:
         # tensors; Meta's loader and transformers' converter drop them, and so does this.
         state = {k: v for k, v in state.items()
                  if not (isinstance(k, str) and k.endswith("._extra_state")
-                         and isinstance(v, io.BytesIO))}
+                         and isinstance(v, NotATensor))}
     if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            isinstance(k, str) and isinstance(v, TensorRecord) for k, v in state.items()):
         raise CheckpointError(f"{path} does not hold a dict of named tensors; is it a Meta "
                               "LLaMA checkpoint?")
-    return state
+    return state, members
 
 
 def open_rank_file(path: Path, rank_idx: int) -> dict[str, TensorRef]:
-    """Tensor references of one file; the file mapping is released before returning."""
-    state = _load_metadata(path)
-    storages: dict[int, int] = {}
-    for tensor in state.values():
-        storage = tensor.untyped_storage()
-        if storage.nbytes() > 0:
-            storages[storage.data_ptr()] = storage.nbytes()
-    members = _data_member_offsets(path)
-    base = _storage_base(path, storages, members) if storages else 0
+    """Tensor references of one file, from its pickle and zip directory only."""
+    state, members = _load_records(path)
     refs: dict[str, TensorRef] = {}
-    for meta_name, tensor in state.items():
-        if not tensor.is_contiguous():
+    for meta_name, record in state.items():
+        if not record.contiguous:
             raise CheckpointError(f"tensor {meta_name} in {path} is not stored contiguously, "
                                   "which Meta's files never do; use Meta's original file")
-        offset = (tensor.untyped_storage().data_ptr() - base
-                  + int(tensor.storage_offset()) * tensor.element_size())
-        refs[meta_name] = TensorRef(rank_idx, meta_name, path, tensor.dtype,
-                                    tuple(tensor.shape), offset)
-    del state
+        member = members.get(record.storage.key)
+        offset = record.storage_offset * record.dtype.itemsize
+        n_bytes = math.prod(record.shape) * record.dtype.itemsize
+        if member is None or offset + n_bytes > member[1]:
+            raise CheckpointError(f"{path} is corrupt (the bytes of {meta_name} are missing "
+                                  "from its archive); download it again")
+        refs[meta_name] = TensorRef(rank_idx, meta_name, path, record.dtype,
+                                    record.shape, member[0] + offset)
     return refs
 
 
