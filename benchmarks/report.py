@@ -151,7 +151,8 @@ def _slice_table(rows: list[Result]) -> list[str]:
         for r in fam:
             within = "yes" if _peak(r) <= (r["budget_bytes"] or 0) else "**no**"
             lines.append(
-                f"| {family.upper()}-style, {r['n_ranks']} shards | {_session(r)} | "
+                f"| {family.upper()}-style, {r.get('n_ranks', r.get('n_shards'))} shards | "
+                f"{_session(r)} | "
                 f"{r['n_layers']} | "
                 f"{_g(r['checkpoint_bytes'])} | {r['budget']} | {_wall(r)} | "
                 f"{r['throughput_mib_s']:.0f} | {_g(_peak(r))} | "
