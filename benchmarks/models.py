@@ -19,7 +19,7 @@ from fixtures.llama4_synthetic import rank_file_bytes
 from fixtures.synthetic import PRESETS, SyntheticSpec, rank_shapes
 
 # Keys accepted by --models; "slices" expands to SLICES.
-FULL_MODELS = ("7b", "13b", "8b")
+FULL_MODELS = ("7b", "13b", "8b", "1b", "l2-1b")
 SLICES = ("70b-l2", "70b-l4", "70b-l8", "405b-l2", "405b-l4", "405b-l8")
 _SLICE_RE = re.compile(r"^(70b|405b)-l(\d+)$")
 # Llama 4 Scout slices: 16 experts, vision tower, 8 rank files (~9.6 GiB at 1 layer, +4.1 per
@@ -92,6 +92,14 @@ _FULL: dict[str, BenchModel] = {
     "7b": _full("7b", "LLaMA-2 7B", "llama2-7b", "2", storage_per_tensor=True),
     "13b": _full("13b", "LLaMA-2 13B", "llama2-13b", "2"),
     "8b": _full("8b", "LLaMA-3 8B", "llama3-8b", "3"),
+    # The 2-3 GiB class, where fixed costs (start-up, imports, exit) weigh (issue 13): the
+    # Llama-3.2-1B shape (2.8 GiB, embedding tied to the output as Meta's file carries it) and
+    # a small LLaMA-2 shape in 2 shards (TinyLlama-1.1B's published dims: 2048, 22 layers, 32
+    # heads, 4 kv heads, FFN 5632; 2.0 GiB).
+    "1b": _full("1b", "Llama-3.2-1B shape", "llama3.2-1b", "3.2"),
+    "l2-1b": BenchModel("l2-1b", "LLaMA-2-style 1.1B, 2 shards",
+                        replace(PRESETS["llama2-7b"], dim=2048, n_layers=22, n_heads=32,
+                                n_kv_heads=4, n_ranks=2, **_COMMON), "2"),
     # Seconds, not minutes: for checking the harness itself (--models tiny --reference tiny).
     "tiny": _full("tiny", "tiny LLaMA-2 (harness check)", "tiny-llama2", "2",
                   storage_per_tensor=True),

@@ -16,7 +16,8 @@ from typing import Any
 GIB = 1 << 30
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUNNER_ORDER = {"floor-cp": 0, "floor-rw": 1, "floor-direct": 2, "floor-copy": 3,
-                "streamconv": 4, "peer": 5}
+                "streamconv": 4, "peer": 5, "streamconv-shm": 6, "floor-cp-warm": 7,
+                "streamconv-warm": 8}
 
 Result = dict[str, Any]
 
@@ -38,6 +39,9 @@ def _session(r: Result) -> str:
 
 
 def _floor(results: Iterable[Result], r: Result, runner: str = "floor-cp") -> Result | None:
+    """The floor run of r's model and session; a warm run is divided by warm floors only."""
+    if r["runner"].endswith("-warm"):
+        runner = runner + "-warm"
     for other in results:
         if (other["runner"] == runner and other["model"] == r["model"]
                 and other["session"] == r["session"] and other["ok"]):
@@ -70,14 +74,17 @@ def _label(r: Result) -> str:
     return {"floor-cp": "floor: cp + fsync", "floor-rw": "floor: read pass + write pass",
             "floor-direct": "floor: O_DIRECT read pass + write pass",
             "floor-copy": "floor: O_DIRECT copy, 3 threads",
-            "peer": "transformers 4.47.1 script", "streamconv": "streamconv"}[r["runner"]]
+            "peer": "transformers 4.47.1 script", "streamconv": "streamconv",
+            "floor-cp-warm": "floor: cp + fsync, input in the page cache",
+            "streamconv-warm": "streamconv, input in the page cache",
+            "streamconv-shm": "streamconv, output on a tmpfs"}[r["runner"]]
 
 
 def _notes(r: Result) -> str:
     if not r["ok"]:
         return "FAILED: " + " | ".join(t.strip().splitlines()[-1] for t in r["errors"].values()
                                        if t.strip())
-    if r["runner"] == "floor-cp":
+    if r["runner"].startswith("floor-cp"):
         return f"cp alone {r['cp_s']:.1f} s, then fsync {r['fsync_s']:.1f} s"
     if r["runner"] in ("floor-rw", "floor-direct") and r.get("phases"):
         p = r["phases"]
@@ -90,9 +97,13 @@ def _notes(r: Result) -> str:
     if r["runner"] == "peer":
         return f"TMPDIR copy left behind: {_g(r.get('tmp_leftover_bytes'))} GiB"
     report = r.get("streamconv_report") or {}
+    fixed = r.get("fixed_costs")
+    times = "" if not fixed else (
+        f"; exec to first read {fixed['exec_to_first_read_s']:.2f} s (prefetch hint "
+        f"{fixed['exec_to_prefetch_s']:.2f} s), end to exit {fixed['convert_end_to_exit_s']:.2f} s")
     if report:
         return (f"predicted peak {_g(report['predicted_peak_bytes'])} GiB, own VmHWM "
-                f"{_g(report['peak_rss_bytes'])} GiB")
+                f"{_g(report['peak_rss_bytes'])} GiB{times}")
     return ""
 
 

@@ -38,14 +38,17 @@ from .runners import (
 RESULTS_DIR = cache.BENCH_DIR / "results"
 # What the README documents and what was run for issue 4 (405B slices of 4 and 8 layers need
 # 63 and 111 GiB of disk, input plus output, more than the benchmark machine had: see README).
-DEFAULT_MODELS = "7b,8b,70b-l2,70b-l4,70b-l8,405b-l1,405b-l2,13b"
-RUNNERS = ("streamconv", "peer", "floor")
+DEFAULT_MODELS = "7b,1b,l2-1b,8b,70b-l2,70b-l4,70b-l8,405b-l1,405b-l2,13b"
+# warm: the reference with its input in the page cache, streamconv and cp + fsync; shm: the
+# output on a tmpfs (another file system, no O_DIRECT) for models of at most SHM_MAX_BYTES.
+RUNNERS = ("streamconv", "peer", "floor", "warm", "shm")
+SHM_MAX_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
 class Run:
     model: BenchModel
-    runner: str  # streamconv, peer, floor-cp, floor-rw, floor-direct, floor-copy
+    runner: str  # streamconv[-warm|-shm], peer, floor-cp[-warm], floor-rw, -direct, -copy
     budget: str | None = None
 
     def extra_disk_bytes(self) -> int:
@@ -76,6 +79,10 @@ def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
             runs += [Run(model, "streamconv", b) for b in (budgets if every else [other_budget])]
         if "peer" in runners and is_ref and model.peer_version is not None:
             runs.append(Run(model, "peer"))
+        if "warm" in runners and is_ref:
+            runs += [Run(model, "floor-cp-warm"), Run(model, "streamconv-warm", budgets[0])]
+        if "shm" in runners and model.checkpoint_bytes <= SHM_MAX_BYTES:
+            runs.append(Run(model, "streamconv-shm", other_budget))
     return runs
 
 
@@ -202,9 +209,12 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
 
 
 def _execute(session: Session, run: Run, ckpt: Path) -> dict[str, Any]:
-    if run.runner == "streamconv":
+    if run.runner.startswith("streamconv"):
         assert run.budget is not None
-        return run_streamconv(session, run.model, ckpt, run.budget)
+        return run_streamconv(session, run.model, ckpt, run.budget,
+                              variant=run.runner.removeprefix("streamconv").lstrip("-"))
+    if run.runner == "floor-cp-warm":
+        return run_floor_cp(session, run.model, ckpt, warm=True)
     runner = {"peer": run_peer, "floor-cp": run_floor_cp, "floor-rw": run_floor_rw,
               "floor-direct": run_floor_direct, "floor-copy": run_floor_copy}[run.runner]
     return runner(session, run.model, ckpt)

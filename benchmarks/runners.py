@@ -114,6 +114,42 @@ def _cold_start(ckpt: Path, out_dir: Path) -> dict[str, Any]:
     return {"input_cached_bytes_after_eviction": cached_bytes(files), **_host_state()}
 
 
+def _warm_start(ckpt: Path, out_dir: Path) -> dict[str, Any]:
+    """The input read into the page cache (as after a download or a copy), the output gone."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    files = input_files(ckpt)
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while f.read(8 << 20):
+                pass
+    return {"input_cached_bytes_before_run": cached_bytes(files), **_host_state()}
+
+
+# Where the output of a "-shm" run goes: a tmpfs, so another file system than the input's and
+# one without O_DIRECT (streamconv's fallback path). Only for models far smaller than the RAM.
+SHM_DIR = Path("/dev/shm/streamconv-bench")
+
+
+def _start(ckpt: Path, out_dir: Path, *, warm: bool) -> dict[str, Any]:
+    return _warm_start(ckpt, out_dir) if warm else _cold_start(ckpt, out_dir)
+
+
+def _fixed_costs(launcher_json: Path, report: dict[str, Any] | None, wall_s: float
+                 ) -> dict[str, float] | None:
+    """Seconds from exec to: the prefetch hint, convert() starting, the first job's read, and
+    from the end of convert() to the process's exit (from streamconv's --report times)."""
+    if not report or not report.get("first_read_unix") or not launcher_json.exists():
+        return None
+    exec_unix = json.loads(launcher_json.read_text())["start_unix"]
+    converted = report["started_unix"] + report["seconds"]
+    return {"exec_to_prefetch_s": report["prefetch_start_unix"] - exec_unix,
+            "exec_to_convert_s": report["started_unix"] - exec_unix,
+            "exec_to_first_read_s": report["first_read_unix"] - exec_unix,
+            "convert_end_to_exit_s": exec_unix + wall_s - converted}
+
+
 def _downsample(samples: list[tuple[float, int, int, int]]) -> list[list[float]]:
     """At most MAX_TIMELINE_POINTS samples for the committed JSON, keeping the RSS peak."""
     if len(samples) <= MAX_TIMELINE_POINTS:
@@ -168,11 +204,14 @@ def run_id(model: BenchModel, runner: str, budget: str | None) -> str:
     return f"{model.key}__{runner}" + (f"-{budget}" if budget else "")
 
 
-def run_streamconv(session: Session, model: BenchModel, ckpt: Path, budget: str
-                   ) -> dict[str, Any]:
-    rid = run_id(model, "streamconv", budget)
-    out_dir = WORK_DIR / "out"
-    cold = _cold_start(ckpt, out_dir)
+def run_streamconv(session: Session, model: BenchModel, ckpt: Path, budget: str, *,
+                   variant: str = "") -> dict[str, Any]:
+    """variant "" (cold input, output beside it), "warm" (input in the page cache) or "shm"
+    (cold input, output on a tmpfs)."""
+    runner = "streamconv" + (f"-{variant}" if variant else "")
+    rid = run_id(model, runner, budget)
+    out_dir = SHM_DIR / "out" if variant == "shm" else WORK_DIR / "out"
+    cold = _start(ckpt, out_dir, warm=variant == "warm")
     report_path = session.raw_dir / f"{rid}.report.json"
     report_path.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "streamconv", "convert", str(ckpt), str(out_dir),
@@ -180,9 +219,12 @@ def run_streamconv(session: Session, model: BenchModel, ckpt: Path, budget: str
     m = measure(argv, raw_dir=session.raw_dir, run_id=rid, cwd=session.snapshot_dir)
     written = tree_bytes(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
+    if variant == "shm":
+        shutil.rmtree(SHM_DIR, ignore_errors=True)
     report = json.loads(report_path.read_text()) if report_path.exists() else None
-    return _result(session, model, "streamconv", budget, {"convert": m}, cold,
-                   streamconv_report=report, output_bytes=written)
+    fixed = _fixed_costs(session.raw_dir / f"{rid}.launcher.json", report, m.wall_s)
+    return _result(session, model, runner, budget, {"convert": m}, cold,
+                   streamconv_report=report, output_bytes=written, fixed_costs=fixed)
 
 
 def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
@@ -221,11 +263,14 @@ def run_peer(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
                    tmp_leftover_bytes=leftover, peer_python=str(PEER_PYTHON))
 
 
-def run_floor_cp(session: Session, model: BenchModel, ckpt: Path) -> dict[str, Any]:
-    """`cp` of the input files, then `sync FILE...` (fsync of each copy), timed apart."""
-    rid = run_id(model, "floor-cp", None)
+def run_floor_cp(session: Session, model: BenchModel, ckpt: Path, *, warm: bool = False
+                 ) -> dict[str, Any]:
+    """`cp` of the input files, then `sync FILE...` (fsync of each copy), timed apart; with
+    warm, the input is in the page cache first."""
+    runner = "floor-cp-warm" if warm else "floor-cp"
+    rid = run_id(model, runner, None)
     out_dir = WORK_DIR / "out"
-    cold = _cold_start(ckpt, out_dir)
+    cold = _start(ckpt, out_dir, warm=warm)
     out_dir.mkdir()
     files = input_files(ckpt)
     cp = measure(["cp", "--reflink=never", *map(str, files), str(out_dir)],
@@ -234,7 +279,7 @@ def run_floor_cp(session: Session, model: BenchModel, ckpt: Path) -> dict[str, A
     sync = measure(["sync", "--", *copies], raw_dir=session.raw_dir, run_id=rid + ".sync")
     written = tree_bytes(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
-    return _result(session, model, "floor-cp", None, {"cp": cp, "fsync": sync}, cold,
+    return _result(session, model, runner, None, {"cp": cp, "fsync": sync}, cold,
                    output_bytes=written, cp_s=cp.wall_s, fsync_s=sync.wall_s)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,6 +194,7 @@ def _print_summary(console: Console, report: Report) -> None:
 
 
 def _run_convert(args: argparse.Namespace, console: Console) -> int:
+    prefetch_unix = time.time()
     start_prefetch(args.input_dir)
     from streamconv.pipeline.conversion import convert
 
@@ -203,7 +205,8 @@ def _run_convert(args: argparse.Namespace, console: Console) -> int:
         if progress is not None:
             progress.stop()
     if args.report:
-        args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        fields = {**report.as_dict(), "prefetch_start_unix": prefetch_unix}
+        args.report.write_text(json.dumps(fields, indent=2) + "\n")
     if not args.quiet:
         _print_summary(console, report)
     return 0

@@ -52,6 +52,10 @@ class Report:
     max_ram_bytes: int
     predicted_peak_bytes: int
     resumed_bytes: int = 0
+    # Wall-clock times (time.time()): convert() called, first byte range read by a job; with
+    # the process's own start they give the fixed costs before the disk is busy.
+    started_unix: float = 0.0
+    first_read_unix: float | None = None
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -133,7 +137,8 @@ def _jobs_already_done(prepared: Prepared, staging: Path, fingerprint: str) -> s
 def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
             progress: Progress | None = None) -> Report:
     progress = progress or _Silent()
-    start = time.monotonic()
+    start, started_unix = time.monotonic(), time.time()
+    first_read_unix: float | None = None
     prepared = prepare(input_dir, options)
     plan = prepared.plan
     staging = output_dir / STAGING_DIR
@@ -182,6 +187,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                         journal.flush()
                     raise
                 journal.flush()
+            first_read_unix = reader.first_read_unix
             extra = extra_builder.result()
             if options.force:
                 _remove_stale_outputs(output_dir, prepared)
@@ -197,6 +203,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
         bytes_written=sum(p.stat().st_size for p in published),
         peak_rss_bytes=peak_rss_bytes(), max_ram_bytes=plan.budget_bytes,
         predicted_peak_bytes=plan.predicted_peak_bytes, resumed_bytes=resumed_bytes,
+        started_unix=started_unix, first_read_unix=first_read_unix,
         files=[p.name for p in published], warnings=prepared.warnings)
 
 

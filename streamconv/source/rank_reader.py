@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class RankReader:
         self._residency: list[ResidencyMap | None] = []
         self._locks = [threading.Lock() for _ in self._paths]
         self.cached_prefix = cached_prefix
+        self.first_read_unix: float | None = None  # when the first job's read was issued
 
     def __enter__(self) -> RankReader:
         for path in self._paths:
@@ -74,6 +76,7 @@ class RankReader:
         """Fill window from position with O_DIRECT (both at dio_align); at least `needed` bytes
         must exist (fewer: the file is truncated). False if the file system refused (nothing
         was read; the caller reads another way, and later calls use ALIGN)."""
+        self._note_read()
         fd, align = self._direct_fds[rank_idx], self._dio_aligns[rank_idx]
         if fd is None:  # another thread's read_span found O_DIRECT refused
             return False
@@ -100,6 +103,7 @@ class RankReader:
 
         area needs n_bytes + SPAN_SLACK bytes: O_DIRECT reads whole blocks, so the bytes land
         at offset's distance from the block boundary below it."""
+        self._note_read()
         fd = self._direct_fds[rank_idx]
         start = offset % ALIGN
         length = -(-(start + n_bytes) // ALIGN) * ALIGN
@@ -141,6 +145,10 @@ class RankReader:
                 break
         return done
 
+    def _note_read(self) -> None:
+        if self.first_read_unix is None:
+            self.first_read_unix = time.time()
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -156,6 +164,7 @@ class RankReader:
 
     def read_into(self, rank_idx: int, offset: int, buffer: memoryview) -> None:
         """Fill buffer from the file at offset; short reads are retried, EOF is an error."""
+        self._note_read()
         fd = self._fds[rank_idx]
         done = 0
         while done < len(buffer):
