@@ -44,6 +44,7 @@ def has_direct(path: Path) -> bool:
     return True
 
 
+READAHEAD = 4 << 20  # more than Linux's default readahead window
 RANGES = [(0, 4096), (64, 100_000), (4032, 8192), (ALIGN * 7 + 960, 1 << 20),
           (FILE_BYTES - 1000, 1000), (FILE_BYTES - 70_000, 70_000), (5, 1)]
 
@@ -52,14 +53,17 @@ RANGES = [(0, 4096), (64, 100_000), (4032, 8192), (ALIGN * 7 + 960, 1 << 20),
 def test_read_span_returns_the_exact_bytes(data_file: tuple[Path, bytes],
                                            cached_prefix: int) -> None:
     path, data = data_file
+    evict(path)  # the other parameter's prefix left pages in the page cache
     area = aligned_empty(max(n for _, n in RANGES) + SPAN_SLACK)
     with RankReader([path], cached_prefix=cached_prefix) as reader:
         assert reader.direct(0) == has_direct(path)
         for offset, n in RANGES:
             start = reader.read_span(0, offset, n, as_buffer(area))
-            assert bytes(area[start:start + n].numpy()) == data[offset:offset + n], (offset, n)
-            if reader.direct(0) and offset + n > cached_prefix:
-                assert start == offset % ALIGN  # the bytes came in whole blocks
+            assert bytes(area[start:start + n]) == data[offset:offset + n], (offset, n)
+            # Past the cached prefix and the kernel's readahead after it, bytes come in whole
+            # blocks with O_DIRECT (cached pages are read from the page cache: page_cache.py).
+            if reader.direct(0) and (not cached_prefix or offset > cached_prefix + READAHEAD):
+                assert start == offset % ALIGN
 
 
 def test_read_span_past_the_end_is_a_truncated_file(data_file: tuple[Path, bytes]) -> None:
@@ -74,7 +78,7 @@ def test_unaligned_area_falls_back_to_the_page_cache(data_file: tuple[Path, byte
     area = aligned_empty(20_000 + SPAN_SLACK + 64)[64:]
     with RankReader([path]) as reader:
         start = reader.read_span(0, 4096, 20_000, as_buffer(area))
-    assert start == 0 and bytes(area[:20_000].numpy()) == data[4096:24_096]
+    assert start == 0 and bytes(area[:20_000]) == data[4096:24_096]
 
 
 @pytest.mark.parametrize("offset,n_bytes", [(0, 3 * ALIGN), (2048, 5 * ALIGN), (2048, 100),

@@ -20,6 +20,7 @@ from fixtures.synthetic import SyntheticSpec, tiny
 from streamconv.model.family import Family
 from streamconv.pipeline.preparation import ConvertOptions, prepare
 from streamconv.pipeline.verification import verify
+from streamconv.system import dtypes
 
 N_LAYERS = 4  # layers 1 and 2 are fp8, 0 and 3 stay bf16, as 1..124 of 126 in the 405B
 
@@ -176,7 +177,7 @@ def test_plan_shows_fp8_input_and_read_bytes(fp8_8shards: Path) -> None:
     assert "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16" in text
     prepared = prepare(fp8_8shards, ConvertOptions(max_ram_bytes=2 << 30))
     spec, plan = prepared.spec, prepared.plan
-    assert spec.dtype == plan.dst_dtype == torch.bfloat16
+    assert spec.dtype == plan.dst_dtype == dtypes.BFLOAT16
     # Read once: every bf16 element at 2 bytes, the kv heads once (2 of 8 ranks), every fp8
     # element at 1 byte plus one fp32 scale per row of each rank's fp8 tensor.
     ffn, dim, vocab, kv = spec.ffn_dim, spec.dim, spec.vocab_size, spec.n_kv_heads * spec.head_dim

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from conftest import REPO
 from llama4_fixture import Llama4Spec, VisionSpec, params_json, rank_shapes
 
@@ -25,6 +24,7 @@ from streamconv.model.hf_config import config_dict
 from streamconv.model.llama4 import detect_llama4
 from streamconv.source.params import read_params
 from streamconv.source.tensor_index import Checkpoint, TensorRef
+from streamconv.system import dtypes
 
 PUBLISHED = json.loads((REPO / "docs" / "llama4_published.json").read_text())["repos"]
 NOT_WRITTEN = {"_attn_implementation_autoset", "transformers_version"}
@@ -44,7 +44,7 @@ def _checkpoint(spec: Llama4Spec, folder: Path) -> Checkpoint:
     (folder / "params.json").write_text(json.dumps(params_json(spec)))
     shapes = rank_shapes(spec)
     paths = tuple(folder / f"consolidated.{i:02d}.pth" for i in range(spec.n_shards))
-    tensors = tuple({name: TensorRef(rank, name, paths[rank], torch.bfloat16, shape, 0)
+    tensors = tuple({name: TensorRef(rank, name, paths[rank], dtypes.BFLOAT16, shape, 0)
                      for name, shape in shapes.items()} for rank in range(spec.n_shards))
     return Checkpoint(folder, paths, tensors, (), ())
 
@@ -52,7 +52,7 @@ def _checkpoint(spec: Llama4Spec, folder: Path) -> Checkpoint:
 def _written(spec: Llama4Spec, tmp_path: Path, *, instruct: bool) -> dict[str, Any]:
     ckpt = _checkpoint(spec, tmp_path / "meta")
     model = detect_llama4(read_params(ckpt.input_dir), ckpt, instruct=(instruct, "test"))
-    return json.loads(json.dumps(config_dict(model, dtype=torch.bfloat16)))
+    return json.loads(json.dumps(config_dict(model, dtype=dtypes.BFLOAT16)))
 
 
 def _differences(seen: dict[str, Any], written: dict[str, Any], where: str = "") -> list[str]:

@@ -76,7 +76,7 @@ def test_peak_rss_under_budget(max_ram: str, dtype: str, mid_checkpoint: Path,
 
 def test_budget_below_minimum_fails_before_writing(mid_checkpoint: Path, tmp_path: Path) -> None:
     code, _peak, stderr = run_child(tmp_path, str(mid_checkpoint), str(tmp_path / "out"),
-                                    "--no-tokenizer", "--max-ram", "100M")
+                                    "--no-tokenizer", "--max-ram", "50M")
     assert code == 1
     assert "too small" in stderr and "--max-ram" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out").exists()

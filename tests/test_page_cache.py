@@ -71,4 +71,4 @@ def test_read_span_mixes_cached_pages_and_direct_blocks(data_file: tuple[Path, b
         assert (cached > 0) == (cached_pages > 0)
         assert reader.reads_direct(0, offset, n_bytes) == (cached < n_bytes)
         start = reader.read_span(0, offset, n_bytes, as_buffer(area))
-    assert bytes(area[start:start + n_bytes].numpy()) == data[offset:offset + n_bytes]
+    assert bytes(area[start:start + n_bytes]) == data[offset:offset + n_bytes]

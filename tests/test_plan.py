@@ -25,6 +25,7 @@ from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
 from streamconv.planning.output_files import DATA_ALIGN, layout_output_files
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
+from streamconv.system import dtypes
 from streamconv.system.direct_io import SPAN_SLACK
 from streamconv.system.memory import parse_size
 
@@ -232,13 +233,13 @@ def test_fp8_jobs_count_scales_and_fp32_scratch_within_budget(budget: str,
     for job in plan.jobs:
         rows = job.row_stop - job.row_start
         if not job.dequantize:
-            assert job.scratch_bytes == 0 and job.src_dtype == torch.bfloat16
+            assert job.scratch_bytes == 0 and job.src_dtype == dtypes.BFLOAT16
             assert slot_layout(job)[1] + job.stage_bytes <= plan.slot_bytes
             continue
         block_rows = max(b.n_rows for b in job.blocks)
         assert job.stage_bytes == max(b.n_rows * b.n_cols for b in job.blocks) + SPAN_SLACK
         scales = -(-block_rows * 4 // SCRATCH_ALIGN) * SCRATCH_ALIGN
-        fp32_rows = 0 if dst_dtype == torch.float32 else min(block_rows, chunk_rows(job.n_cols))
+        fp32_rows = 0 if dst_dtype is torch.float32 else min(block_rows, chunk_rows(job.n_cols))
         assert job.scratch_bytes == scales + fp32_rows * job.n_cols * 4
         assert fp32_rows * job.n_cols * 4 <= max(CHUNK_BYTES, job.n_cols * 4)
         assert scratch_offset(job) + job.scratch_bytes <= plan.slot_bytes

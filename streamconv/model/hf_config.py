@@ -13,19 +13,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import torch
-
 from streamconv.model import llama4
 from streamconv.model.family import Family, eos_token_ids, generation_defaults
 from streamconv.model.spec import ModelSpec
-
-TORCH_DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16",
-                    torch.bfloat16: "bfloat16"}
+from streamconv.system.dtypes import DType
 
 
-def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
+def config_dict(spec: ModelSpec, *, dtype: DType) -> dict[str, Any]:
     if spec.family is Family.LLAMA4:
-        return llama4.config_dict(spec, dtype_name=TORCH_DTYPE_NAME[dtype])
+        return llama4.config_dict(spec, dtype_name=dtype.name)
     return {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
@@ -49,7 +45,7 @@ def config_dict(spec: ModelSpec, *, dtype: torch.dtype) -> dict[str, Any]:
         "rope_scaling": spec.rope_scaling,
         "rope_theta": spec.rope_theta,
         "tie_word_embeddings": spec.tie_word_embeddings,
-        "torch_dtype": TORCH_DTYPE_NAME[dtype],
+        "torch_dtype": dtype.name,
         "use_cache": True,
         "vocab_size": spec.vocab_size,
     }

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from streamconv.errors import CheckpointError, ParamsError
 from streamconv.model.tensor_table import LayerSets, TensorTable, rank_shape
 from streamconv.source.params import MetaParams
 from streamconv.source.rank_files import missing_ranks_error
 from streamconv.source.tensor_index import Checkpoint, TensorRef
+from streamconv.system import dtypes
+from streamconv.system.dtypes import DType
 
 if TYPE_CHECKING:
     from streamconv.model.spec import ModelSpec
@@ -87,18 +87,16 @@ def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> No
 
 
 def source_dtype(ckpt: Checkpoint, table: TensorTable,
-                  quantized: frozenset[str]) -> torch.dtype:
+                  quantized: frozenset[str]) -> DType:
     """The float dtype of every tensor except Meta's FP8 feed-forward weights (`quantized`,
     checked against their scale files instead); an FP8 release's dtype is its bf16."""
-    dtypes: dict[torch.dtype, str] = {}
+    found_dtypes: dict[DType, str] = {}
     for refs in ckpt.tensors:
         for ref in refs.values():
             if not table.is_ignored(ref.meta_name) and ref.meta_name not in quantized:
-                dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
-    allowed = {torch.float32, torch.float16, torch.bfloat16}
-    if len(dtypes) != 1 or not set(dtypes) <= allowed:
-        found = ", ".join(f"{str(d).removeprefix('torch.')} ({where})"
-                          for d, where in dtypes.items())
+                found_dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
+    if len(found_dtypes) != 1 or not set(found_dtypes) <= set(dtypes.FLOATS):
+        found = ", ".join(f"{d} ({where})" for d, where in found_dtypes.items())
         raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
                               "come from different downloads: fetch them again together")
-    return next(iter(dtypes))
+    return next(iter(found_dtypes))

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from streamconv.errors import TokenizerError
 from streamconv.model.detect import detect_model
 from streamconv.model.family import Family
@@ -18,14 +16,15 @@ from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks
-from streamconv.runtime.executor import as_buffer
 from streamconv.source.params import read_params
 from streamconv.source.rank_files import resolve_input_dir
 from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import Checkpoint, open_checkpoint
+from streamconv.system import dtypes
+from streamconv.system.dtypes import DType
 from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": dtypes.BFLOAT16, "fp16": dtypes.FLOAT16, "fp32": dtypes.FLOAT32}
 DEFAULT_MAX_SHARD_BYTES = 5 << 30
 # Replicated tensors compared across shards: whole norms, and this much of each kv-head copy.
 _REPLICA_SAMPLE_BYTES = 1 << 16
@@ -102,15 +101,23 @@ def _replica_differences(checkpoint: Checkpoint, reader: RankReader, piece: Piec
         copies = []
         for rank_idx in group:
             ref = checkpoint.tensors[rank_idx][piece.meta_name]
-            buf = torch.empty(n, dtype=torch.uint8)
-            reader.read_into(rank_idx, ref.offset_bytes, as_buffer(buf))
-            copies.append(buf.view(ref.dtype).float())
-        diff = max(float((c - copies[0]).abs().max()) for c in copies[1:])
-        if diff > 0:
+            buf = bytearray(n)
+            reader.read_into(rank_idx, ref.offset_bytes, memoryview(buf))
+            copies.append(bytes(buf))
+        if any(c != copies[0] for c in copies[1:]):
+            diff = _max_difference(copies, first.dtype)
             warnings.append(
                 f"{piece.meta_name} differs across shards {group} (max abs difference "
                 f"{diff:.3g}); using the copy in shard {group[0]}")
     return warnings
+
+
+def _max_difference(copies: list[bytes], dtype: DType) -> float:
+    """Only when copies differ (rare): the arithmetic needs torch."""
+    import torch
+
+    values = [torch.frombuffer(bytearray(c), dtype=dtype.torch).float() for c in copies]
+    return max(float((v - values[0]).abs().max()) for v in values[1:])
 
 
 def _instruct(input_dir: Path, options: ConvertOptions) -> tuple[bool, str]:
@@ -143,6 +150,10 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
     layouts = hf_layouts(spec)
     dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
     budget = options.max_ram_bytes or default_max_ram_bytes()
+    if any(layout.src_dtype != dst_dtype for layout in layouts):
+        # Casts and FP8 dequantization are arithmetic, done by torch (runtime/executor.py):
+        # imported now, so that the baseline the plan is measured on holds it.
+        import torch  # noqa: F401
     plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,
                            baseline_bytes=current_rss_bytes(),
                            max_shard_bytes=options.max_shard_bytes)

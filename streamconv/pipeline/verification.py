@@ -19,7 +19,7 @@ from streamconv.errors import OutputError
 from streamconv.pipeline.conversion import extra_files
 from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
 from streamconv.planning.jobs import Job
-from streamconv.planning.output_files import INDEX_NAME, SAFETENSORS_DTYPE
+from streamconv.planning.output_files import INDEX_NAME
 from streamconv.runtime.executor import JobRunner, run_jobs
 from streamconv.runtime.safetensors_header import HeaderProblem, SafetensorsHeader, read_header
 from streamconv.source.rank_reader import RankReader
@@ -123,7 +123,7 @@ class _Comparer:
         self.mismatched: set[str] = set()
         self.lock = threading.Lock()
         self.skip: set[str] = set()
-        dtype_name = SAFETENSORS_DTYPE[prepared.plan.dst_dtype]
+        dtype_name = prepared.plan.dst_dtype.safetensors
         for layout in prepared.layouts:
             where = located.get(layout.hf_name)
             if where is None or where.dtype != dtype_name or where.shape != layout.shape:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from streamconv.errors import BudgetError
 from streamconv.model.spec import ModelSpec
 from streamconv.planning.layout import CopyBlock, TensorLayout, copy_blocks
@@ -35,7 +33,9 @@ from streamconv.source.fp8_scales import (
     describe_dtypes,
     layer_of,
 )
+from streamconv.system import dtypes
 from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
+from streamconv.system.dtypes import DType
 from streamconv.system.memory import format_flag_size, format_size
 
 # Pieces larger than this do not read or write faster (O_DIRECT on this machine's disk: the same
@@ -72,7 +72,7 @@ class Job:
     rotary_head_dim: int | None
     n_cols: int
     blocks: tuple[CopyBlock, ...]
-    src_dtype: torch.dtype  # the rank files' dtype of this tensor
+    src_dtype: DType  # the rank files' dtype of this tensor
     scratch_bytes: int = 0  # after the staging area: row scales and fp32 scratch (FP8 only)
 
     @property
@@ -92,8 +92,8 @@ class Job:
 class Plan:
     files: tuple[OutputFile, ...]
     jobs: tuple[Job, ...]
-    src_dtype: torch.dtype  # the model's dtype; FP8 weights are per job (Job.src_dtype)
-    dst_dtype: torch.dtype
+    src_dtype: DType  # the model's dtype; FP8 weights are per job (Job.src_dtype)
+    dst_dtype: DType
     depth: int
     slot_bytes: int
     budget_bytes: int
@@ -117,7 +117,7 @@ class Plan:
         return describe_dtypes(quantized, self.src_dtype)
 
 
-def _itemsize(dtype: torch.dtype) -> int:
+def _itemsize(dtype: DType) -> int:
     return dtype.itemsize
 
 
@@ -152,7 +152,7 @@ def _scale_bytes_per_row(layout: TensorLayout) -> int:
                                          for s in layout.scales if s.per_column])
 
 
-def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: torch.dtype) -> int:
+def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: DType) -> int:
     """fp32 rows for dequantizing an FP8 block of n_rows (none when the output is fp32: the
     output rows themselves are the fp32 scratch)."""
     if dst_dtype == SCALE_DTYPE:
@@ -160,7 +160,7 @@ def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: torch.dtype) -> int:
     return min(n_rows, chunk_rows(n_cols)) * n_cols * SCALE_DTYPE.itemsize
 
 
-def _slot_extra(layouts: list[TensorLayout], dst_dtype: torch.dtype) -> int:
+def _slot_extra(layouts: list[TensorLayout], dst_dtype: DType) -> int:
     """Bytes a slot needs beyond output and staging for the largest FP8 scratch (the scales are
     in _stage_ratio), with the padding that aligns the scale and scratch areas."""
     fp8 = [t for t in layouts if t.src_dtype == FP8_DTYPE]
@@ -173,7 +173,7 @@ def _slot_extra(layouts: list[TensorLayout], dst_dtype: torch.dtype) -> int:
         _scratch_bytes(t.n_rows, t.n_cols, dst_dtype) for t in fp8)
 
 
-def _choose_slots(layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
+def _choose_slots(layouts: list[TensorLayout], *, dst_dtype: DType,
                   avail: int, min_budget: int, budget: int) -> tuple[int, int]:
     """(depth, out_cap): as much overlap as the budget allows without starving piece size."""
     dst_item = _itemsize(dst_dtype)
@@ -199,7 +199,7 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype: torch.dtype,
+def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype: DType,
               file_idx: int, data_start: int, first_idx: int) -> list[Job]:
     row_bytes = layout.n_cols * _itemsize(dst_dtype)
     src_item = _itemsize(layout.src_dtype)
@@ -243,8 +243,9 @@ def _job_slot_bytes(job: Job) -> int:
     return scratch_offset(job) + job.scratch_bytes
 
 
-def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: torch.dtype,
+def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: DType,
                     budget_bytes: int, baseline_bytes: int, max_shard_bytes: int) -> Plan:
+    dst_dtype = dtypes.of(dst_dtype)
     dst_item = _itemsize(dst_dtype)
     reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
     stage_ratio = _stage_ratio(layouts, dst_item)

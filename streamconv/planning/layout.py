@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import torch
-
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import (
     Split,
@@ -31,6 +29,7 @@ from streamconv.model.tensor_table import (
     rotary_head_dim,
 )
 from streamconv.source.fp8_scales import FP8_DTYPE, ScaleLayout, row_scale_layout
+from streamconv.system.dtypes import DType
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class TensorLayout:
     pieces: tuple[Piece, ...]
     # The dtype in the rank files: the model's, or fp8.FP8_DTYPE for the feed-forward weights
     # of Meta's FP8 release, which are dequantized with their row scales on the way.
-    src_dtype: torch.dtype
+    src_dtype: DType
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows
 
     @property

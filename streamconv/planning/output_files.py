@@ -17,11 +17,10 @@ import json
 import struct
 from dataclasses import dataclass
 
-import torch
-
 from streamconv.planning.layout import TensorLayout
+from streamconv.system import dtypes
+from streamconv.system.dtypes import DType
 
-SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 INDEX_NAME = "model.safetensors.index.json"
 DATA_ALIGN = 4096  # a multiple of 8 (safetensors) and of every common disk block size
 
@@ -52,11 +51,11 @@ class OutputFile:
         return self.data_start + self.data_bytes
 
 
-def safetensors_header(tensors: list[OutputTensor], dtype: torch.dtype) -> bytes:
+def safetensors_header(tensors: list[OutputTensor], dtype: DType) -> bytes:
     entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
     for tensor in tensors:
         entries[tensor.layout.hf_name] = {
-            "dtype": SAFETENSORS_DTYPE[dtype],
+            "dtype": dtype.safetensors,
             "shape": list(tensor.layout.shape),
             "data_offsets": [tensor.data_offset, tensor.data_offset + tensor.nbytes],
         }
@@ -69,9 +68,10 @@ def shard_name(file_idx: int, n_files: int) -> str:
     return f"model-{file_idx + 1:05d}-of-{n_files:05d}.safetensors"
 
 
-def layout_output_files(layouts: list[TensorLayout], *, dtype: torch.dtype,
+def layout_output_files(layouts: list[TensorLayout], *, dtype: DType,
                         max_shard_bytes: int) -> list[OutputFile]:
     """Greedy split in write order; a tensor larger than the limit gets a file of its own."""
+    dtype = dtypes.of(dtype)
     itemsize = dtype.itemsize
     groups: list[list[TensorLayout]] = [[]]
     size = 0

@@ -5,6 +5,11 @@ The same executor serves convert (the sink writes the rows into the output file)
 memory in flight never exceeds depth x slot_bytes, whatever the model's size (the bounded map of
 llama.cpp's converter, with buffers that are reused instead of reallocated: freed large buffers
 would otherwise leave allocator slack that the OS still counts).
+
+Slots are numpy byte arrays. Data movement (plain copies, rows placed side by side, the rotary
+permute, transposes) happens on unsigned-integer views of the element width, so a conversion
+to the checkpoint's own dtype never imports torch (system/dtypes.py says why); casts and FP8
+dequantization view the same memory as torch tensors.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import torch
+import numpy as np
 
 from streamconv.planning.jobs import (
     SCRATCH_ALIGN,
@@ -27,34 +32,51 @@ from streamconv.planning.jobs import (
 )
 from streamconv.planning.layout import CopyBlock
 from streamconv.runtime.in_place_read import read_in_place
-from streamconv.runtime.transforms import permute_rotary_into
+from streamconv.runtime.transforms import permute_rotary_into, permute_rotary_moves
 from streamconv.source.fp8_scales import SCALE_DTYPE, ScaleLayout
 from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import TensorRef
+from streamconv.system import dtypes
 from streamconv.system.direct_io import ALIGN, huge_page_memory
+from streamconv.system.dtypes import DType
 
 Sink = Callable[[Job, memoryview], None]
 JobDone = Callable[[Job, int], None]  # job, bytes read
 
 
-def aligned_empty(n_bytes: int) -> torch.Tensor:
-    """A uint8 buffer that starts on a block boundary (torch only promises 64 bytes), so that a
-    slot's output rows and staging area can take O_DIRECT writes and reads; on huge pages
-    where the OS has them (direct_io.huge_page_memory)."""
+Slot = np.ndarray  # 1-D uint8
+
+
+def aligned_empty(n_bytes: int) -> Slot:
+    """A uint8 buffer that starts on a block boundary, so that a slot's output rows and staging
+    area can take O_DIRECT writes and reads; on huge pages where the OS has them
+    (direct_io.huge_page_memory)."""
     huge = huge_page_memory(n_bytes)
     if huge is not None:
         memory, skip = huge
-        # frombuffer holds a reference to the mapping, which lives as long as the tensor
-        return torch.frombuffer(memory, dtype=torch.uint8)[skip:skip + n_bytes]
-    raw = torch.empty(n_bytes + ALIGN, dtype=torch.uint8)
-    skip = -raw.data_ptr() % ALIGN
+        # the array holds a reference to the mapping, which lives as long as the array
+        return np.frombuffer(memory, dtype=np.uint8)[skip:skip + n_bytes]
+    raw = np.empty(n_bytes + ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % ALIGN
     return raw[skip:skip + n_bytes]
 
 
-def as_buffer(raw: torch.Tensor) -> memoryview:
-    """A writable view of a uint8 tensor's bytes, for positioned reads and writes (no copy)."""
-    array: Any = raw.numpy()
+def as_buffer(raw: Slot) -> memoryview:
+    """A writable view of a uint8 array's bytes, for positioned reads and writes (no copy)."""
+    array: Any = raw
     return memoryview(array)
+
+
+def _matrix(raw: Slot, dtype: DType, n_rows: int, n_cols: int) -> np.ndarray:
+    """Elements of `dtype` as integers of the same width: moved, never computed on."""
+    return raw.view(dtype.same_width_uint).reshape(n_rows, n_cols)
+
+
+def _tensor(raw: Slot, dtype: DType, n_rows: int, n_cols: int) -> Any:
+    """The same bytes as a torch tensor of `dtype`, for arithmetic (imports torch)."""
+    import torch
+
+    return torch.from_numpy(raw).view(dtype.torch).view(n_rows, n_cols)
 
 
 class JobRunner:
@@ -77,8 +99,8 @@ class JobRunner:
         ref = self.refs[block.rank_idx][block.meta_name]
         return ref.offset_bytes + block.src_row_start * ref.shape[-1] * ref.itemsize
 
-    def dequantize_into(self, dst: torch.Tensor, src: torch.Tensor, block: CopyBlock,
-                        scratch: torch.Tensor, layout: ScaleLayout) -> int:
+    def dequantize_into(self, dst: Any, src: Any, block: CopyBlock, scratch_raw: Slot,
+                        layout: ScaleLayout) -> int:
         """dst = (src.float() * scale).to(dst.dtype) with the block's rank's scales (fp8_scales.py:
         Meta's formula; one value per row, or one column vector per expert); returns the scale
         bytes read.
@@ -90,11 +112,11 @@ class JobRunner:
         first, n_groups = layout.groups(block.src_row_start, block.n_rows)
         width = block.n_cols if layout.per_column else 1
         n_bytes = n_groups * width * SCALE_DTYPE.itemsize
-        scale_raw = scratch[:n_bytes]
         self.reader.read_into(ref.rank_idx, ref.offset_bytes + first * width
-                              * SCALE_DTYPE.itemsize, as_buffer(scale_raw))
-        scale = scale_raw.view(SCALE_DTYPE).view(n_groups, width)
-        in_place = dst.dtype == SCALE_DTYPE
+                              * SCALE_DTYPE.itemsize, as_buffer(scratch_raw[:n_bytes]))
+        scratch = _tensor(scratch_raw, dtypes.UINT8, 1, len(scratch_raw))[0]
+        scale = scratch[:n_bytes].view(SCALE_DTYPE.torch).view(n_groups, width)
+        in_place = dst.dtype == SCALE_DTYPE.torch
         area_start = -(-n_bytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
         # As many rows as the planner's scratch holds at this block's width: a rank's block of
         # a row-parallel tensor (w2) is narrower than the output rows the scratch was sized by.
@@ -114,7 +136,7 @@ class JobRunner:
             else:
                 n_area = (stop - row) * block.n_cols * SCALE_DTYPE.itemsize
                 area = scratch[area_start:area_start + n_area]
-                rows = area.view(SCALE_DTYPE).view(stop - row, block.n_cols)
+                rows = area.view(SCALE_DTYPE.torch).view(stop - row, block.n_cols)
             rows.copy_(src[row:stop])
             rows.mul_(factor)
             if not in_place:
@@ -122,26 +144,28 @@ class JobRunner:
             row = stop
         return n_bytes
 
-    def _read_plain(self, rank_idx: int, file_offset: int, slot: torch.Tensor,
-                    target: torch.Tensor) -> bool:
+    def _read_plain(self, rank_idx: int, file_offset: int, slot: Slot, target: Slot) -> bool:
         """Read a plain block's bytes straight into its output rows where no copy is needed:
         through the page cache (no O_DIRECT, or bytes the kernel was asked to cache), or with
         O_DIRECT when the rows sit where the disk blocks would put them (in_place_read.py).
         False: the caller stages them."""
-        n_bytes = target.numel()
+        n_bytes = target.size
         if not self.reader.reads_direct(rank_idx, file_offset, n_bytes):
             self.reader.read_into(rank_idx, file_offset, as_buffer(target))
             return True
         return read_in_place(self.reader, rank_idx, file_offset, as_buffer(slot),
-                             start=target.data_ptr() - slot.data_ptr(), n_bytes=n_bytes)
+                             start=target.ctypes.data - slot.ctypes.data, n_bytes=n_bytes)
 
-    def run(self, job: Job, slot: torch.Tensor) -> int:
+    def run(self, job: Job, slot: Slot) -> int:
         """Bytes read from the shards (and scale files)."""
         plan, same = self.plan, job.src_dtype == self.plan.dst_dtype
         src_item = job.src_dtype.itemsize
         out_offset, stage_offset = slot_layout(job)
         out_raw = slot[out_offset:out_offset + job.out_bytes]
-        out = out_raw.view(plan.dst_dtype).view(job.row_stop - job.row_start, job.n_cols)
+        n_out_rows = job.row_stop - job.row_start
+        # Movement on integer views when nothing is computed; torch when something is.
+        out: Any = (_matrix(out_raw, plan.dst_dtype, n_out_rows, job.n_cols) if same
+                    else _tensor(out_raw, plan.dst_dtype, n_out_rows, job.n_cols))
         row_bytes = job.n_cols * self.dst_item
         bytes_read = 0
         for block in job.blocks:
@@ -159,25 +183,31 @@ class JobRunner:
                                           as_buffer(stage_area))
             stage_raw = stage_area[start:start + n_bytes]
             if plain:
-                target.copy_(stage_raw)
-            else:
-                src = stage_raw.view(job.src_dtype)
-                if block.transpose:
-                    src = src.view(block.n_cols, block.n_rows).t()
+                target[:] = stage_raw
+                bytes_read += n_bytes
+                continue
+            shape = ((block.n_cols, block.n_rows) if block.transpose
+                     else (block.n_rows, block.n_cols))
+            src = (_matrix if same else _tensor)(stage_raw, job.src_dtype, *shape)
+            if block.transpose:
+                src = src.T
+            dst = out[first:first + block.n_rows,
+                      block.dst_col_start:block.dst_col_start + block.n_cols]
+            if job.dequantize:
+                assert not job.rotary_head_dim, "no rotary tensor is stored as fp8"
+                assert block.scale is not None, job.hf_name
+                start = scratch_offset(job)
+                bytes_read += self.dequantize_into(
+                    dst, src, block, slot[start:start + job.scratch_bytes], block.scale)
+            elif job.rotary_head_dim:
+                if same:
+                    permute_rotary_moves(dst, src, job.rotary_head_dim)
                 else:
-                    src = src.view(block.n_rows, block.n_cols)
-                dst = out[first:first + block.n_rows,
-                          block.dst_col_start:block.dst_col_start + block.n_cols]
-                if job.dequantize:
-                    assert not job.rotary_head_dim, "no rotary tensor is stored as fp8"
-                    assert block.scale is not None, job.hf_name
-                    start = scratch_offset(job)
-                    bytes_read += self.dequantize_into(
-                        dst, src, block, slot[start:start + job.scratch_bytes], block.scale)
-                elif job.rotary_head_dim:
                     permute_rotary_into(dst, src, job.rotary_head_dim)
-                else:
-                    dst.copy_(src)
+            elif same:
+                dst[...] = src
+            else:
+                dst.copy_(src)
             bytes_read += n_bytes
         self.sink(job, as_buffer(out_raw))
         return bytes_read
@@ -190,12 +220,12 @@ def run_jobs(plan: Plan, jobs: Iterable[Job], runner: JobRunner, on_done: JobDon
     that completed is still reported through on_done before the exception propagates, so the
     journal can record it.
     """
-    free: queue.Queue[torch.Tensor] = queue.Queue()
+    free: queue.Queue[Slot] = queue.Queue()
     for _ in range(plan.depth):
         free.put(aligned_empty(plan.slot_bytes))
     pending: deque[tuple[Job, Future[int]]] = deque()
 
-    def task(job: Job, slot: torch.Tensor) -> int:
+    def task(job: Job, slot: Slot) -> int:
         try:
             return runner.run(job, slot)
         finally:

@@ -26,14 +26,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from streamconv.errors import CheckpointError
 from streamconv.source.tensor_index import Checkpoint, TensorRef
+from streamconv.system import dtypes
+from streamconv.system.dtypes import DType
 
-FP8_DTYPE = torch.float8_e4m3fn
-SCALE_DTYPE = torch.float32
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8_DTYPE = dtypes.FLOAT8_E4M3FN
+SCALE_DTYPE = dtypes.FLOAT32
+_FLOAT_DTYPES = dtypes.FLOATS
 # A per-layer weight: the scale key is made of its layer index and the part after it.
 _LAYER_WEIGHT_RE = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.")
@@ -91,8 +91,8 @@ def chunk_rows(n_cols: int) -> int:
     return max(1, CHUNK_BYTES // (n_cols * SCALE_DTYPE.itemsize))
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def _name(dtype: DType) -> str:
+    return dtype.name
 
 
 def _layer_label(layer_ids: list[int]) -> str:
@@ -108,7 +108,7 @@ def _layer_label(layer_ids: list[int]) -> str:
     return ", ".join(runs)
 
 
-def describe_dtypes(quantized_layers: list[int], other: torch.dtype) -> str:
+def describe_dtypes(quantized_layers: list[int], other: DType) -> str:
     """`float8_e4m3fn (feed-forward of layers 1-124) + bfloat16`, or just `bfloat16`."""
     if not quantized_layers:
         return _name(other)

@@ -18,13 +18,14 @@ import pickle
 from dataclasses import dataclass
 from typing import IO, Any
 
-import torch
+from streamconv.system import dtypes
+from streamconv.system.dtypes import DType
 
 
 @dataclass(frozen=True)
 class StorageRecord:
     key: str  # the zip member <archive>/data/<key>
-    dtype: torch.dtype | None  # None: an untyped storage (the tensor record has the dtype)
+    dtype: DType | None  # None: an untyped storage (the tensor record has the dtype)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class TensorRecord:
     storage_offset: int  # in elements
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
 
     @property
     def contiguous(self) -> bool:
@@ -60,7 +61,7 @@ def _rebuild_v2(storage: StorageRecord, offset: int, size: tuple[int, ...],
 
 def _rebuild_v3(storage: StorageRecord, offset: int, size: tuple[int, ...],
                 stride: tuple[int, ...], requires_grad: bool, hooks: Any,
-                dtype: torch.dtype, *_: Any) -> TensorRecord:
+                dtype: DType, *_: Any) -> TensorRecord:
     return TensorRecord(storage, int(offset), tuple(size), tuple(stride), dtype)
 
 
@@ -83,10 +84,10 @@ _GLOBALS: dict[tuple[str, str], Any] = {
 }
 # torch.save names a typed storage by its legacy class (torch.BFloat16Storage, ...).
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
-    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
-    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": dtypes.FLOAT32, "HalfStorage": dtypes.FLOAT16,
+    "BFloat16Storage": dtypes.BFLOAT16, "DoubleStorage": dtypes.FLOAT64,
+    "LongStorage": dtypes.INT64, "IntStorage": dtypes.INT32, "ShortStorage": dtypes.INT16,
+    "CharStorage": dtypes.INT8, "ByteStorage": dtypes.UINT8, "BoolStorage": dtypes.BOOL,
 }
 
 
@@ -97,8 +98,8 @@ class _RecordUnpickler(pickle.Unpickler):
             return found
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and name in dtypes.BY_NAME:  # a dtype (torch.float8_e4m3fn)
+            return dtypes.BY_NAME[name]
         # The wording torch's own restricted unpickler uses, which callers quote.
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed in a file of "
                                      "tensors")
@@ -107,7 +108,7 @@ class _RecordUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         _, kind, key, _location, _size = pid
-        return StorageRecord(str(key), kind if isinstance(kind, torch.dtype) else None)
+        return StorageRecord(str(key), kind if isinstance(kind, DType) else None)
 
 
 def read_records(data_pkl: IO[bytes]) -> Any:

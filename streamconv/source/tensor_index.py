@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from streamconv.errors import CheckpointError
 from streamconv.source.pickle_index import NotATensor, TensorRecord, read_records
 from streamconv.source.rank_files import find_rank_paths, find_scale_paths
+from streamconv.system.dtypes import DType
 
 _DATA_MEMBER_RE = re.compile(r"^[^/]+/data/\d+$")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name length, extra length
@@ -44,7 +43,7 @@ class TensorRef:
     rank_idx: int
     meta_name: str
     path: Path
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
     offset_bytes: int
 
