@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -66,3 +67,16 @@ def _free_disk_after_test(tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     report = getattr(request.node, "report_call", None)
     if report is not None and report.passed:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def evict(path: Path) -> None:
+    """Drop a file from the page cache (written back first): bytes that are cached are read
+    from there (system/page_cache.py), so tests of the O_DIRECT path start from an evicted file."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

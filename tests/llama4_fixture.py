@@ -1,21 +1,8 @@
 """Tiny Llama 4 checkpoints in Meta's release layout (params.json + consolidated.NN.pth).
 
-Every fact about the layout comes from Meta's own code in llama-models 0.3.0 (installed by
-scripts/make_meta_env.sh into .venv-meta; see docs/llama4_facts.md for the full table):
-
-- names: the load hooks of `llama_models/llama4/model.py` (fused `attention.wqkv.weight`,
-  `attention.wqkv.layer_norm_weight`, `feed_forward.norm.weight`, `feed_forward.mlp.*`),
-  `moe.py` (`experts.moe_w_in_eD_F`, `experts.moe_w_swiglu_eD_F`, `experts.moe_w_out_eF_D`,
-  `router_DE`, `w_in_shared_FD` / `w_swiglu_FD` / `w_out_shared_DF`), `ffn.py`
-  (`mlp.fc1_weight` = w1 and w3 stacked, `mlp.fc2_weight`) and `vision/` (encoder + adapter);
-- the per-rank split: the inverse of `llama_models/checkpoint.py::reshard_mp` and
-  `convert_moe_weights`, which is how Meta's loader merges the 8 release files. Column-parallel
-  weights are split on dim 0, row-parallel ones on the last dim; the fused wqkv holds each rank's
-  own [q; k; v] rows; expert tensors are split on their F axis and flattened to 2-D per rank
-  ((E*D, F/mp) and (E*F/mp, D)); norms, the router and vision biases of row-parallel layers are
-  replicated;
-- the hidden sizes: `TransformerBlock` / `MoE.__init__` (ffn_exp, ffn_dim_multiplier,
-  auto_scale_F halving for the experts, multiple_of rounding).
+The layout (names, per-rank splits, hidden sizes, each from Meta's llama-models 0.3.0) is
+fixtures/llama4_layout.py, shared with the real-shape writers of the benchmarks; this module adds
+seeded values small enough to hold in memory.
 
 Tensors are generated one at a time from a seed derived from the Meta name, so the same spec
 gives the same weights whatever the shard count: MP1 and MP8 files of one spec hold the same model,

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import evict
 
 from streamconv.errors import CheckpointError
 from streamconv.runtime.executor import aligned_empty, as_buffer
@@ -14,17 +15,6 @@ from streamconv.source.rank_reader import RankReader
 from streamconv.system.direct_io import ALIGN, SPAN_SLACK, direct_span, open_direct
 
 FILE_BYTES = 3 * (1 << 20) + 1000  # not a whole number of blocks: the last read is a part one
-
-
-def evict(path: Path) -> None:
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module")

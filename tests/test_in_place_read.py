@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import evict
 
 from streamconv.errors import CheckpointError
 from streamconv.runtime.executor import aligned_empty, as_buffer
@@ -17,17 +18,6 @@ from streamconv.system.direct_io import ALIGN, dio_alignment, open_direct
 
 FILE_BYTES = 2 * (1 << 20) + 700  # not whole blocks: reads at the end come back short
 SLOT_BYTES = 1 << 20
-
-
-def evict(path: Path) -> None:
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import evict
 
 from streamconv.runtime.executor import aligned_empty, as_buffer
 from streamconv.source.rank_reader import RankReader
@@ -15,15 +16,6 @@ from streamconv.system.direct_io import ALIGN, SPAN_SLACK, open_direct
 from streamconv.system.page_cache import PAGE, ResidencyMap
 
 FILE_BYTES = 4 * (1 << 20) + 300
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def cache(path: Path, offset: int, n_bytes: int) -> None:
