@@ -70,8 +70,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
     parser.add_argument("--llama-version", default="auto",
                         choices=("auto", *(f.value for f in Family if f is not Family.LLAMA4)),
-                        help="model family; auto detects it from params.json, tensor shapes and "
-                             "tokenizer.model (see README)")
+                        help="LLaMA 1-3 family; auto detects it from params.json, tensor shapes "
+                             "and tokenizer.model (see README). Llama 4 is always detected "
+                             "from its params.json")
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--instruct", action="store_true", default=None,
                          help="a chat / instruct model: chat eos ids, generation defaults and "
