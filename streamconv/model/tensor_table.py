@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import enum
+import functools
 import math
 import operator
 import re
@@ -208,8 +209,18 @@ _OPERATORS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.FloorDiv: operator.floordiv}
 
 
+@functools.cache
+def _parsed(expression: str) -> ast.expr:
+    """Parsed once: a big model's checks evaluate the table's few expressions thousands of
+    times."""
+    return ast.parse(expression, mode="eval").body
+
+
 def evaluate(expression: str, dims: Mapping[str, int]) -> int:
     """An integer expression over dimension names: names, integers, + - * // and brackets."""
+    if expression in dims:
+        return dims[expression]
+
     def value(node: ast.expr) -> int:
         if isinstance(node, ast.Name):
             return dims[node.id]
@@ -218,7 +229,7 @@ def evaluate(expression: str, dims: Mapping[str, int]) -> int:
         if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
             return _OPERATORS[type(node.op)](value(node.left), value(node.right))
         raise ValueError(f"not a dimension expression: {expression!r}")
-    return value(ast.parse(expression, mode="eval").body)
+    return value(_parsed(expression))
 
 
 def _resolve(sizes: Sizes, symbol: str) -> int:
