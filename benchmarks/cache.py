@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from fixtures.llama4_layout import Llama4Spec
-from fixtures.llama4_synthetic import write_llama4_streaming
+from fixtures.llama4_synthetic import write_llama4_sparse, write_llama4_streaming
 from fixtures.synthetic import SyntheticSpec, spec_summary, write_checkpoint
 
 from .models import BenchModel
@@ -101,7 +101,8 @@ def _marker_content(model: BenchModel) -> dict[str, object]:
     if isinstance(model.spec, Llama4Spec):
         # Round-tripped through JSON so it compares equal to the marker read back.
         summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
-        return {"key": model.key, "spec": summary, "writer": "llama4_synthetic.streaming"}
+        writer = "sparse" if model.sparse else "streaming"
+        return {"key": model.key, "spec": summary, "writer": f"llama4_synthetic.{writer}"}
     return {"key": model.key, "spec": spec_summary(model.spec)}
 
 
@@ -140,7 +141,7 @@ def ensure_checkpoint(model: BenchModel, *, log: Callable[[str], None]) -> Path:
     log(f"generating {model.label} ({gib(model.checkpoint_bytes)}, {model.n_ranks} "
         f"shard(s)) into {out_dir}")
     if isinstance(model.spec, Llama4Spec):
-        write_llama4_streaming(model.spec, out_dir)
+        (write_llama4_sparse if model.sparse else write_llama4_streaming)(model.spec, out_dir)
     elif model.spec.share_storage:
         write_checkpoint(model.spec, out_dir)
     else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fixtures.llama4_layout import Llama4Spec, scout
+from fixtures.llama4_layout import Llama4Spec, maverick, scout
 from fixtures.llama4_synthetic import rank_file_bytes
 from fixtures.synthetic import PRESETS, SyntheticSpec, rank_shapes
 
@@ -26,6 +26,11 @@ _SLICE_RE = re.compile(r"^(70b|405b)-l(\d+)$")
 # layer). "scout" in --models means both.
 SCOUT_SLICES = ("scout-l1", "scout-l2")
 _SCOUT_RE = re.compile(r"^scout-l(\d+)$")
+# Maverick slices (128 experts, MoE on odd layers): one MoE layer is 32 GB per copy, more than
+# this disk holds twice, so their input is written sparse (holes read as zeros without touching
+# the disk): the figures measure memory and the write side, not reading. "maverick-l2" is
+# layer 0 (dense) and layer 1 (MoE), ~37 GB.
+_MAVERICK_RE = re.compile(r"^maverick-l(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class BenchModel:
     # transformers' --llama_version for the same checkpoint; None: no peer (its Llama 4 script
     # loads every shard at once: it cannot run here, see issue 12).
     peer_version: str | None
-    slice_of: str | None = None  # "70b" / "405b" / "scout" for slices
+    slice_of: str | None = None  # "70b" / "405b" / "scout" / "maverick" for slices
+    sparse: bool = False  # input written as holes (fixtures/llama4_synthetic.write_llama4_sparse)
 
     @property
     def n_layers(self) -> int:
@@ -64,9 +70,16 @@ class BenchModel:
         return sum(self.shard_bytes)
 
     @property
+    def input_disk_bytes(self) -> int:
+        """Disk the input takes: none to speak of when it is sparse."""
+        return 0 if self.sparse else self.checkpoint_bytes
+
+    @property
     def generation_peak_bytes(self) -> int:
         """Disk needed while writing the checkpoint: the shard being written also exists as
         mapped scratch files until torch.save is done (cache.ensure_checkpoint)."""
+        if self.sparse:
+            return 0
         return self.checkpoint_bytes + max(self.shard_bytes)
 
 
@@ -123,6 +136,12 @@ def _scout_slice(n_layers: int) -> BenchModel:
                       slice_of="scout")
 
 
+def _maverick_slice(n_layers: int) -> BenchModel:
+    label = f"Maverick-style, {n_layers} layer{'s' if n_layers > 1 else ''}, sparse input"
+    return BenchModel(f"maverick-l{n_layers}", label, maverick(n_layers=n_layers), None,
+                      slice_of="maverick", sparse=True)
+
+
 def resolve_models(text: str) -> list[BenchModel]:
     """'7b,13b,slices' -> models in the order given (duplicates dropped)."""
     keys: list[str] = []
@@ -136,6 +155,8 @@ def resolve_models(text: str) -> list[BenchModel]:
             models.append(_slice(match.group(1), int(match.group(2))))
         elif match := _SCOUT_RE.match(key):
             models.append(_scout_slice(int(match.group(1))))
+        elif match := _MAVERICK_RE.match(key):
+            models.append(_maverick_slice(int(match.group(1))))
         else:
             raise ValueError(f"unknown model {key!r} in --models; use {', '.join(FULL_MODELS)}, "
                              "70b-lN, 405b-lN or scout-lN (N layers), 'slices' for "

@@ -102,7 +102,7 @@ def check_disk(runs: list[Run]) -> list[str]:
         peer_extra = max((r.extra_disk_bytes() for r in runs
                           if r.model == model and r.runner == "peer"), default=0)
         own = cached.get(model.key, 0) if cache.is_cached(model) else 0
-        need = (max(model.generation_peak_bytes, model.checkpoint_bytes + extra)
+        need = (max(model.generation_peak_bytes, model.input_disk_bytes + extra)
                 if not own else extra)
         # Everything the benchmark caches can go, except this model's own valid checkpoint
         # (already counted in `free`); a stale one is deleted before regenerating.
@@ -155,7 +155,7 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
         # The peer's extra room is made before each of its runs (evicting other checkpoints, or
         # skipping the peer alone when that is not enough), not here: it should not cost the
         # model its other runs.
-        room = model.checkpoint_bytes + max(r.extra_disk_bytes() for r in model_runs
+        room = model.input_disk_bytes + max(r.extra_disk_bytes() for r in model_runs
                                             if r.runner != "peer" or len(model_runs) == 1)
         if not cache.is_cached(model):
             room = max(room, model.generation_peak_bytes)
