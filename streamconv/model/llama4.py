@@ -118,11 +118,6 @@ def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
             "rope_type": "llama3"}
 
 
-def dims_from(params: MetaParams, n_ranks: int) -> dict[str, int]:
-    """The table's base dimension names before a ModelSpec exists."""
-    return {"dim": params.dim, "ranks": n_ranks}
-
-
 def _scale_layouts(table: TensorTable,
                    dims: dict[str, int]) -> Callable[[str], ScaleLayout | None]:
     """Where the table says an fp8 tensor's scales are (Meta's FP8 Maverick experts)."""
@@ -191,7 +186,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
     else:
         dims["dense_ffn"] = dense_hidden_dim(params)
         sources["intermediate_size_mlp"] = "Meta's dense sizing from params.json"
-    scales = quantized_names(ckpt, _scale_layouts(table, {**dims_from(params, n), **dims}))
+    scales = quantized_names(ckpt, _scale_layouts(
+        table, {"dim": params.dim, "ranks": n, **dims}))
     dtype = source_dtype(ckpt, table, frozenset(scales))
     context, sources["max_position_embeddings"] = _context_length(
         instruct=instruct[0], n_experts=n_experts)

@@ -32,7 +32,7 @@ from streamconv.planning.jobs import (
 )
 from streamconv.planning.layout import CopyBlock
 from streamconv.runtime.in_place_read import read_in_place
-from streamconv.runtime.transforms import permute_rotary_into, permute_rotary_moves
+from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import SCALE_DTYPE, ScaleLayout
 from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import TensorRef
@@ -200,14 +200,9 @@ class JobRunner:
                 bytes_read += self.dequantize_into(
                     dst, src, block, slot[start:start + job.scratch_bytes], block.scale)
             elif job.rotary_head_dim:
-                if same:
-                    permute_rotary_moves(dst, src, job.rotary_head_dim)
-                else:
-                    permute_rotary_into(dst, src, job.rotary_head_dim)
-            elif same:
-                dst[...] = src
+                permute_rotary_into(dst, src, job.rotary_head_dim)
             else:
-                dst.copy_(src)
+                dst[...] = src  # numpy moves, or torch casts
             bytes_read += n_bytes
         self.sink(job, as_buffer(out_raw))
         return bytes_read

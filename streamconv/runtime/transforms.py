@@ -12,25 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-
-def permute_rotary_moves(dst: np.ndarray, src: np.ndarray, head_dim: int) -> None:
-    """permute_rotary_into for same-dtype rows, as integer views of the element width: the
-    same reordering, no arithmetic, no torch."""
-    n_rows, n_cols = src.shape
-    heads = n_rows // head_dim
-    dst.reshape(heads, 2, head_dim // 2, n_cols)[...] = (
-        src.reshape(heads, head_dim // 2, 2, n_cols).transpose(0, 2, 1, 3))
-
 
 def permute_rotary_into(dst: Any, src: Any, head_dim: int) -> None:
     """dst[rows] = src rows reordered from Meta's interleaved pairs to HF's halves, per head.
 
     Equals transformers' permute(w) = w.view(h, d/2, 2, C).transpose(1, 2).reshape(h*d, C);
-    src and dst hold whole heads. The copy also casts to dst's dtype.
+    src and dst hold whole heads, as numpy arrays (integer views of one width: a pure move) or
+    torch tensors (the assignment also casts to dst's dtype). dst is whole output rows, so
+    contiguous, and its reshape is a view of it in both libraries.
     """
     n_rows, n_cols = src.shape
     heads = n_rows // head_dim
-    dst.view(heads, 2, head_dim // 2, n_cols).copy_(
-        src.view(heads, head_dim // 2, 2, n_cols).transpose(1, 2))
+    dst.reshape(heads, 2, head_dim // 2, n_cols)[...] = (
+        src.reshape(heads, head_dim // 2, 2, n_cols).swapaxes(1, 2))

@@ -70,12 +70,6 @@ class ScaleLayout:
         width = n_cols if self.per_column else 1
         return self.groups(src_row_start, n_rows)[1] * width * SCALE_DTYPE.itemsize
 
-    def max_bytes(self, n_rows: int, n_cols: int) -> int:
-        """The most scale bytes any block of n_rows can need, wherever it starts."""
-        width = n_cols if self.per_column else 1
-        return (-(-n_rows // self.group_rows) + 1) * width * SCALE_DTYPE.itemsize \
-            if self.group_rows > 1 else n_rows * width * SCALE_DTYPE.itemsize
-
 
 def row_scale_layout(meta_name: str) -> ScaleLayout | None:
     """405B: `layers.7.feed_forward.w2.weight` of rank 3 -> key `7_feed_forward.w2_3` (Meta's
