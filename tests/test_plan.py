@@ -27,6 +27,7 @@ from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
 from streamconv.system import dtypes
 from streamconv.system.direct_io import SPAN_SLACK
+from streamconv.system.dtypes import DType
 from streamconv.system.memory import parse_size
 
 MiB = 1 << 20
@@ -34,7 +35,7 @@ MiB = 1 << 20
 
 def spec_of(*, family: Family = Family.LLAMA2, dim: int = 4096, n_layers: int = 2,
             n_heads: int = 32, n_kv_heads: int = 32, vocab: int = 32000, ffn: int = 11008,
-            n_ranks: int = 1, dtype: torch.dtype = torch.bfloat16) -> ModelSpec:
+            n_ranks: int = 1, dtype: DType = dtypes.BFLOAT16) -> ModelSpec:
     return ModelSpec(
         family=family, n_ranks=n_ranks, dtype=dtype, dim=dim, n_layers=n_layers,
         n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, ffn_dim=ffn, norm_eps=1e-5,
@@ -80,7 +81,7 @@ def test_jobs_cover_every_row_once_within_budget(budget: str, n_ranks: int, n_kv
     spec = spec_of(n_ranks=n_ranks, n_kv_heads=n_kv, family=Family.LLAMA3_1, vocab=128256,
                    dim=8192, n_heads=64, ffn=28672)
     layouts = hf_layouts(spec)
-    plan = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+    plan = plan_conversion(spec, layouts, dst_dtype=dtypes.BFLOAT16,
                            budget_bytes=parse_size(budget), baseline_bytes=250 * MiB,
                            max_shard_bytes=5 << 30)
     rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -103,16 +104,16 @@ def test_jobs_cover_every_row_once_within_budget(budget: str, n_ranks: int, n_kv
 def test_small_budget_cuts_tensors_and_min_budget_is_exact() -> None:
     spec = spec_of()
     layouts = hf_layouts(spec)
-    big = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16, budget_bytes=8 << 30,
+    big = plan_conversion(spec, layouts, dst_dtype=dtypes.BFLOAT16, budget_bytes=8 << 30,
                           baseline_bytes=250 * MiB, max_shard_bytes=5 << 30)
-    tight = plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+    tight = plan_conversion(spec, layouts, dst_dtype=dtypes.BFLOAT16,
                             budget_bytes=big.min_budget_bytes, baseline_bytes=250 * MiB,
                             max_shard_bytes=5 << 30)
     assert tight.depth == 1
     assert len(tight.jobs) > len(big.jobs)
     assert tight.predicted_peak_bytes <= big.min_budget_bytes
     with pytest.raises(BudgetError, match=r"use --max-ram \d"):
-        plan_conversion(spec, layouts, dst_dtype=torch.bfloat16,
+        plan_conversion(spec, layouts, dst_dtype=dtypes.BFLOAT16,
                         budget_bytes=big.min_budget_bytes - 1, baseline_bytes=250 * MiB,
                         max_shard_bytes=5 << 30)
 
@@ -120,20 +121,20 @@ def test_small_budget_cuts_tensors_and_min_budget_is_exact() -> None:
 def test_min_budget_does_not_grow_with_model_size() -> None:
     def min_budget(n_layers: int) -> int:
         spec = spec_of(n_layers=n_layers)
-        return plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+        return plan_conversion(spec, hf_layouts(spec), dst_dtype=dtypes.BFLOAT16,
                                budget_bytes=8 << 30, baseline_bytes=250 * MiB,
                                max_shard_bytes=5 << 30).min_budget_bytes
 
     assert min_budget(2) == min_budget(80)
 
 
-@pytest.mark.parametrize("src_dtype,ratio", [(torch.float32, 2), (torch.bfloat16, 1)])
+@pytest.mark.parametrize("src_dtype,ratio", [(dtypes.FLOAT32, 2), (dtypes.BFLOAT16, 1)])
 def test_staging_holds_the_widest_block_in_whole_disk_blocks(src_dtype: torch.dtype,
                                                               ratio: int) -> None:
     """Every block is read into staging (O_DIRECT, whole blocks) before it is put in place; a
     cast from fp32 reads twice the bytes it writes."""
     spec = spec_of(dtype=src_dtype)
-    plan = plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+    plan = plan_conversion(spec, hf_layouts(spec), dst_dtype=dtypes.BFLOAT16,
                            budget_bytes=1 << 30, baseline_bytes=250 * MiB,
                            max_shard_bytes=5 << 30)
     for job in plan.jobs:
@@ -146,7 +147,7 @@ def test_staging_holds_the_widest_block_in_whole_disk_blocks(src_dtype: torch.dt
 
 def test_output_files_respect_max_shard_size_and_header_format() -> None:
     spec = spec_of(n_layers=4)
-    files = layout_output_files(hf_layouts(spec), dtype=torch.bfloat16, max_shard_bytes=400 * MiB)
+    files = layout_output_files(hf_layouts(spec), dtype=dtypes.BFLOAT16, max_shard_bytes=400 * MiB)
     assert len(files) > 1
     for out_file in files:
         big_alone = len(out_file.tensors) == 1
@@ -209,7 +210,7 @@ def _spec_405b() -> ModelSpec:
                    ffn=53248, n_ranks=8, n_layers=4)
 
 
-@pytest.mark.parametrize("dst_dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("dst_dtype", [dtypes.BFLOAT16, dtypes.FLOAT32, dtypes.FLOAT16])
 @pytest.mark.parametrize("budget", ["min", "600M", "1G", "8G"])
 def test_fp8_jobs_count_scales_and_fp32_scratch_within_budget(budget: str,
                                                                dst_dtype: torch.dtype) -> None:
@@ -239,7 +240,7 @@ def test_fp8_jobs_count_scales_and_fp32_scratch_within_budget(budget: str,
         block_rows = max(b.n_rows for b in job.blocks)
         assert job.stage_bytes == max(b.n_rows * b.n_cols for b in job.blocks) + SPAN_SLACK
         scales = -(-block_rows * 4 // SCRATCH_ALIGN) * SCRATCH_ALIGN
-        fp32_rows = 0 if dst_dtype is torch.float32 else min(block_rows, chunk_rows(job.n_cols))
+        fp32_rows = 0 if dst_dtype is dtypes.FLOAT32 else min(block_rows, chunk_rows(job.n_cols))
         assert job.scratch_bytes == scales + fp32_rows * job.n_cols * 4
         assert fp32_rows * job.n_cols * 4 <= max(CHUNK_BYTES, job.n_cols * 4)
         assert scratch_offset(job) + job.scratch_bytes <= plan.slot_bytes
@@ -255,10 +256,10 @@ def test_fp8_jobs_count_scales_and_fp32_scratch_within_budget(budget: str,
 
 def test_fp8_read_bytes_and_label() -> None:
     spec = _spec_405b()
-    plan = plan_conversion(spec, _fp8_405b_layouts(spec), dst_dtype=torch.bfloat16,
+    plan = plan_conversion(spec, _fp8_405b_layouts(spec), dst_dtype=dtypes.BFLOAT16,
                            budget_bytes=2 << 30, baseline_bytes=250 * MiB,
                            max_shard_bytes=5 << 30)
-    bf16 = plan_conversion(spec, hf_layouts(spec), dst_dtype=torch.bfloat16,
+    bf16 = plan_conversion(spec, hf_layouts(spec), dst_dtype=dtypes.BFLOAT16,
                            budget_bytes=2 << 30, baseline_bytes=250 * MiB,
                            max_shard_bytes=5 << 30)
     ffn, dim = 53248, 16384

@@ -10,7 +10,6 @@ from typing import Any
 from streamconv.model.family import Family
 from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable, meta_full_shape
 from streamconv.source.fp8_scales import ScaleLayout
-from streamconv.system import dtypes
 from streamconv.system.dtypes import DType
 
 
@@ -49,10 +48,6 @@ class ModelSpec:
     extra_layers: Mapping[str, Sequence[int]] = field(default_factory=dict, compare=False)
     # params.json as read, for config fields only one family has (Llama 4's model/llama4.py).
     raw_params: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        # Callers holding a torch.dtype (tests, Python users) get the plain DType.
-        object.__setattr__(self, "dtype", dtypes.of(self.dtype))
 
     @property
     def layer_sets(self) -> dict[str, Sequence[int]]:

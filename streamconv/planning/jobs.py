@@ -33,7 +33,6 @@ from streamconv.source.fp8_scales import (
     describe_dtypes,
     layer_of,
 )
-from streamconv.system import dtypes
 from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from streamconv.system.dtypes import DType
 from streamconv.system.memory import format_flag_size, format_size
@@ -245,7 +244,6 @@ def _job_slot_bytes(job: Job) -> int:
 
 def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: DType,
                     budget_bytes: int, baseline_bytes: int, max_shard_bytes: int) -> Plan:
-    dst_dtype = dtypes.of(dst_dtype)
     dst_item = _itemsize(dst_dtype)
     reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
     stage_ratio = _stage_ratio(layouts, dst_item)

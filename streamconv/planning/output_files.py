@@ -18,7 +18,6 @@ import struct
 from dataclasses import dataclass
 
 from streamconv.planning.layout import TensorLayout
-from streamconv.system import dtypes
 from streamconv.system.dtypes import DType
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -71,7 +70,6 @@ def shard_name(file_idx: int, n_files: int) -> str:
 def layout_output_files(layouts: list[TensorLayout], *, dtype: DType,
                         max_shard_bytes: int) -> list[OutputFile]:
     """Greedy split in write order; a tensor larger than the limit gets a file of its own."""
-    dtype = dtypes.of(dtype)
     itemsize = dtype.itemsize
     groups: list[list[TensorLayout]] = [[]]
     size = 0

@@ -49,13 +49,3 @@ INT8, UINT8, BOOL = DType("int8", 1), DType("uint8", 1), DType("bool", 1)
 FLOATS = (FLOAT32, FLOAT16, BFLOAT16)
 BY_NAME = {d.name: d for d in (FLOAT32, FLOAT16, BFLOAT16, FLOAT8_E4M3FN, FLOAT64, INT64, INT32,
                                INT16, INT8, UINT8, BOOL, *OTHER_FLOAT8, *COMPLEX)}
-
-
-def of(dtype: Any) -> DType:
-    """A DType from a DType, a name, or a torch.dtype (tests and callers holding torch's)."""
-    if isinstance(dtype, DType):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in BY_NAME:
-        raise ValueError(f"unsupported dtype {dtype}")
-    return BY_NAME[name]
