@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -80,3 +81,12 @@ def evict(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def evicted_file(folder: Path, n_bytes: int, *, seed: int) -> tuple[Path, bytes]:
+    """A rank file of seeded random bytes, out of the page cache (for the O_DIRECT paths)."""
+    path = folder / "consolidated.00.pth"
+    data = random.Random(seed).randbytes(n_bytes)
+    path.write_bytes(data)
+    evict(path)
+    return path, data

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
-from conftest import evict
+from conftest import evict, evicted_file
 
 from streamconv.errors import CheckpointError
 from streamconv.runtime.executor import aligned_empty, as_buffer
@@ -19,11 +18,7 @@ FILE_BYTES = 3 * (1 << 20) + 1000  # not a whole number of blocks: the last read
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("direct") / "consolidated.00.pth"
-    data = random.Random(0).randbytes(FILE_BYTES)
-    path.write_bytes(data)
-    evict(path)  # bytes in the page cache are read from there, not with O_DIRECT
-    return path, data
+    return evicted_file(tmp_path_factory.mktemp("direct"), FILE_BYTES, seed=0)
 
 
 def has_direct(path: Path) -> bool:

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import evict
+from conftest import evicted_file
 
 from streamconv.errors import CheckpointError
 from streamconv.runtime.executor import aligned_empty, as_buffer
@@ -22,11 +22,7 @@ SLOT_BYTES = 1 << 20
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("in_place") / "consolidated.00.pth"
-    data = random.Random(1).randbytes(FILE_BYTES)
-    path.write_bytes(data)
-    evict(path)  # bytes in the page cache are read from there, not with O_DIRECT
-    return path, data
+    return evicted_file(tmp_path_factory.mktemp("in_place"), FILE_BYTES, seed=1)
 
 
 def direct_alignment(path: Path) -> int | None:
