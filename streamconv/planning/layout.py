@@ -43,7 +43,7 @@ class Piece:
     n_cols: int  # output columns this piece fills (all ranks together)
     col_offset: int = 0  # the first of them
     row_offset: int = 0  # ROWS: the piece's first row in each rank's tensor
-    unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0: the rank's whole part)
+    unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0 for the other splits)
     stack: int = 1  # ROWS: stacked units (experts), each split across the ranks
     transpose: bool = False  # the rank tensor is this tensor transposed
     scale: ScaleLayout | None = None  # fp8 only: where its scales are and what they scale
@@ -148,6 +148,12 @@ def hf_layouts(spec: ModelSpec, *,
     return layouts
 
 
+def _replicas(piece: Piece, layout: TensorLayout, n_ranks: int) -> int:
+    """How many ranks hold each row group of a ROWS piece (more than one: 405B's kv heads in 16
+    ranks)."""
+    return n_ranks * piece.unit_rows * piece.stack // layout.n_rows
+
+
 def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
                   row_stop: int) -> list[CopyBlock]:
     n_rows = row_stop - row_start
@@ -165,7 +171,7 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
                 for s in range(n_ranks)]
     unit = layout.n_rows // piece.stack  # output rows of one stacked unit
     per_rank = piece.unit_rows
-    replicas = n_ranks * per_rank // unit
+    replicas = _replicas(piece, layout, n_ranks)
     blocks = []
     row = row_start
     while row < row_stop:
@@ -196,6 +202,5 @@ def replica_ranks(piece: Piece, layout: TensorLayout, spec: ModelSpec) -> list[l
         return [list(range(spec.n_ranks))]
     if piece.split is Split.COLS:
         return [[s] for s in range(spec.n_ranks)]
-    groups = layout.n_rows // piece.stack // piece.unit_rows
-    replicas = spec.n_ranks // groups
-    return [list(range(g * replicas, (g + 1) * replicas)) for g in range(groups)]
+    replicas = _replicas(piece, layout, spec.n_ranks)
+    return [list(range(g, g + replicas)) for g in range(0, spec.n_ranks, replicas)]
