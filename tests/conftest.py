@@ -8,9 +8,7 @@ import random
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
-
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -28,6 +26,15 @@ def oracle_unavailable(reason: str) -> NoReturn:
     if os.environ.get(REQUIRE_ORACLES_ENV) == "1":
         pytest.fail(f"oracle unavailable under {REQUIRE_ORACLES_ENV}=1: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.oracle(reason)`: reason None means the oracle can run; otherwise the test
+    goes through oracle_unavailable (a skip locally, a failure under CI)."""
+    for mark in item.iter_markers("oracle"):
+        if mark.args and mark.args[0] is not None:
+            oracle_unavailable(str(mark.args[0]))
 
 
 def cached_writer(tmp_path_factory: pytest.TempPathFactory,

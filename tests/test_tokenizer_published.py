@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import transformers
+from conftest import oracle_unavailable
 from test_tokenizer_tiktoken import LLAMA3_MODEL, _oracle, needs_llama3
 from test_transformers_script import find_peer_python
 from transformers import AutoTokenizer
@@ -78,7 +79,7 @@ def peer_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[s
     """transformers 4.47.1's output folder for every case it can run."""
     peer_python, why_not = find_peer_python()
     if peer_python is None:
-        pytest.skip(why_not)
+        oracle_unavailable(why_not)
     root = tmp_path_factory.mktemp("peer-tok")
     jobs, dirs = [], {}
     for case, _family, version in CASES:
@@ -233,7 +234,7 @@ LLAMA2_MODEL = LLAMA3_MODEL.parent / "llama2_tokenizer.model"
 def test_llama2_equals_transformers_but_for_the_dummy_prefix(tmp_path: Path) -> None:
     peer_python, why_not = find_peer_python()
     if peer_python is None:
-        pytest.skip(why_not)
+        oracle_unavailable(why_not)
     code = ("import sys\nfrom transformers.models.llama.convert_llama_weights_to_hf import "
             "write_tokenizer\nwrite_tokenizer(sys.argv[1], sys.argv[2], llama_version='2')")
     peer = tmp_path / "peer"
