@@ -19,6 +19,7 @@ from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
     check_names,
+    check_same_names,
     check_rank_count,
     check_shapes,
     source_dtype,
@@ -164,6 +165,7 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         "instruct": instruct[1]}
     check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
+    check_same_names(ckpt, table)
     shard0 = ckpt.tensors[0]
     vocab = shard0[table.name("embedding")].shape[0] * n
     if params.vocab_size is not None and params.vocab_size != vocab:
