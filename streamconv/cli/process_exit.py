@@ -1,6 +1,12 @@
-"""The command's process: a few settings before the first import of torch, and a fast exit.
+"""The command's process: Ctrl-C from its first instant, a few settings before the first import
+of torch, and a fast exit.
 
-Both are for the `streamconv` command only (tests call cli.main.main in their own process):
+All of it is for the `streamconv` command only (tests call cli.main.main in their own process):
+- Ctrl-C: the handler is installed before the first heavy import (rich, then torch), and a
+  KeyboardInterrupt raised while they load ends the process with one line and exit 130, never
+  a traceback (a Ctrl-C in the first tens of milliseconds used to print one and die by SIGINT).
+  A process started with SIGINT ignored (a background job of a non-interactive shell) keeps
+  ignoring it, as Python itself does.
 - numpy, which torch imports, starts OpenBLAS threads that spin for a while after start-up
   (0.07 s of CPU per run in `perf record` on the 2-CPU benchmark machine, taken from the
   conversion's own threads); the converter never multiplies matrices, so one thread is enough
@@ -14,16 +20,35 @@ Both are for the `streamconv` command only (tests call cli.main.main in their ow
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 from typing import NoReturn
+
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    """Ctrl-C raises KeyboardInterrupt from now on, unless the process was started ignoring it."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def run_command() -> NoReturn:
     """Entry point of `streamconv` and `python -m streamconv`."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from streamconv.cli.main import main
+    try:
+        install_interrupt_handler()
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        from streamconv.cli.main import main
 
-    code = main()
+        code = main()
+    except KeyboardInterrupt:  # main() handles its own; this is one during the imports
+        sys.stderr.write("interrupted while starting: nothing was read or written\n")
+        code = EXIT_INTERRUPTED
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -19,8 +19,8 @@ from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
     check_names,
-    check_same_names,
     check_rank_count,
+    check_same_names,
     check_shapes,
     source_dtype,
 )
