@@ -8,9 +8,7 @@ import random
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
-
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 

@@ -19,11 +19,14 @@ All of it is for the `streamconv` command only (tests call cli.main.main in thei
 
 from __future__ import annotations
 
+# Only modules the interpreter has loaded by now: this module is imported before the handler
+# exists, so its own import must be instant (`signal` alone builds three enums: milliseconds).
 import os
-import signal
 import sys
-from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 EXIT_INTERRUPTED = 130
 
@@ -34,6 +37,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def install_interrupt_handler() -> None:
     """Ctrl-C raises KeyboardInterrupt from now on, unless the process was started ignoring it."""
+    import signal
+
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
 
