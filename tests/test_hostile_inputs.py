@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digests
+from conftest import digests, restore_sigint
 from pickle_craft import (
     call,
     glob,
@@ -279,12 +279,6 @@ def test_6_huge_n_layers_fails_fast_in_little_memory(n_layers: int, make_checkpo
     peak = usage.ru_maxrss * 1024  # KiB on Linux
     assert peak < 512 << 20, f"peak RSS {peak >> 20} MiB"
     assert_nothing_written(tmp_path / "out")
-
-
-def restore_sigint() -> None:
-    """In a child: Ctrl-C as a fresh terminal would have it, whatever this process ignores
-    (a background job of a non-interactive shell starts with SIGINT ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # --- 7. crash mid-conversion -------------------------------------------------------------------
