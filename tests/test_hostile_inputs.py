@@ -430,3 +430,20 @@ def test_10_max_ram_below_1_mib_is_a_usage_error(value: str, make_checkpoint: Ma
     assert result.code == 2 and "Traceback" not in err and "1 MiB" in err, err
     assert not (tmp_path / "out").exists()
 
+
+
+# --- found by tests/test_fuzz.py (exit 0 with wrong weights, before the fix) ------------------
+
+@pytest.mark.parametrize("new_class", ["HalfStorage", "float16"])
+def test_fuzz_found_storage_class_swapped_is_refused(new_class: str, make_checkpoint: MakeCkpt,
+                                                     tmp_path: Path) -> None:
+    """FloatStorage -> HalfStorage makes every storage half the size its zip member holds (torch
+    refuses: "record size does not match"); -> torch.float16 names a dtype where a storage
+    class belongs (torch fails on it). Both used to convert the first half of every tensor."""
+    src = fresh_copy(make_checkpoint, tmp_path, ONE_RANK)
+    data = read_data_pkl(src / SHARD0)
+    old = glob("torch", "FloatStorage")
+    assert old in data
+    replace_data_pkl(src / SHARD0, data.replace(old, glob("torch", new_class), 1))
+    assert_one_error(convert(src, tmp_path / "out"), SHARD0)
+    assert_nothing_written(tmp_path / "out")

@@ -51,6 +51,15 @@ class RecordsError(Exception):
 class StorageRecord:
     key: str  # the zip member <archive>/data/<key>
     dtype: DType | None  # None: an untyped storage (the tensor record has the dtype)
+    n_bytes: int  # what the persistent id says; torch.load requires the member to be this size
+
+
+@dataclass(frozen=True)
+class _StorageClass:
+    """A legacy typed storage class (torch.FloatStorage): names a storage's dtype in a
+    persistent id, and is a different thing from the dtype itself (torch.float32)."""
+
+    dtype: DType
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,7 @@ class _RecordUnpickler(pickle.Unpickler):
         if found is not None:
             return found
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
+            return _StorageClass(_STORAGE_DTYPES[name])
         if module == "torch" and name in dtypes.BY_NAME:  # a dtype (torch.float8_e4m3fn)
             return dtypes.BY_NAME[name]
         # The wording torch's own restricted unpickler uses, which callers quote.
@@ -209,12 +218,15 @@ class _RecordUnpickler(pickle.Unpickler):
                                + (f" of {len(pid)}" if isinstance(pid, tuple) else "")
                                + ", not torch's ('storage', type, key, location, size)")
         _, kind, key, _location, size = pid
-        if not (isinstance(kind, DType) or kind is _UNTYPED):
+        if not (isinstance(kind, _StorageClass) or kind is _UNTYPED):
             raise RecordsError(f"a storage's type is a {_kind(kind)}, not a storage class")
         if not (isinstance(key, str) and key.isdigit() and len(key) <= 20):
             raise RecordsError("a storage key is not a number like torch writes")
-        _whole(size, "a storage size")
-        return StorageRecord(key, kind if isinstance(kind, DType) else None)
+        # The size is in elements of the storage's dtype (bytes for an untyped storage), as
+        # torch.serialization's persistent_load reads it.
+        dtype = kind.dtype if isinstance(kind, _StorageClass) else None
+        n_bytes = _whole(size, "a storage size") * (dtype.itemsize if dtype else 1)
+        return StorageRecord(key, dtype, n_bytes)
 
 
 def read_records(data_pkl: IO[bytes], *, max_bytes: int) -> Any:

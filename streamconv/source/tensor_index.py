@@ -225,6 +225,10 @@ def open_rank_file(path: Path, rank_idx: int) -> dict[str, TensorRef]:
         if member is None or offset + n_bytes > member[1]:
             raise CheckpointError(f"{path} is corrupt (the bytes of {meta_name} are missing "
                                   "from its archive); download it again")
+        if member[1] != record.storage.n_bytes:  # torch.load refuses this too
+            raise CheckpointError(f"{path} is corrupt (the storage of {meta_name} should be "
+                                  f"{record.storage.n_bytes} bytes, its zip member holds "
+                                  f"{member[1]}); download it again")
         refs[meta_name] = TensorRef(rank_idx, meta_name, path, record.dtype,
                                     record.shape, member[0] + offset)
     return refs
