@@ -77,8 +77,9 @@ def convert(src: Path, out: Path, *extra: str) -> object:
 
 # --- 1. tracebacks on numbers ------------------------------------------------------------------
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "9" * 400])
-@pytest.mark.parametrize("key", ["dim", "n_layers", "n_heads", "norm_eps", "multiple_of"])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "9" * 400, "1e999"])
+@pytest.mark.parametrize("key", ["dim", "n_layers", "n_heads", "norm_eps", "multiple_of",
+                                 "attn_scale"])
 def test_1_non_finite_or_huge_number_in_params_is_one_error(key: str, literal: str,
                                                             make_checkpoint: MakeCkpt,
                                                             tmp_path: Path) -> None:
@@ -159,6 +160,15 @@ _HOSTILE_PICKLES = {
     "negative-storage-size": state(("w", tensor_v2(store=pid(
         text("storage"), glob("torch", "FloatStorage"), text("0"), text("cpu"), num(-5))))),
     "nested-a-million-deep": b"\x80\x02}(" + b"N" + b"\x85" * 1_000_000 + b"K\x01u.",
+    # found by tests/test_fuzz.py: torch.load refuses these, and so must streamconv
+    "unknown-storage-location": state(("w", tensor_v2(store=pid(
+        text("storage"), glob("torch", "FloatStorage"), text("0"), text("norm.weight"),
+        num(16))))),
+    "hooks-missing": state(("w", call(glob("torch._utils", "_rebuild_tensor_v2"), tup(
+        storage(), num(0), tup(num(4), num(4)), tup(num(4), num(1)), b"\x89")))),
+    "hooks-a-bytesio": state(("w", call(glob("torch._utils", "_rebuild_tensor_v2"), tup(
+        storage(), num(0), tup(num(4), num(4)), tup(num(4), num(1)), b"\x89",
+        call(glob("_io", "BytesIO"), b")"))))),
 }
 
 
@@ -445,5 +455,22 @@ def test_fuzz_found_storage_class_swapped_is_refused(new_class: str, make_checkp
     old = glob("torch", "FloatStorage")
     assert old in data
     replace_data_pkl(src / SHARD0, data.replace(old, glob("torch", new_class), 1))
+    assert_one_error(convert(src, tmp_path / "out"), SHARD0)
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("old,new", [
+    (text("cpu"), text("gpu0")),
+    (glob("collections", "OrderedDict"), glob("_io", "BytesIO")),
+], ids=["unknown-storage-location", "hooks-a-bytesio"])
+def test_fuzz_found_arguments_torch_refuses_are_refused(old: bytes, new: bytes,
+                                                        make_checkpoint: MakeCkpt,
+                                                        tmp_path: Path) -> None:
+    """A storage location torch does not know, or backward hooks that are not a dict: torch.load
+    refuses both; they used to convert with exit 0 (the bytes right, the file not torch's)."""
+    src = fresh_copy(make_checkpoint, tmp_path, ONE_RANK)
+    data = read_data_pkl(src / SHARD0)
+    assert old in data
+    replace_data_pkl(src / SHARD0, data.replace(old, new, 1))
     assert_one_error(convert(src, tmp_path / "out"), SHARD0)
     assert_nothing_written(tmp_path / "out")

@@ -98,6 +98,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"{text[:20]} is beyond the range of a number")
+    return value
+
+
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS:
         raise ValueError(f"an integer of {len(text)} digits")
@@ -110,7 +117,7 @@ def _load_json(path: Path) -> dict[str, Any]:
             raise ParamsError(f"{path} is {path.stat().st_size} bytes, far more than a "
                               "params.json holds; use the params.json of the checkpoint")
         raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
-                         parse_int=_bounded_int)
+                         parse_int=_bounded_int, parse_float=_finite_float)
     except RecursionError as e:
         raise ParamsError(f"{path} is nested too deeply to be a params.json; use the "
                           "params.json of the checkpoint") from e

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -37,6 +38,9 @@ from streamconv.system.dtypes import DType
 # arithmetic on them stays cheap.
 _MAX_ELEMENTS = 1 << 48
 _MAX_DIMS = 8
+# The device tags torch.serialization restores (its _package_registry, with an optional index);
+# torch.load refuses any other, and so does this.
+_LOCATION_RE = re.compile(r"^(cpu|cuda|mps|meta|xpu|hpu|xla|mtia|privateuseone)(:\d{1,4})?$")
 
 
 class RecordsError(Exception):
@@ -132,10 +136,16 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) -> Te
     return TensorRecord(storage, _whole(offset, "a storage offset"), shape, strides, dtype)
 
 
+def _check_extras(requires_grad: Any, hooks: Any, rest: tuple[Any, ...], what: str) -> None:
+    """requires_grad, backward hooks and metadata, as torch._utils writes them."""
+    if not isinstance(requires_grad, bool) or not isinstance(hooks, dict) or len(rest) > 1 or (
+            rest and rest[0] is not None and not isinstance(rest[0], dict)):
+        raise RecordsError(f"{what} is called with arguments torch.save never writes")
+
+
 def _rebuild_v2(storage: Any = None, offset: Any = None, size: Any = None, stride: Any = None,
-                *rest: Any) -> TensorRecord:
-    if len(rest) > 3:  # requires_grad, backward_hooks, metadata
-        raise RecordsError("_rebuild_tensor_v2 is called with too many arguments")
+                requires_grad: Any = None, hooks: Any = None, *rest: Any) -> TensorRecord:
+    _check_extras(requires_grad, hooks, rest, "_rebuild_tensor_v2")
     dtype = storage.dtype if isinstance(storage, StorageRecord) else None
     if dtype is None:
         raise RecordsError("_rebuild_tensor_v2 is given no typed storage")
@@ -145,8 +155,7 @@ def _rebuild_v2(storage: Any = None, offset: Any = None, size: Any = None, strid
 def _rebuild_v3(storage: Any = None, offset: Any = None, size: Any = None, stride: Any = None,
                 requires_grad: Any = None, hooks: Any = None, dtype: Any = None,
                 *rest: Any) -> TensorRecord:
-    if len(rest) > 1:  # metadata
-        raise RecordsError("_rebuild_tensor_v3 is called with too many arguments")
+    _check_extras(requires_grad, hooks, rest, "_rebuild_tensor_v3")
     return _tensor(storage, offset, size, stride, dtype)
 
 
@@ -217,7 +226,9 @@ class _RecordUnpickler(pickle.Unpickler):
             raise RecordsError(f"a persistent id is a {_kind(pid)}"
                                + (f" of {len(pid)}" if isinstance(pid, tuple) else "")
                                + ", not torch's ('storage', type, key, location, size)")
-        _, kind, key, _location, size = pid
+        _, kind, key, location, size = pid
+        if not (isinstance(location, str) and _LOCATION_RE.match(location)):
+            raise RecordsError("a storage's location is not a device torch knows")
         if not (isinstance(kind, _StorageClass) or kind is _UNTYPED):
             raise RecordsError(f"a storage's type is a {_kind(kind)}, not a storage class")
         if not (isinstance(key, str) and key.isdigit() and len(key) <= 20):
