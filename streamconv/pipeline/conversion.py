@@ -34,7 +34,7 @@ from streamconv.runtime.output_folder import STAGING_DIR, OutputFolder
 from streamconv.runtime.sampled_crc import sample_crc_of_buffer
 from streamconv.source.prefetch import prefetched_bytes
 from streamconv.source.rank_reader import RankReader
-from streamconv.system.interrupts import DeferredInterrupt
+from streamconv.system.interrupts import DeferredInterrupt, writing_begins
 from streamconv.system.memory import peak_rss_bytes
 
 __all__ = ["ConvertOptions", "Prepared", "Progress", "Report", "convert", "prepare"]
@@ -156,6 +156,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                                  "stopped before its journal's first line): starting over")
     fingerprint = conversion_fingerprint(prepared.checkpoint, plan)
     done = _jobs_already_done(prepared, staging, fingerprint) if resume else set()
+    writing_begins()  # Ctrl-C from here stops cleanly for --resume (system/interrupts.py)
     if not resume:
         shutil.rmtree(staging, ignore_errors=True)
     try:
