@@ -10,7 +10,7 @@ their tensors) and converts it through the CLI's main() in this process. The con
 - on exit 0, `streamconv verify` passes and every output tensor equals a reference built the
   slow, obvious way (tests/test_convert.py) from the mutated files as torch.load reads them.
 
-STREAMCONV_FUZZ_CASES sets the number of cases (default 500: about 70 s on 2 cores) and
+STREAMCONV_FUZZ_CASES sets the number of cases (default 500: about 20 s on 2 cores) and
 STREAMCONV_FUZZ_SEED the seed; every failure is listed with its case number and mutation, and
 STREAMCONV_FUZZ_ONLY=12,345 replays just those cases. The summary (counts by exit code, mutation
 kind and problem) is printed with -s, and written as JSON to STREAMCONV_FUZZ_REPORT if set.
