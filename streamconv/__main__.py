@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
-from streamconv.cli.process_exit import run_command
+try:
+    from streamconv.cli.process_exit import run_command
+except KeyboardInterrupt:  # Ctrl-C in the few milliseconds before its handler exists
+    raise SystemExit(130) from None
 
 run_command()

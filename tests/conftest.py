@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -54,6 +55,14 @@ def cached_writer(tmp_path_factory: pytest.TempPathFactory,
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], Path]:
     """spec -> folder with that checkpoint, written once per session."""
     return cached_writer(tmp_path_factory, write_checkpoint)
+
+
+def restore_sigint() -> None:
+    """preexec_fn of a child converter that a test interrupts: Ctrl-C as a terminal would
+    deliver it. A background job of a non-interactive shell (`bash -c 'pytest ...' &`) starts
+    with SIGINT ignored, its children inherit that, and Python then leaves it ignored, so the
+    SIGINT a test sends would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def digests(folder: Path) -> dict[str, str]:

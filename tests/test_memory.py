@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import restore_sigint
 
 from fixtures.synthetic import PRESETS, SyntheticSpec
 from streamconv.model.family import Family
@@ -86,7 +87,7 @@ def test_ctrl_c_exits_130_and_publishes_nothing(mid_checkpoint: Path, tmp_path: 
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "streamconv", str(mid_checkpoint), str(out),
                              "--no-tokenizer", "--quiet", "--max-ram", "600M"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
     staging = out / ".streamconv-partial"
     deadline = time.monotonic() + 60
     while not any(staging.glob("*.safetensors")) and time.monotonic() < deadline:

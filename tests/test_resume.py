@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import digests, in_process_budget
+from conftest import digests, in_process_budget, restore_sigint
 
 from fixtures.synthetic import SyntheticSpec
 from streamconv.cli.main import main
@@ -56,7 +56,7 @@ def journal_commits(out: Path) -> int:
 
 def start_child(source: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "streamconv", str(source), str(out), *ARGS],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
 
 
 def wait_for_commits(proc: subprocess.Popen[str], out: Path, n: int) -> None:

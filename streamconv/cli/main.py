@@ -2,12 +2,17 @@
 
 Exit codes: 0 success, 1 error (one sentence; --debug adds the traceback), 2 usage,
 130 interrupted.
+
+main() is the one choke point for errors: a StreamconvError is the user's to fix and says how;
+any other exception (a bug, or a failure nothing foresaw) also becomes one sentence and exit 1,
+never a traceback unless --debug asks for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -53,12 +58,24 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+_MIN_RAM_BYTES = 1 << 20
+
+
+def _ram_size(text: str) -> int:
+    """--max-ram: below 1 MiB is a mistake (0 and 0.5 used to mean the default silently)."""
+    n_bytes = _size(text)
+    if n_bytes < _MIN_RAM_BYTES:
+        raise argparse.ArgumentTypeError(f"{text} is below 1 MiB, too little to convert "
+                                         "anything; give the memory to use, e.g. 8G")
+    return n_bytes
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.epilog = SIZE_UNITS_HELP
     parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR",
                         help="Meta checkpoint folder: params.json, consolidated.NN.pth, "
                              "tokenizer.model")
-    parser.add_argument("--max-ram", type=_size, default=None, metavar="SIZE",
+    parser.add_argument("--max-ram", type=_ram_size, default=None, metavar="SIZE",
                         help="peak resident memory allowed, e.g. 8G (8 GiB), 512M (512 MiB) "
                              "(default: half of the "
                              f"memory available now, at least 1G; here "
@@ -207,9 +224,17 @@ def _run_convert(args: argparse.Namespace, console: Console) -> int:
             progress.stop()
     if args.report:
         fields = {**report.as_dict(), "prefetch_start_unix": prefetch_unix}
-        args.report.write_text(json.dumps(fields, indent=2) + "\n")
+        try:
+            args.report.write_text(json.dumps(fields, indent=2) + "\n")
+        except OSError as e:
+            raise StreamconvError(f"the model in {args.output_dir} is complete, but --report "
+                                  f"{args.report} could not be written ({e.strerror})") from e
     if not args.quiet:
         _print_summary(console, report)
+    if report.interrupted_after_complete:
+        console.print(f"[yellow]Ctrl-C came after the model was complete:[/yellow] "
+                      f"{escape(str(args.output_dir))} is finished and published; nothing to "
+                      "resume", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -246,10 +271,47 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return ["convert", *argv]
 
 
+def _report_problem(path: Path) -> str | None:
+    """Why --report cannot be written, found before any work (it used to fail after the
+    model was published, with a traceback)."""
+    try:
+        if path.is_dir():
+            return f"--report {path} is a folder; give a file name, e.g. {path / 'report.json'}"
+        folder = path.parent
+        if not folder.is_dir():
+            return (f"--report {path}: the folder {folder} does not exist; create it or "
+                    "choose another path")
+        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            return f"--report {path} cannot be written (permission denied); choose another path"
+    except OSError as e:  # a name too long, a loop of links
+        return f"--report {path} cannot be used ({e.strerror}); choose another path"
+    return None
+
+
+def _unexpected(e: BaseException) -> str:
+    """One sentence for an exception nothing else explained (a bug, or a failure of the
+    environment that no check foresaw); the text is cut short and kept on one line."""
+    detail = " ".join(str(e).split())
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    detail = detail.replace(". ", "; ")
+    return (f"streamconv stopped on an unexpected {type(e).__name__}"
+            + (f" ({detail})" if detail else "")
+            + "; nothing unfinished was published: run the command again with --debug to see "
+              "where, and report it")
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
          err_console: Console | None = None) -> int:
     console = console or Console()
     err_console = err_console or Console(stderr=True)
+    try:
+        return _main(argv, console, err_console)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None, console: Console, err_console: Console) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
@@ -257,6 +319,11 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
         return int(e.code or 0) if e.code in (0, None) else EXIT_USAGE
     if args.command is None:
         parser.print_help()
+        return EXIT_USAGE
+    problem = _report_problem(args.report) if getattr(args, "report", None) else None
+    if problem:
+        err_console.print(f"[red]error:[/red] {escape(problem)}", highlight=False,
+                          soft_wrap=True)
         return EXIT_USAGE
     try:
         run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
@@ -267,10 +334,11 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None,
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
-    except StreamconvError as e:
+    except Exception as e:
         if args.debug:
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False,
+        message = str(e) if isinstance(e, StreamconvError) else _unexpected(e)
+        err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False,
                           soft_wrap=True)
         return EXIT_ERROR
 

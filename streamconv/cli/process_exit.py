@@ -1,6 +1,11 @@
-"""The command's process: a few settings before the first import of torch, and a fast exit.
+"""The command's process: Ctrl-C from its first instant, a few settings before the first import
+of torch, and a fast exit.
 
-Both are for the `streamconv` command only (tests call cli.main.main in their own process):
+All of it is for the `streamconv` command only (tests call cli.main.main in their own process):
+- Ctrl-C: the handler is installed before the first heavy import (rich, then torch); until
+  the conversion's first write it ends the process with one line and exit 130, never a
+  traceback (a Ctrl-C in the first tens of milliseconds used to print one and die by SIGINT).
+  The phases after that are in system/interrupts.py.
 - numpy, which torch imports, starts OpenBLAS threads that spin for a while after start-up
   (0.07 s of CPU per run in `perf record` on the 2-CPU benchmark machine, taken from the
   conversion's own threads); the converter never multiplies matrices, so one thread is enough
@@ -13,6 +18,8 @@ Both are for the `streamconv` command only (tests call cli.main.main in their ow
 
 from __future__ import annotations
 
+# Only modules the interpreter has loaded by now: this module is imported before the handler
+# exists, so its own import must be instant.
 import os
 import sys
 from typing import NoReturn
@@ -20,10 +27,17 @@ from typing import NoReturn
 
 def run_command() -> NoReturn:
     """Entry point of `streamconv` and `python -m streamconv`."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from streamconv.cli.main import main
+    try:
+        from streamconv.system.interrupts import install_command_handler
 
-    code = main()
+        install_command_handler()
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        from streamconv.cli.main import main
+
+        code = main()
+    except KeyboardInterrupt:  # before the handler was in place
+        sys.stderr.write("interrupted: nothing was written\n")
+        code = 130
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

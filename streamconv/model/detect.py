@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamconv.errors import ParamsError
+from streamconv.errors import CheckpointError, ParamsError
 from streamconv.model.family import Family, context_length, rope_scaling
 from streamconv.model.family_rules import Facts, FamilyVerdict, decide_family
 from streamconv.model.llama4 import detect_llama4, is_llama4
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
+    check_layer_count,
     check_names,
     check_rank_count,
+    check_same_names,
     check_shapes,
     source_dtype,
 )
@@ -121,6 +123,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                  tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
     """Resolve the architecture and check every tensor shape against it, before any write."""
     check_supported(params, ckpt.input_dir)
+    check_layer_count(ckpt, params)
     if is_llama4(params, ckpt):
         if family_override is not None:
             raise ParamsError(f"{ckpt.input_dir} is a Llama 4 checkpoint (its params.json and "
@@ -129,6 +132,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
         return detect_llama4(params, ckpt, instruct=instruct)
     table = LLAMA_TENSORS  # LLaMA 1-3.x; Llama 4's table is chosen in model/llama4.py
     check_names(ckpt, params, table, params.n_layers)
+    check_same_names(ckpt, table)
     check_rank_count(ckpt, table, params.dim)
     sources: dict[str, str] = {}
     quantized = frozenset(quantized_names(ckpt))
@@ -165,7 +169,13 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     sources["ffn_dim"] = f"{table.name('gate', 0)} rows x {ckpt.n_ranks} rank file(s)"
     theta = params.rope_theta if params.rope_theta is not None else 10000.0
     sources["rope_theta"] = "params.json" if params.rope_theta is not None else "default 10000"
-    tied = family is Family.LLAMA3_2 or table.name("output") not in ckpt.tensors[0]
+    # Tied or not is the family's (only LLaMA 3.2 ties; docs/releases.md), never the absence of
+    # output.weight: Meta's files of every other family carry it.
+    tied = family is Family.LLAMA3_2
+    if not tied and table.name("output") not in ckpt.tensors[0]:
+        raise CheckpointError(f"{ckpt.rank_paths[0]} lacks {table.name('output')}, which every "
+                              f"{family.label} checkpoint holds (only LLaMA 3.2 ties its output "
+                              "to the embedding); download the rank files again")
     sources["tie_word_embeddings"] = "LLaMA 3.2 ties output to embedding" if tied else "default"
     sources["max_position_embeddings"] = f"{family.label} context length"
     bos = vocab - 256 if family.is_llama3 else family.facts.bos_token_id

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from streamconv.errors import ParamsError
+from streamconv.errors import CheckpointError, ParamsError
 from streamconv.model.family import Family
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
     check_names,
     check_rank_count,
+    check_same_names,
     check_shapes,
     source_dtype,
 )
@@ -61,12 +62,33 @@ def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
+# Llama 4's nested params.json values (moe_args, vision_args) are checked here, where they are
+# read; source/params.py has already refused NaN, Infinity and integers of more than 18 digits.
+# No release comes near this bound (Maverick: 128 experts; vision: 34 layers, dim 1408).
+_MAX_NESTED_INT = 1 << 16
+
+
 def _int(raw: Mapping[str, Any], key: str, default: int | None = None) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ParamsError(f"params.json: {key} is {value!r}, expected a whole number; fix "
-                          "params.json")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value
+            or not 0 <= value <= _MAX_NESTED_INT):
+        shown = repr(value)[:40]
+        raise ParamsError(f"params.json: {key} is {shown}, expected a whole number from 0 to "
+                          f"{_MAX_NESTED_INT}; fix params.json")
     return int(value)
+
+
+def _zero(what: str) -> int:
+    raise ParamsError(f"params.json: {what} is 0, expected a positive whole number; fix "
+                      "params.json")
+
+
+def _ratio(raw: Mapping[str, Any], key: str) -> float:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 64:
+        raise ParamsError(f"params.json: vision_args {key} is {repr(value)[:40]}, expected a "
+                          "number above 0 and at most 64; fix params.json")
+    return float(value)
 
 
 def moe_layers(n_layers: int, step: int) -> list[int]:
@@ -87,10 +109,10 @@ def _vision_dims(vision: Mapping[str, Any]) -> dict[str, int]:
     """vision_args -> the vision tensors' sizes (vision/encoder.py, vision/embedding.py)."""
     try:
         dim = _int(vision, "dim")
-        patch = _int(vision["patch_size"], "height")
+        patch = _int(vision["patch_size"], "height") or _zero("vision_args patch_size height")
         image = _int(vision["image_size"], "height")
-        ratio = float(vision["pixel_shuffle_ratio"])
-        mlp_ratio = float(vision["mlp_ratio"])
+        ratio = _ratio(vision, "pixel_shuffle_ratio")
+        mlp_ratio = _ratio(vision, "mlp_ratio")
         output = _int(vision, "output_dim")
     except (KeyError, TypeError) as e:
         raise ParamsError(f"params.json: vision_args lacks {e}; fix params.json") from e
@@ -130,6 +152,17 @@ def _scale_layouts(table: TensorTable,
     return layout
 
 
+def _check_vision_layer_count(ckpt: Checkpoint, table: TensorTable, n_layers: int) -> None:
+    """vision_args' n_layers against the vision layers present, before their names are built."""
+    found = {layer_index(n) for n in ckpt.tensors[0]
+             if (entry := table.lookup(n)) is not None and entry.layers == "vision"}
+    present = {i for i in found if i is not None}
+    if present and max(present) + 1 != n_layers:
+        raise CheckpointError(f"params.json says vision_args n_layers={n_layers} but "
+                              f"{ckpt.rank_paths[0]} holds {max(present) + 1} vision layers; the "
+                              "file or params.json belongs to another model")
+
+
 def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
                   instruct: tuple[bool, str]) -> ModelSpec:
     """The Llama 4 ModelSpec, every tensor checked against the table before anything is
@@ -152,11 +185,13 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         "dense": [i for i in range(params.n_layers) if i not in set(moe_idx)],
         "vision": range(_int(vision, "n_layers")),
     }
+    _check_vision_layer_count(ckpt, table, len(layers["vision"]))
     sources = {"family": "params.json has " + " and ".join(
         k for k in ("moe_args", "vision_args") if k in raw) + " (Llama 4)",
         "instruct": instruct[1]}
     check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
+    check_same_names(ckpt, table)
     shard0 = ckpt.tensors[0]
     vocab = shard0[table.name("embedding")].shape[0] * n
     if params.vocab_size is not None and params.vocab_size != vocab:

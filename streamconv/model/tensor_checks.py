@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from streamconv.errors import CheckpointError, ParamsError
@@ -20,6 +21,48 @@ if TYPE_CHECKING:
 def _listed(names: list[str]) -> str:
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return ", ".join(names[:3]) + more
+
+
+# Text-model layers are `layers.N.` in every family (LLaMA 1-3, Llama 4).
+_TEXT_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def check_layer_count(ckpt: Checkpoint, params: MetaParams) -> None:
+    """n_layers against the layers the rank files hold, before any per-layer name is built:
+    a damaged n_layers (1e6) must cost no memory or time of its own."""
+    found: set[int] = set()
+    for refs in ckpt.tensors:
+        found.update(int(m.group(1)) for n in refs if (m := _TEXT_LAYER.match(n)))
+    if not found or max(found) + 1 == params.n_layers:
+        return  # no layers at all: check_names names what is missing
+    path = ckpt.rank_paths[0]
+    if max(found) + 1 < params.n_layers:
+        raise CheckpointError(
+            f"{path} lacks layers.{max(found) + 1}. and beyond (params.json says "
+            f"n_layers={params.n_layers}, the rank files hold {max(found) + 1} layers); the "
+            "file or params.json belongs to another model")
+    raise CheckpointError(
+        f"{path} holds layers.{params.n_layers}. and beyond ({max(found) + 1} layers, but "
+        f"params.json says n_layers={params.n_layers}); the file or params.json belongs to "
+        "another model")
+
+
+def check_same_names(ckpt: Checkpoint, table: TensorTable) -> None:
+    """Every rank file holds the same tensors (a model-parallel rank is a slice of each): a
+    tensor absent from one rank is named here, never a KeyError in the middle of a job."""
+    first = {n for n in ckpt.tensors[0] if not table.is_ignored(n)}
+    for rank_idx, refs in enumerate(ckpt.tensors[1:], start=1):
+        names = {n for n in refs if not table.is_ignored(n)}
+        lacks, extra = sorted(first - names), sorted(names - first)
+        path, path0 = ckpt.rank_paths[rank_idx], ckpt.rank_paths[0].name
+        if lacks:
+            raise CheckpointError(f"{path} (rank {rank_idx}) lacks {_listed(lacks)}, which "
+                                  f"{path0} holds; every rank file holds the same tensors: "
+                                  "download it again")
+        if extra:
+            raise CheckpointError(f"{path} (rank {rank_idx}) holds {_listed(extra)}, which "
+                                  f"{path0} lacks; every rank file holds the same tensors: "
+                                  "download the rank files again together")
 
 
 def check_names(ckpt: Checkpoint, params: MetaParams, table: TensorTable,

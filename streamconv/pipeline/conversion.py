@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from streamconv.errors import Interrupted
 from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
-from streamconv.pipeline.output_checks import check_output_dir
+from streamconv.pipeline.output_checks import check_output_dir, output_dir_error
 from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
 from streamconv.planning.jobs import Job
 from streamconv.runtime.executor import JobRunner, run_jobs
@@ -34,6 +34,7 @@ from streamconv.runtime.output_folder import STAGING_DIR, OutputFolder
 from streamconv.runtime.sampled_crc import sample_crc_of_buffer
 from streamconv.source.prefetch import prefetched_bytes
 from streamconv.source.rank_reader import RankReader
+from streamconv.system.interrupts import DeferredInterrupt, writing_begins
 from streamconv.system.memory import peak_rss_bytes
 
 __all__ = ["ConvertOptions", "Prepared", "Progress", "Report", "convert", "prepare"]
@@ -58,6 +59,8 @@ class Report:
     first_read_unix: float | None = None
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Ctrl-C arrived while the finished model was being published (it was finished anyway).
+    interrupted_after_complete: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -142,21 +145,29 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     prepared = prepare(input_dir, options)
     plan = prepared.plan
     staging = output_dir / STAGING_DIR
-    check_output_dir(input_dir, output_dir, prepared, force=options.force,
-                     resume=options.resume)
+    try:
+        check_output_dir(input_dir, output_dir, prepared, force=options.force,
+                         resume=options.resume)
+    except OSError as e:  # a read-only parent, a dangling link, a file in the path, a long name
+        raise output_dir_error(e, output_dir) from e
     resume = options.resume and journal_started(staging / JOURNAL_NAME)
     if options.resume and staging.exists() and not resume:
         prepared.warnings.append(f"{staging} records nothing as durable (the earlier run "
                                  "stopped before its journal's first line): starting over")
     fingerprint = conversion_fingerprint(prepared.checkpoint, plan)
     done = _jobs_already_done(prepared, staging, fingerprint) if resume else set()
+    writing_begins()  # Ctrl-C from here stops cleanly for --resume (system/interrupts.py)
     if not resume:
         shutil.rmtree(staging, ignore_errors=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_dir_error(e, output_dir) from e
     jobs = [job for job in plan.jobs if job.job_idx not in done]
     resumed_bytes = sum(job.out_bytes for job in plan.jobs if job.job_idx in done)
     progress.started(prepared, resumed_bytes=resumed_bytes)
     bytes_read = 0
+    late = DeferredInterrupt()
     try:
         paths = prepared.checkpoint.read_paths  # shards, then FP8 scale files if any
         with RankReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
@@ -189,6 +200,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                 journal.flush()
             first_read_unix = reader.first_read_unix
             extra = extra_builder.result()
+            late.start()  # once publishing starts it finishes (system/interrupts.py)
             if options.force:
                 _remove_stale_outputs(output_dir, prepared)
             folder.fill(extra)
@@ -197,6 +209,8 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: nothing was published to {output_dir}; run the same "
                           "command with --resume to continue where it stopped") from None
+    finally:
+        late.stop()
     return Report(
         input_dir=str(input_dir), output_dir=str(output_dir), family=prepared.spec.family.label,
         instruct=prepared.spec.instruct, seconds=time.monotonic() - start, bytes_read=bytes_read,
@@ -204,7 +218,8 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
         peak_rss_bytes=peak_rss_bytes(), max_ram_bytes=plan.budget_bytes,
         predicted_peak_bytes=plan.predicted_peak_bytes, resumed_bytes=resumed_bytes,
         started_unix=started_unix, first_read_unix=first_read_unix,
-        files=[p.name for p in published], warnings=prepared.warnings)
+        files=[p.name for p in published], warnings=prepared.warnings,
+        interrupted_after_complete=late.received)
 
 
 def _remove_stale_outputs(output_dir: Path, prepared: Prepared) -> None:

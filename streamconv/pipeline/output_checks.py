@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -47,3 +49,19 @@ def check_output_dir(input_dir: Path, output_dir: Path, prepared: Prepared, *, f
         raise OutputError(f"not enough disk space for {output_dir}: the output needs "
                           f"{format_size(needed)}, {format_size(free)} is free; free some space "
                           "or choose another output folder")
+
+
+def output_dir_error(e: OSError, output_dir: Path) -> OutputError:
+    """What stops OUT from being created, in the user's terms."""
+    if e.errno == errno.ENAMETOOLONG:
+        why = "a name in its path is too long for the file system; choose a shorter name"
+    elif os.path.islink(output_dir) and not os.path.exists(output_dir):
+        why = "it is a symbolic link to a folder that does not exist; remove the link"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = (f"{e.filename or output_dir.parent} cannot be written ({e.strerror}); use a "
+               "folder you can write to")
+    elif e.errno == errno.ENOTDIR:
+        why = "a part of its path is a file, not a folder; choose another path"
+    else:
+        why = f"{e.strerror or type(e).__name__}; choose another output folder"
+    return OutputError(f"cannot create output folder {output_dir}: {why}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamconv.errors import TokenizerError
+from streamconv.errors import ParamsError, TokenizerError
 from streamconv.model.detect import detect_model
 from streamconv.model.family import Family
 from streamconv.model.family_rules import instruct_from_folder
@@ -85,12 +85,13 @@ def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
             for piece in layout.pieces:
                 if piece.split is not Split.COLS:
                     warnings += _replica_differences(checkpoint, reader, piece,
-                                                     replica_ranks(piece, layout, spec))
+                                                     replica_ranks(piece, layout, spec),
+                                                     n_kv_heads=spec.n_kv_heads)
     return warnings
 
 
 def _replica_differences(checkpoint: Checkpoint, reader: RankReader, piece: Piece,
-                         groups: list[list[int]]) -> list[str]:
+                         groups: list[list[int]], *, n_kv_heads: int) -> list[str]:
     warnings = []
     for group in groups:
         if len(group) < 2:
@@ -104,6 +105,15 @@ def _replica_differences(checkpoint: Checkpoint, reader: RankReader, piece: Piec
             buf = bytearray(n)
             reader.read_into(rank_idx, ref.offset_bytes, memoryview(buf))
             copies.append(bytes(buf))
+        if any(c != copies[0] for c in copies[1:]) and piece.split is Split.ROWS:
+            # Rows of a split tensor held by several ranks are copies of one kv head (fewer kv
+            # heads than ranks): copies that differ are different heads, so n_kv_heads is wrong,
+            # and keeping one copy would silently drop heads.
+            paths = ", ".join(checkpoint.rank_paths[i].name for i in group)
+            raise ParamsError(f"params.json says n_kv_heads={n_kv_heads}, "
+                              f"so {paths} should hold copies of the same {piece.meta_name} "
+                              "rows, but they differ: n_kv_heads in params.json is wrong for "
+                              "these rank files; use the checkpoint's own params.json")
         if any(c != copies[0] for c in copies[1:]):
             diff = _max_difference(copies, first.dtype)
             warnings.append(

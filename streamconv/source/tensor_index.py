@@ -18,7 +18,6 @@ each tensor's storage key and its offset in it.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 import struct
 import zipfile
@@ -27,12 +26,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from streamconv.errors import CheckpointError
-from streamconv.source.pickle_index import NotATensor, TensorRecord, read_records
+from streamconv.source.pickle_index import (
+    NotATensor,
+    RecordsError,
+    TensorRecord,
+    read_records,
+)
 from streamconv.source.rank_files import find_rank_paths, find_scale_paths
 from streamconv.system.dtypes import DType
 
 _DATA_MEMBER_RE = re.compile(r"^[^/]+/data/\d+$")
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name length, extra length
+# signature, version (skipped), flags, method, time and date (skipped), crc, compressed and
+# uncompressed sizes, name length, extra length (PKWARE APPNOTE 4.3.7).
+_LOCAL_HEADER = struct.Struct("<4s2xHH4xIIIHH")
+_ZIP64_SIZE = 0xFFFFFFFF  # the size is in the zip64 extra field
+# A data.pkl larger than this is not torch's (a 405B rank file's is ~200 KB).
+_MAX_PICKLE_BYTES = 64 << 20
 
 
 
@@ -84,22 +93,57 @@ class Checkpoint:
 # since late 2024 model-00001-of-00001.bin). All hold one rank with Meta's tensor names.
 
 
+def _local_header(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """The file offset of a member's bytes, from its local header, once the header agrees with
+    the central directory: same name, stored, same sizes, a well-formed extra field. A flipped
+    byte in a name or extra length would otherwise shift every read of the member."""
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size:
+        raise ValueError("short local header")
+    signature, flags, method, _crc, packed, size, name_len, extra_len = _LOCAL_HEADER.unpack(
+        header)
+    name = raw.read(name_len)
+    extra = raw.read(extra_len)
+    central_name = info.filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+    sizes_deferred = flags & 0x08  # sizes in a data descriptor after the data
+    if (signature != b"PK\x03\x04" or name != central_name or len(extra) != extra_len
+            or method != zipfile.ZIP_STORED or not _well_formed_extra(extra)
+            or not (sizes_deferred or {packed, size} <= {info.file_size, _ZIP64_SIZE})):
+        raise ValueError(f"the local header of {info.filename} disagrees with the central "
+                         "directory")
+    return int(info.header_offset) + _LOCAL_HEADER.size + int(name_len) + int(extra_len)
+
+
+def _well_formed_extra(extra: bytes) -> bool:
+    """Extra fields are (id, size, data) records that fill the field exactly."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        pos += 4 + int.from_bytes(extra[pos + 2:pos + 4], "little")
+    return pos == len(extra)
+
+
 def _data_members(archive: zipfile.ZipFile, raw: IO[bytes], path: Path,
                   folder: str) -> dict[str, tuple[int, int]]:
     """Storage key -> (file offset of its bytes, size), from the zip's own directory."""
     members: dict[str, tuple[int, int]] = {}
+    # Where each member's region ends: the next local header, or the central directory.
+    starts = sorted({i.header_offset for i in archive.infolist()} | {archive.start_dir})
     for info in archive.infolist():
         if not (_DATA_MEMBER_RE.match(info.filename) and info.filename.startswith(folder)):
             continue
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path} stores {info.filename} compressed, which torch "
                                   "never does; the file was re-packed: download it again")
-        raw.seek(info.header_offset)
-        signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
-        if signature != b"PK\x03\x04":
+        try:
+            data_offset = _local_header(raw, info)
+        except ValueError as e:
             raise CheckpointError(f"{path} is corrupt (bad zip entry for {info.filename}); "
-                                  "download it again")
-        data_offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+                                  "download it again") from e
+        region_end = next((s for s in starts if s > info.header_offset), archive.start_dir)
+        if data_offset + info.file_size > region_end:
+            raise CheckpointError(f"{path} is corrupt (the bytes of {info.filename} overlap "
+                                  "the next zip entry); download it again")
         members[info.filename.rsplit("/", 1)[1]] = (data_offset, info.file_size)
     return members
 
@@ -125,6 +169,15 @@ def _refusal_reason(error: Exception) -> str:
     return f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
 
 
+def _records_error(path: Path, error: RecordsError) -> CheckpointError:
+    if error.refused:
+        return CheckpointError(f"{path} was refused for safety and nothing in it ran: "
+                               f"{_refusal_reason(error)}, which a file of plain tensors never "
+                               "does; use Meta's original file")
+    return CheckpointError(f"{path} is corrupt or not a file of tensors ({error}); use Meta's "
+                           "original file")
+
+
 def _load_records(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
     """(name -> TensorRecord or NotATensor, storage key -> (offset, size))."""
     if not zipfile.is_zipfile(path):
@@ -137,13 +190,12 @@ def _load_records(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]
                                       "in its archive); download it again")
             folder = pickles[0].removesuffix("data.pkl")
             with archive.open(pickles[0]) as data_pkl:
-                state = read_records(data_pkl)
+                state = read_records(data_pkl, max_bytes=_MAX_PICKLE_BYTES)
             members = _data_members(archive, raw, path, folder)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} was refused for safety and nothing in it ran: "
-                              f"{_refusal_reason(e)}, which a file of plain tensors never does; "
-                              "use Meta's original file") from e
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except RecordsError as e:
+        raise _records_error(path, e) from e
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, NotImplementedError,
+            struct.error, OverflowError, RecursionError, MemoryError) as e:
         raise CheckpointError(f"{path} is corrupt (its zip archive cannot be read); download it "
                               "again") from e
     if isinstance(state, dict):
@@ -173,6 +225,10 @@ def open_rank_file(path: Path, rank_idx: int) -> dict[str, TensorRef]:
         if member is None or offset + n_bytes > member[1]:
             raise CheckpointError(f"{path} is corrupt (the bytes of {meta_name} are missing "
                                   "from its archive); download it again")
+        if member[1] != record.storage.n_bytes:  # torch.load refuses this too
+            raise CheckpointError(f"{path} is corrupt (the storage of {meta_name} should be "
+                                  f"{record.storage.n_bytes} bytes, its zip member holds "
+                                  f"{member[1]}); download it again")
         refs[meta_name] = TensorRef(rank_idx, meta_name, path, record.dtype,
                                     record.shape, member[0] + offset)
     return refs
