@@ -9,8 +9,8 @@ rounded to float32; d is then rounded to fp16 (nearest even).
 Why not call gguf-py: its `quantize()` allocates float32 temporaries of the whole tensor (several
 times its size) and runs at about 100 M values/s on one core here, 70 s of CPU for a 7B. This
 one quantizes CHUNK_VALUES values at a time in a scratch buffer the caller owns (the plan counts
-it in every slot), each step a vectorized torch kernel writing into that scratch (`out=`): no
-allocation per call, and the working set stays in cache. torch releases the GIL in its kernels,
+it in every slot; planning/encoding.py holds the sizes), each step a vectorized torch kernel
+writing into that scratch (`out=`): no allocation per call, and the working set stays in cache. torch releases the GIL in its kernels,
 so the executor's job threads quantize on all cores at once.
 
 Exactness: every step is the same IEEE float32 operation as gguf-py's, in the same order: the
@@ -24,27 +24,14 @@ from __future__ import annotations
 
 from typing import Any
 
-BLOCK_VALUES = 32
-BLOCK_BYTES = 2 + BLOCK_VALUES  # fp16 scale, then 32 int8
-# Values per step: 256 KiB per float32 scratch array, so a step's arrays stay in L2 cache and
-# torch's per-call cost (a few microseconds) is small against the work.
-CHUNK_VALUES = 1 << 16
+from streamconv.planning import encoding
+
+BLOCK_VALUES = encoding.Q8_0_BLOCK_VALUES
+BLOCK_BYTES = encoding.Q8_0_BLOCK_BYTES
+CHUNK_VALUES = encoding.Q8_0_CHUNK_VALUES
+SCRATCH_BYTES = encoding.Q8_0_SCRATCH_BYTES
 _CHUNK_BLOCKS = CHUNK_VALUES // BLOCK_VALUES
 _FLOAT = 4
-# Scratch one quantizer needs: three float32 arrays of a chunk, two float32 and one bool per
-# block, and alignment slack.
-SCRATCH_BYTES = 3 * CHUNK_VALUES * _FLOAT + _CHUNK_BLOCKS * (2 * _FLOAT + 1) + 64
-
-
-def row_bytes(n_cols: int) -> int:
-    """Stored bytes of one row of n_cols values (n_cols a multiple of BLOCK_VALUES)."""
-    return n_cols // BLOCK_VALUES * BLOCK_BYTES
-
-
-def can_quantize(n_cols: int) -> bool:
-    """gguf-py's rule (`__Quant.can_quantize`): rows of whole blocks; otherwise llama.cpp's
-    converter falls back to F16 for that tensor."""
-    return n_cols % BLOCK_VALUES == 0
 
 
 class Q8Scratch:
