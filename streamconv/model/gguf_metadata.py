@@ -1,0 +1,183 @@
+"""Every GGUF metadata entry llama.cpp's convert_hf_to_gguf.py writes, in its order.
+
+llama.cpp (b10573, gguf-py 0.19.0) converts a Hugging Face folder; streamconv already makes the
+bytes of that folder (pipeline/conversion.py's extra_files: config.json, generation_config.json,
+the tokenizer files). Rather than restate llama.cpp's rules from memory, this module writes those
+bytes into a scratch folder and runs the same steps on it that the converter runs
+(conversion/base.py ModelBase.prepare_metadata, TextModel.set_gguf_parameters,
+conversion/llama.py LlamaModel.set_gguf_parameters / set_vocab), calling gguf-py's own pieces
+where llama.cpp does: GGUFWriter for key names, value types and the order of the keys (a dict,
+so a key written twice keeps its first place, as in llama.cpp), gguf.Metadata for the general.*
+and general.sampling.* keys, gguf.SpecialVocab for merges, special ids, add_bos/add_eos and the
+chat template. The writer is only a recorder here: nothing is written to disk but the scratch
+copy of the small JSON/tokenizer files.
+
+The one step that is not llama.cpp's own: its BPE vocabulary goes through transformers'
+AutoTokenizer, which streamconv does not depend on at run time; tokenizer/gguf_vocab.py reads the
+same vocabulary from tokenizer.json, and tests/test_gguf_metadata.py proves the result equal.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from streamconv.errors import StreamconvError
+from streamconv.model.family import Family
+from streamconv.model.spec import ModelSpec
+from streamconv.tokenizer.gguf_vocab import add_vocab
+
+__all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "gguf_metadata", "gguf_n_params"]
+
+# convert_hf_to_gguf.py's --outtype -> general.file_type (its ftype_map).
+GGUF_FILE_TYPES: dict[str, gguf.LlamaFileType] = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
+
+
+@dataclass(frozen=True)
+class GGUFEntry:
+    """One metadata key/value as the file stores it; sub_type is the element type of arrays.
+
+    Values are plain Python: str, int, float, bool, or a list of one of those (token texts as
+    str, token types as int), so GGUFWriter.add_key_value(key, value, value_type, sub_type) or
+    any other writer serializes them to the bytes llama.cpp writes."""
+
+    key: str
+    value: object
+    value_type: gguf.GGUFValueType
+    sub_type: gguf.GGUFValueType | None = None
+
+
+def gguf_n_params(spec: ModelSpec) -> int:
+    """Elements of the tensors llama.cpp writes: the converted model's, plus the rope_freqs
+    tensor it computes for LLaMA 3.1+ scaling (head_dim / 2 factors; conversion/llama.py
+    generate_extra_tensors). gguf.size_label turns it into general.size_label."""
+    rope = spec.rope_scaling or {}
+    extra = spec.head_dim // 2 if str(rope.get("rope_type", "")).lower() == "llama3" else 0
+    return spec.n_params + extra
+
+
+def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: str,
+                  model_name: str | None = None) -> tuple[GGUFEntry, ...]:
+    """The metadata llama.cpp writes for the Hugging Face folder holding ``hf_files``.
+
+    ``model_name`` is the folder name llama.cpp would have been given: general.name (and the
+    size/basename heuristics of gguf.Metadata) come from it, so two llama.cpp runs on differently
+    named folders differ there too. Default: the family's label with the size, e.g. "LLaMA-2-7B".
+    """
+    if outtype not in GGUF_FILE_TYPES:
+        raise StreamconvError(f"GGUF outtype {outtype!r} is not one of "
+                              f"{', '.join(GGUF_FILE_TYPES)}; pick one of those")
+    if spec.family is Family.LLAMA4:
+        raise StreamconvError("GGUF metadata for Llama 4 (llama.cpp's llama4 architecture) is "
+                              "not written yet; convert Llama 4 to the Hugging Face format")
+    hparams: dict[str, Any] = json.loads(hf_files["config.json"])
+    name = model_name or f"{spec.family.label.replace(' ', '-')}-{spec.size_label}"
+    with tempfile.TemporaryDirectory(prefix="streamconv-gguf-") as scratch:
+        folder = Path(scratch) / name
+        folder.mkdir()
+        for file_name, data in hf_files.items():
+            (folder / file_name).write_bytes(data)
+        writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        _add_general(writer, folder, n_params=gguf_n_params(spec))
+        _add_llama_parameters(writer, hparams, file_type=GGUF_FILE_TYPES[outtype])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_vocab(writer, folder, hparams=hparams, family=spec.family)
+        return tuple(_entry(key, value) for key, value in writer.kv_data[0].items())
+
+
+def _add_general(writer: gguf.GGUFWriter, folder: Path, *, n_params: int) -> None:
+    """ModelBase.prepare_metadata up to set_gguf_parameters: general.type, general.sampling.*
+    from generation_config.json, general.name and the heuristics gguf.Metadata derives."""
+    metadata = gguf.Metadata.load(None, folder, None, n_params)
+    if metadata.name is None:
+        metadata.name = folder.name
+    if metadata.size_label is None and n_params > 0:
+        metadata.size_label = gguf.size_label(n_params, n_params, 0, 0)
+    writer.add_type(gguf.GGUFType.MODEL)
+    metadata.set_gguf_meta_model(writer)
+
+
+def _find(hparams: Mapping[str, Any], keys: list[str]) -> Any:
+    return next((hparams[k] for k in keys if k in hparams), None)
+
+
+def _add_llama_parameters(writer: gguf.GGUFWriter, hparams: Mapping[str, Any], *,
+                          file_type: gguf.LlamaFileType) -> None:
+    """TextModel.set_gguf_parameters then LlamaModel's, for the keys a LLaMA config.json can
+    hold (no MoE, sliding-window or multimodal rope keys; their branches never fire here)."""
+    writer.add_block_count(_find(hparams, ["n_layers", "num_hidden_layers", "n_layer",
+                                           "num_layers"]))
+    for keys, add in (
+        (["max_position_embeddings", "n_ctx", "n_positions", "max_length",
+          "max_sequence_length", "model_max_length"], writer.add_context_length),
+        (["hidden_size", "n_embd", "dim"], writer.add_embedding_length),
+        (["prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size",
+          "n_inner", "hidden_dim"], writer.add_feed_forward_length),
+        (["num_attention_heads", "n_head", "n_heads"], writer.add_head_count),
+        (["num_key_value_heads", "n_kv_heads"], writer.add_head_count_kv),
+    ):
+        if (value := _find(hparams, keys)) is not None:
+            add(value)
+    rope = dict(hparams.get("rope_parameters", hparams.get("rope_scaling")) or {})
+    rope.setdefault("rope_theta", _find(hparams, ["rope_theta", "rotary_emb_base"]))
+    _add_rope_scaling(writer, rope)
+    if rope.get("rope_theta") is not None:
+        writer.add_rope_freq_base(rope["rope_theta"])
+    if (eps := _find(hparams, ["rms_norm_eps", "norm_eps"])) is not None:
+        writer.add_layer_norm_rms_eps(eps)
+    if (head_dim := hparams.get("head_dim")) is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_file_type(file_type)
+    # conversion/llama.py LlamaModel.set_gguf_parameters
+    writer.add_vocab_size(hparams["vocab_size"])
+    rope_dim = hparams.get("head_dim")
+    if rope_dim is None:
+        rope_dim = hparams["hidden_size"] // hparams["num_attention_heads"]
+    writer.add_rope_dimension_count(rope_dim)
+
+
+def _add_rope_scaling(writer: gguf.GGUFWriter, rope: Mapping[str, Any]) -> None:
+    """Linear and YaRN scaling are keys; LLaMA 3.1's "llama3" scaling is the rope_freqs tensor
+    (written by the tensor side), no key at all, as in TextModel.set_gguf_parameters."""
+    rope_type = rope.get("rope_type", rope.get("type"))
+    factor = rope.get("factor")
+    if rope_type == "linear" and factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    elif rope_type == "yarn" and factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(factor)
+        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # IntEnum (token types, file type) -> int
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _entry(key: str, value: gguf.GGUFValue) -> GGUFEntry:
+    plain = _plain(value.value)
+    sub_type = value.sub_type
+    if value.type is gguf.GGUFValueType.ARRAY and sub_type is None and plain:
+        # what GGUFWriter picks when it packs the array (_pack_val)
+        sub_type = gguf.GGUFValueType.get_type(value.value[0])
+    return GGUFEntry(key, plain, value.type, sub_type)

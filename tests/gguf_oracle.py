@@ -1,0 +1,192 @@
+"""llama.cpp as the oracle of the GGUF tests: its converter, its loader, a byte-level diff.
+
+The gguf venv (scripts/make_gguf_env.sh, `make gguf-env`) holds llama-cpp-python built from its
+sdist and the very llama.cpp sources it vendors, convert_hf_to_gguf.py among them. Everything
+llama.cpp does runs there in a child process: the test process never imports llama_cpp (nor the
+converter's transformers), it only reads GGUF files with gguf-py, a runtime dependency.
+$STREAMCONV_GGUF_PYTHON names the venv's python (default <repo>/.venv-gguf/bin/python); without
+it every helper here skips through conftest.oracle_unavailable (fails under
+STREAMCONV_REQUIRE_ORACLES=1).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from conftest import REPO, oracle_unavailable
+
+GGUF_PYTHON_ENV = "STREAMCONV_GGUF_PYTHON"
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # scripts/make_gguf_env.sh
+RUNNER = Path(__file__).with_name("gguf_llama_runner.py")
+_PROBE = "import gguf, llama_cpp, transformers, sentencepiece; print(llama_cpp.__version__)"
+
+
+@functools.lru_cache(maxsize=1)
+def _find_gguf_python() -> tuple[Path | None, Path | None, str]:
+    configured = os.environ.get(GGUF_PYTHON_ENV)
+    python = Path(configured) if configured else REPO / ".venv-gguf" / "bin" / "python"
+    origin = f"${GGUF_PYTHON_ENV}" if configured else "<repo>/.venv-gguf"
+    if not python.exists():
+        return None, None, (f"no gguf venv python at {python} ({origin}); run `make gguf-env` "
+                            f"or set {GGUF_PYTHON_ENV}")
+    venv = python.parent.parent  # not resolved: bin/python is a link to the base interpreter
+    converter = (venv / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / "vendor"
+                 / "llama.cpp" / "convert_hf_to_gguf.py")
+    if not converter.is_file():
+        return None, None, f"{converter} is missing; rerun scripts/make_gguf_env.sh"
+    probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True,
+                           timeout=300, check=False)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return None, None, f"{python} cannot import llama_cpp/gguf/transformers: {last}"
+    return python, converter, ""
+
+
+def gguf_python() -> tuple[Path, Path]:
+    """(the gguf venv's python, llama.cpp's convert_hf_to_gguf.py), or skip saying why."""
+    python, converter, why_not = _find_gguf_python()
+    if python is None or converter is None:
+        oracle_unavailable(why_not)
+    return python, converter
+
+
+def llama_cpp_convert(hf_dir: Path, out_path: Path, *, outtype: str) -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py on ``hf_dir``, writing ``out_path``."""
+    python, converter = gguf_python()
+    result = subprocess.run(
+        [str(python), str(converter), str(hf_dir), "--outfile", str(out_path),
+         "--outtype", outtype],
+        capture_output=True, text=True, check=False, timeout=1800,
+        env={**os.environ, "NO_LOCAL_GGUF": "1", "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise AssertionError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n"
+                             f"{result.stderr[-4000:]}")
+    return out_path
+
+
+# --- comparing two files -------------------------------------------------------------------
+
+def _field_value(field: gguf.ReaderField) -> Any:
+    value = field.contents()
+    return value
+
+
+def metadata_of(path: Path) -> list[tuple[str, tuple[int, ...], Any]]:
+    """(key, value types, value) of every metadata entry in file order, without the GGUF.*
+    header pseudo-fields gguf-py reports (version, tensor_count, kv_count)."""
+    reader = gguf.GGUFReader(path)
+    return [(name, tuple(int(t) for t in field.types), _field_value(field))
+            for name, field in reader.fields.items() if not name.startswith("GGUF.")]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _list_difference(key: str, ours: Sequence[Any], theirs: Sequence[Any]) -> str:
+    if len(ours) != len(theirs):
+        return f"{key}: {len(ours)} elements, llama.cpp has {len(theirs)}"
+    first = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+    return (f"{key}: element {first} is {_describe(ours[first])}, "
+            f"llama.cpp has {_describe(theirs[first])}")
+
+
+def metadata_differences(ours: Iterable[tuple[str, tuple[int, ...], Any]],
+                         theirs: Iterable[tuple[str, tuple[int, ...], Any]], *,
+                         ignore_keys: Iterable[str] = ()) -> list[str]:
+    """Key order, types and values; float values compared as the float32 both files hold."""
+    ignored = set(ignore_keys)
+    ours_list = [e for e in ours if e[0] not in ignored]
+    theirs_list = [e for e in theirs if e[0] not in ignored]
+    out: list[str] = []
+    ours_keys, theirs_keys = [e[0] for e in ours_list], [e[0] for e in theirs_list]
+    if set(ours_keys) != set(theirs_keys):
+        out += [f"{k}: only in ours" for k in ours_keys if k not in theirs_keys]
+        out += [f"{k}: only in llama.cpp's" for k in theirs_keys if k not in ours_keys]
+    elif ours_keys != theirs_keys:
+        out.append(f"key order differs: ours {ours_keys}, llama.cpp's {theirs_keys}")
+    theirs_by_key = {k: (t, v) for k, t, v in theirs_list}
+    for key, types, value in ours_list:
+        if key not in theirs_by_key:
+            continue
+        their_types, their_value = theirs_by_key[key]
+        if types != their_types:
+            out.append(f"{key}: type {types}, llama.cpp has {their_types}")
+        elif value != their_value:
+            if isinstance(value, list) and isinstance(their_value, list):
+                out.append(_list_difference(key, value, their_value))
+            else:
+                out.append(f"{key}: {_describe(value)}, llama.cpp has {_describe(their_value)}")
+    return out
+
+
+def gguf_differences(ours: Path, theirs: Path, *, ignore_keys: Iterable[str] = ()) -> list[str]:
+    """Every difference between two GGUF files (empty: equal): each metadata key's presence,
+    position, type and value, and each tensor's name, position, type, shape and bytes."""
+    out = metadata_differences(metadata_of(ours), metadata_of(theirs), ignore_keys=ignore_keys)
+    ours_tensors = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    theirs_tensors = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    if list(ours_tensors) != list(theirs_tensors):
+        out.append(f"tensor names/order differ: ours {list(ours_tensors)}, "
+                   f"llama.cpp's {list(theirs_tensors)}")
+    for name, tensor in ours_tensors.items():
+        other = theirs_tensors.get(name)
+        if other is None:
+            continue
+        if tensor.tensor_type != other.tensor_type:
+            out.append(f"tensor {name}: type {tensor.tensor_type.name}, "
+                       f"llama.cpp has {other.tensor_type.name}")
+        elif list(tensor.shape) != list(other.shape):
+            out.append(f"tensor {name}: shape {list(tensor.shape)}, llama.cpp has "
+                       f"{list(other.shape)}")
+        elif bytes(np.asarray(tensor.data).tobytes()) != bytes(np.asarray(other.data).tobytes()):
+            out.append(f"tensor {name}: bytes differ")
+    return out
+
+
+# --- running llama.cpp on a file -----------------------------------------------------------
+
+def _run(job: dict[str, Any]) -> dict[str, Any]:
+    python, _ = gguf_python()
+    with tempfile.TemporaryDirectory(prefix="gguf-oracle-") as scratch:
+        job = {**job, "scratch": scratch}
+        result = subprocess.run([str(python), str(RUNNER), json.dumps(job)],
+                                capture_output=True, text=True, check=False, timeout=1800)
+        if result.returncode != 0:
+            raise AssertionError(f"llama.cpp runner failed on {job.get('model')}:\n"
+                                 f"{result.stderr[-4000:]}")
+        answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        if "logits_file" in answer:
+            answer["logits"] = np.load(answer.pop("logits_file"))
+        return answer
+
+
+def llama_cpp_logits(model: Path, tokens: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits (n_tokens x n_vocab, float32) for one sequence, all positions."""
+    logits: np.ndarray = _run({"model": str(model), "op": "logits",
+                               "tokens": list(tokens)})["logits"]
+    return logits
+
+
+def llama_cpp_greedy(model: Path, prompt: Sequence[int], *, n_new: int) -> list[int]:
+    """The n_new tokens llama.cpp generates greedily (argmax) after ``prompt``."""
+    answer = _run({"model": str(model), "op": "greedy", "tokens": list(prompt), "n": n_new})
+    return [int(t) for t in answer["tokens"]]
+
+
+def llama_cpp_tokenize(model: Path, texts: Sequence[str], *, add_bos: bool = False,
+                       special: bool = False) -> list[list[int]]:
+    """llama.cpp's tokenization of each text with the vocabulary in ``model``."""
+    answer = _run({"model": str(model), "op": "tokenize", "texts": list(texts),
+                   "add_bos": add_bos, "special": special})
+    return [[int(t) for t in ids] for ids in answer["tokens"]]
