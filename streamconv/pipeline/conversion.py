@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamconv.errors import Interrupted
-from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
-from streamconv.pipeline.output_checks import check_output_dir
-from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
+from streamconv.pipeline.output_checks import check_gguf_output, check_output_dir
+from streamconv.pipeline.preparation import ConvertOptions, Prepared, hf_files, prepare
 from streamconv.planning.jobs import Job
 from streamconv.runtime.executor import JobRunner, run_jobs
+from streamconv.runtime.gguf_output import GGUFOutput, gguf_staging
 from streamconv.runtime.journal import (
     JOURNAL_NAME,
     Journal,
@@ -79,18 +79,8 @@ class _Silent:
 
 def extra_files(prepared: Prepared) -> dict[str, bytes]:
     """config, generation config and tokenizer files, as bytes to publish with the shards."""
-    spec, dtype = prepared.spec, prepared.plan.dst_dtype
-    files = {
-        "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
-        "generation_config.json": to_json_bytes(generation_config_dict(spec)),
-    }
-    if prepared.tokenizer_path is not None:
-        from streamconv.tokenizer.files import tokenizer_files
-
-        files.update(tokenizer_files(prepared.tokenizer_path, family=spec.family,
-                                     instruct=spec.instruct,
-                                     model_max_length=spec.max_position_embeddings))
-    return files
+    return hf_files(prepared.spec, dtype=prepared.plan.dst_dtype,
+                    tokenizer_path=prepared.tokenizer_path)
 
 
 # Peak memory of building the tokenizer files, measured as VmHWM over the baseline on Meta's real
@@ -141,9 +131,10 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     first_read_unix: float | None = None
     prepared = prepare(input_dir, options)
     plan = prepared.plan
-    staging = output_dir / STAGING_DIR
-    check_output_dir(input_dir, output_dir, prepared, force=options.force,
-                     resume=options.resume)
+    to_gguf = prepared.gguf is not None  # then output_dir is the .gguf file's path
+    staging = gguf_staging(output_dir) if to_gguf else output_dir / STAGING_DIR
+    check = check_gguf_output if to_gguf else check_output_dir
+    check(input_dir, output_dir, prepared, force=options.force, resume=options.resume)
     resume = options.resume and journal_started(staging / JOURNAL_NAME)
     if options.resume and staging.exists() and not resume:
         prepared.warnings.append(f"{staging} records nothing as durable (the earlier run "
@@ -152,15 +143,18 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     done = _jobs_already_done(prepared, staging, fingerprint) if resume else set()
     if not resume:
         shutil.rmtree(staging, ignore_errors=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir.parent if to_gguf else output_dir).mkdir(parents=True, exist_ok=True)
     jobs = [job for job in plan.jobs if job.job_idx not in done]
     resumed_bytes = sum(job.out_bytes for job in plan.jobs if job.job_idx in done)
     progress.started(prepared, resumed_bytes=resumed_bytes)
     bytes_read = 0
     try:
         paths = prepared.checkpoint.read_paths  # shards, then FP8 scale files if any
+        output: OutputFolder | GGUFOutput = (
+            GGUFOutput(output_dir, plan.files[0], resume=resume) if to_gguf
+            else OutputFolder(output_dir, plan.files, resume=resume))
         with RankReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
-                OutputFolder(output_dir, plan.files, resume=resume) as folder:
+                output as folder:
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
                          sync=folder.sync_shards) as journal:
 
@@ -179,7 +173,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
 
                 runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
                                    scales=prepared.checkpoint.scales)
-                extra_builder = _ExtraFiles(prepared)
+                extra_builder = None if to_gguf else _ExtraFiles(prepared)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:
@@ -188,8 +182,8 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                     raise
                 journal.flush()
             first_read_unix = reader.first_read_unix
-            extra = extra_builder.result()
-            if options.force:
+            extra = {} if extra_builder is None else extra_builder.result()
+            if options.force and not to_gguf:
                 _remove_stale_outputs(output_dir, prepared)
             folder.fill(extra)
             folder.sync()

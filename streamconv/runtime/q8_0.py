@@ -10,8 +10,8 @@ Why not call gguf-py: its `quantize()` allocates float32 temporaries of the whol
 times its size) and runs at about 100 M values/s on one core here, 70 s of CPU for a 7B. This
 one quantizes CHUNK_VALUES values at a time in a scratch buffer the caller owns (the plan counts
 it in every slot; planning/encoding.py holds the sizes), each step a vectorized torch kernel
-writing into that scratch (`out=`): no allocation per call, and the working set stays in cache. torch releases the GIL in its kernels,
-so the executor's job threads quantize on all cores at once.
+writing into that scratch (`out=`): no allocation per call, and the working set stays in cache.
+torch releases the GIL in its kernels, so the executor's job threads quantize on all cores.
 
 Exactness: every step is the same IEEE float32 operation as gguf-py's, in the same order: the
 block's max of |x|, / 127, 1 / d, |x| * id (IEEE multiplication is symmetric in sign, so
