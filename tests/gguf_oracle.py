@@ -130,6 +130,21 @@ def metadata_differences(ours: Iterable[tuple[str, tuple[int, ...], Any]],
     return out
 
 
+def write_metadata_file(entries: Iterable[Any], path: Path) -> Path:
+    """A GGUF file holding only ``entries`` (GGUFEntry-like: key, value, value_type, sub_type),
+    written by gguf-py's own GGUFWriter: metadata_of() reads it back as the file stores it, so a
+    comparison covers the serialized types and float32 values, not Python's."""
+    items = list(entries)
+    arch = next(str(e.value) for e in items if e.key == gguf.Keys.General.ARCHITECTURE)
+    writer = gguf.GGUFWriter(path, arch=arch)
+    for entry in items:
+        writer.add_key_value(entry.key, entry.value, entry.value_type, entry.sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
 def gguf_differences(ours: Path, theirs: Path, *, ignore_keys: Iterable[str] = ()) -> list[str]:
     """Every difference between two GGUF files (empty: equal): each metadata key's presence,
     position, type and value, and each tensor's name, position, type, shape and bytes."""
