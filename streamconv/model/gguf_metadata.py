@@ -11,8 +11,8 @@ so a key written twice keeps its first place, as in llama.cpp) and gguf.Metadata
 general.* and general.sampling.* keys. The PyPI gguf 0.19.0 wheel is older than the gguf-py that
 b10573 vendors under the same version; where they differ on a LLaMA folder (SpecialVocab: merges,
 special ids, add_bos/add_eos, chat template; the repeat penalty's name) streamconv follows b10573
-(tokenizer/gguf_special.py). The writer is only a recorder here: nothing is written to disk but the scratch
-copy of the small JSON/tokenizer files.
+(tokenizer/gguf_special.py). The writer is only a recorder here: nothing is written to disk
+but the scratch copy of the small JSON/tokenizer files.
 
 The one step that is not llama.cpp's own: its BPE vocabulary goes through transformers'
 AutoTokenizer, which streamconv does not depend on at run time; tokenizer/gguf_vocab.py reads the
