@@ -170,14 +170,19 @@ def _add_rope_scaling(writer: gguf.GGUFWriter, rope: Mapping[str, Any]) -> None:
 
 
 def _plain(value: Any) -> Any:
+    """Bytes as str, IntEnums as int; lists element by element (one type per list)."""
+    if isinstance(value, (list, tuple)):
+        if not value or isinstance(value[0], str):
+            return list(value)
+        if isinstance(value[0], (bytes, bytearray)):
+            return [bytes(v).decode("utf-8") for v in value]
+        if isinstance(value[0], int) and not isinstance(value[0], bool):
+            return [int(v) for v in value]
+        return list(value)
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8")
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):  # IntEnum (token types, file type) -> int
+    if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
     return value
 
 

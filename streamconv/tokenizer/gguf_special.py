@@ -22,6 +22,8 @@ import gguf
 
 __all__ = ["DEFAULT_SPECIAL_TYPES", "SpecialVocab", "load_special_vocab"]
 
+# A space inside a merge's part, as gguf-py stores it: chr(ord(" ") + 256).
+_SPACE = "\u0120"
 DEFAULT_SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 
@@ -100,8 +102,7 @@ def _merges(tokenizer: dict[str, Any]) -> list[str]:
         return [str(m) for m in merges]
     if isinstance(merges[0], list) and len(merges[0]) == 2 and isinstance(merges[0][0], str):
         # pairs (transformers >= 4.45); a space inside a part is stored as U+0120
-        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part)
-                         for part in pair) for pair in merges]
+        return [f"{a.replace(' ', _SPACE)} {b.replace(' ', _SPACE)}" for a, b in merges]
     raise ValueError("Unknown tokenizer merges format")
 
 
