@@ -70,8 +70,7 @@ def test_metadata_equals_llama_cpp(case: GGUFCase, built_case: CaseBuilder,
     assert {"llama.context_length", "llama.rope.freq_base", "tokenizer.ggml.tokens",
             "tokenizer.ggml.token_type", "general.file_type",
             "general.quantization_version"} <= keys
-    assert (case.instruct and case.family is not Family.CODE_LLAMA) \
-        == ("tokenizer.chat_template" in keys)
+    assert case.instruct == ("tokenizer.chat_template" in keys)
 
 
 @pytest.mark.parametrize("case", CASE_PARAMS)
