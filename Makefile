@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test lint peer-env meta-env slow
+.PHONY: setup demo test lint peer-env meta-env gguf-env slow
 
 setup:
 	bash scripts/setup.sh
@@ -21,7 +21,13 @@ peer-env:
 meta-env:
 	bash scripts/make_meta_env.sh
 
-test: setup peer-env meta-env lint
+# llama.cpp itself (llama-cpp-python 0.3.36 built from its sdist, GGML_NATIVE=OFF, with the
+# convert_hf_to_gguf.py it vendors) for the GGUF oracle tests; if it cannot be built, those tests
+# skip and say why. The first build compiles llama.cpp (minutes); later runs find it complete.
+gguf-env:
+	bash scripts/make_gguf_env.sh
+
+test: setup peer-env meta-env gguf-env lint
 	.venv/bin/python -m pytest -q
 
 slow: setup

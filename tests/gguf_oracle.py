@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
@@ -60,13 +63,16 @@ def gguf_python() -> tuple[Path, Path]:
 
 
 def llama_cpp_convert(hf_dir: Path, out_path: Path, *, outtype: str) -> Path:
-    """llama.cpp's own convert_hf_to_gguf.py on ``hf_dir``, writing ``out_path``."""
+    """llama.cpp's own convert_hf_to_gguf.py on ``hf_dir``, writing ``out_path``. Without
+    NO_LOCAL_GGUF the converter puts the gguf-py it ships with first on sys.path, so it runs with
+    its own gguf-py whatever else is installed."""
     python, converter = gguf_python()
     result = subprocess.run(
         [str(python), str(converter), str(hf_dir), "--outfile", str(out_path),
          "--outtype", outtype],
         capture_output=True, text=True, check=False, timeout=1800,
-        env={**os.environ, "NO_LOCAL_GGUF": "1", "HF_HUB_OFFLINE": "1"})
+        env={**{k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"},
+             "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise AssertionError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n"
                              f"{result.stderr[-4000:]}")
@@ -75,17 +81,94 @@ def llama_cpp_convert(hf_dir: Path, out_path: Path, *, outtype: str) -> Path:
 
 # --- comparing two files -------------------------------------------------------------------
 
-def _field_value(field: gguf.ReaderField) -> Any:
-    value = field.contents()
-    return value
+# GGUF value type -> struct format of one scalar (gguf-py's GGUFValueType numbering).
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # as stored: fastest-varying dimension first
+    ggml_type: int
+    offset: int  # from the start of the file
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class GGUFContents:
+    metadata: list[tuple[str, tuple[int, ...], Any]]
+    tensors: list[TensorInfo]
+
+
+class _Cursor:
+    """A position in the file's bytes. gguf-py's GGUFReader takes 20 s on a 128k vocabulary
+    (a numpy view per string); this reads the same layout with struct in about a second."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def scalar(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        text = self.data[self.pos:self.pos + n].decode("utf-8")
+        self.pos += n
+        return text
+
+    def value(self, value_type: int) -> tuple[tuple[int, ...], Any]:
+        if value_type == _STRING:
+            return (value_type,), self.string()
+        if value_type != _ARRAY:
+            return (value_type,), self.scalar(_SCALARS[value_type])
+        sub_type, count = self.scalar("<I"), self.scalar("<Q")
+        if sub_type == _STRING:
+            return (value_type, sub_type), [self.string() for _ in range(count)]
+        fmt = _SCALARS[sub_type]
+        size = struct.calcsize(fmt)
+        values = np.frombuffer(self.data, dtype=np.dtype(fmt), count=count,
+                               offset=self.pos).tolist()
+        self.pos += size * count
+        return (value_type, sub_type), values
+
+
+def read_gguf(path: Path) -> GGUFContents:
+    """Metadata (key, value types, value) in file order and tensor infos of a GGUF v3 file."""
+    data = path.read_bytes()
+    cursor = _Cursor(data)
+    if data[:4] != b"GGUF":
+        raise AssertionError(f"{path} is not a GGUF file")
+    cursor.pos = 4
+    version, n_tensors, n_kv = cursor.scalar("<I"), cursor.scalar("<Q"), cursor.scalar("<Q")
+    assert version == 3, f"{path}: GGUF version {version}"
+    metadata = []
+    for _ in range(n_kv):
+        key = cursor.string()
+        types, value = cursor.value(cursor.scalar("<I"))
+        metadata.append((key, types, value))
+    raw = []
+    for _ in range(n_tensors):
+        name = cursor.string()
+        shape = tuple(cursor.scalar("<Q") for _ in range(cursor.scalar("<I")))
+        raw.append((name, shape, cursor.scalar("<I"), cursor.scalar("<Q")))
+    alignment = next((v for k, _, v in metadata if k == "general.alignment"), 32)
+    start = -(-cursor.pos // alignment) * alignment
+    tensors = []
+    for name, shape, ggml_type, offset in raw:
+        block, type_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+        n_bytes = math.prod(shape) // block * type_bytes
+        tensors.append(TensorInfo(name, shape, ggml_type, start + offset, n_bytes))
+    return GGUFContents(metadata, tensors)
 
 
 def metadata_of(path: Path) -> list[tuple[str, tuple[int, ...], Any]]:
-    """(key, value types, value) of every metadata entry in file order, without the GGUF.*
-    header pseudo-fields gguf-py reports (version, tensor_count, kv_count)."""
-    reader = gguf.GGUFReader(path)
-    return [(name, tuple(int(t) for t in field.types), _field_value(field))
-            for name, field in reader.fields.items() if not name.startswith("GGUF.")]
+    """(key, value types, value) of every metadata entry in file order; value types are
+    (GGUFValueType,) or (ARRAY, element type)."""
+    return read_gguf(path).metadata
 
 
 def _describe(value: Any) -> str:
@@ -130,28 +213,53 @@ def metadata_differences(ours: Iterable[tuple[str, tuple[int, ...], Any]],
     return out
 
 
+def write_metadata_file(entries: Iterable[Any], path: Path) -> Path:
+    """A GGUF file holding only ``entries`` (GGUFEntry-like: key, value, value_type, sub_type),
+    written by gguf-py's own GGUFWriter: metadata_of() reads it back as the file stores it, so a
+    comparison covers the serialized types and float32 values, not Python's."""
+    items = list(entries)
+    arch = next(str(e.value) for e in items if e.key == gguf.Keys.General.ARCHITECTURE)
+    writer = gguf.GGUFWriter(path, arch=arch)
+    for entry in items:
+        writer.add_key_value(entry.key, entry.value, entry.value_type, entry.sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
 def gguf_differences(ours: Path, theirs: Path, *, ignore_keys: Iterable[str] = ()) -> list[str]:
     """Every difference between two GGUF files (empty: equal): each metadata key's presence,
     position, type and value, and each tensor's name, position, type, shape and bytes."""
     out = metadata_differences(metadata_of(ours), metadata_of(theirs), ignore_keys=ignore_keys)
-    ours_tensors = {t.name: t for t in gguf.GGUFReader(ours).tensors}
-    theirs_tensors = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    ours_tensors = {t.name: t for t in read_gguf(ours).tensors}
+    theirs_tensors = {t.name: t for t in read_gguf(theirs).tensors}
     if list(ours_tensors) != list(theirs_tensors):
         out.append(f"tensor names/order differ: ours {list(ours_tensors)}, "
                    f"llama.cpp's {list(theirs_tensors)}")
-    for name, tensor in ours_tensors.items():
-        other = theirs_tensors.get(name)
-        if other is None:
-            continue
-        if tensor.tensor_type != other.tensor_type:
-            out.append(f"tensor {name}: type {tensor.tensor_type.name}, "
-                       f"llama.cpp has {other.tensor_type.name}")
-        elif list(tensor.shape) != list(other.shape):
-            out.append(f"tensor {name}: shape {list(tensor.shape)}, llama.cpp has "
-                       f"{list(other.shape)}")
-        elif bytes(np.asarray(tensor.data).tobytes()) != bytes(np.asarray(other.data).tobytes()):
-            out.append(f"tensor {name}: bytes differ")
+    with ours.open("rb") as ours_file, theirs.open("rb") as theirs_file:
+        for name, tensor in ours_tensors.items():
+            other = theirs_tensors.get(name)
+            if other is None:
+                continue
+            if tensor.ggml_type != other.ggml_type:
+                out.append(f"tensor {name}: type {_type_name(tensor)}, llama.cpp has "
+                           f"{_type_name(other)}")
+            elif tensor.shape != other.shape:
+                out.append(f"tensor {name}: shape {list(tensor.shape)}, llama.cpp has "
+                           f"{list(other.shape)}")
+            elif _tensor_bytes(ours_file, tensor) != _tensor_bytes(theirs_file, other):
+                out.append(f"tensor {name}: bytes differ")
     return out
+
+
+def _type_name(tensor: TensorInfo) -> str:
+    return gguf.GGMLQuantizationType(tensor.ggml_type).name
+
+
+def _tensor_bytes(file: BinaryIO, tensor: TensorInfo) -> bytes:
+    file.seek(tensor.offset)
+    return file.read(tensor.n_bytes)
 
 
 # --- running llama.cpp on a file -----------------------------------------------------------

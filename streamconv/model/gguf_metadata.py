@@ -7,10 +7,12 @@ bytes into a scratch folder and runs the same steps on it that the converter run
 (conversion/base.py ModelBase.prepare_metadata, TextModel.set_gguf_parameters,
 conversion/llama.py LlamaModel.set_gguf_parameters / set_vocab), calling gguf-py's own pieces
 where llama.cpp does: GGUFWriter for key names, value types and the order of the keys (a dict,
-so a key written twice keeps its first place, as in llama.cpp), gguf.Metadata for the general.*
-and general.sampling.* keys, gguf.SpecialVocab for merges, special ids, add_bos/add_eos and the
-chat template. The writer is only a recorder here: nothing is written to disk but the scratch
-copy of the small JSON/tokenizer files.
+so a key written twice keeps its first place, as in llama.cpp) and gguf.Metadata for the
+general.* and general.sampling.* keys. The PyPI gguf 0.19.0 wheel is older than the gguf-py that
+b10573 vendors under the same version; where they differ on a LLaMA folder (SpecialVocab: merges,
+special ids, add_bos/add_eos, chat template; the repeat penalty's name) streamconv follows b10573
+(tokenizer/gguf_special.py). The writer is only a recorder here: nothing is written to disk
+but the scratch copy of the small JSON/tokenizer files.
 
 The one step that is not llama.cpp's own: its BPE vocabulary goes through transformers'
 AutoTokenizer, which streamconv does not depend on at run time; tokenizer/gguf_vocab.py reads the
@@ -100,6 +102,11 @@ def _add_general(writer: gguf.GGUFWriter, folder: Path, *, n_params: int) -> Non
     """ModelBase.prepare_metadata up to set_gguf_parameters: general.type, general.sampling.*
     from generation_config.json, general.name and the heuristics gguf.Metadata derives."""
     metadata = gguf.Metadata.load(None, folder, None, n_params)
+    # b10573's gguf-py also reads transformers' name for the repeat penalty; the 0.19.0 wheel
+    # reads only "penalty_repeat".
+    generation = gguf.Metadata.load_generation_config(folder)
+    if metadata.sampling_penalty_repeat is None and "repetition_penalty" in generation:
+        metadata.sampling_penalty_repeat = generation["repetition_penalty"]
     if metadata.name is None:
         metadata.name = folder.name
     if metadata.size_label is None and n_params > 0:
@@ -163,14 +170,19 @@ def _add_rope_scaling(writer: gguf.GGUFWriter, rope: Mapping[str, Any]) -> None:
 
 
 def _plain(value: Any) -> Any:
+    """Bytes as str, IntEnums as int; lists element by element (one type per list)."""
+    if isinstance(value, (list, tuple)):
+        if not value or isinstance(value[0], str):
+            return list(value)
+        if isinstance(value[0], (bytes, bytearray)):
+            return [bytes(v).decode("utf-8") for v in value]
+        if isinstance(value[0], int) and not isinstance(value[0], bool):
+            return [int(v) for v in value]
+        return list(value)
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8")
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):  # IntEnum (token types, file type) -> int
+    if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
     return value
 
 

@@ -3,8 +3,8 @@
 Follows conversion/llama.py LlamaModel.set_vocab of llama.cpp b10573: a folder with
 tokenizer.model is a SentencePiece vocabulary (conversion/base.py _create_vocab_sentencepiece,
 read with the sentencepiece package exactly as there); one without is a byte-level BPE vocabulary
-(_set_vocab_gpt2 / get_vocab_base). gguf.SpecialVocab, gguf-py's own class, then adds the merges,
-special ids, add_bos/add_eos and the chat template.
+(_set_vocab_gpt2 / get_vocab_base). gguf_special.py's copy of b10573's gguf.SpecialVocab then adds
+the merges, special ids, add_bos/add_eos and the chat template.
 
 get_vocab_base reads the BPE vocabulary through transformers' AutoTokenizer; here it is read
 from tokenizer.json itself (model.vocab plus added_tokens, which is what the fast tokenizer's
@@ -26,6 +26,7 @@ from typing import Any
 import gguf
 
 from streamconv.model.family import Family
+from streamconv.tokenizer.gguf_special import load_special_vocab
 
 __all__ = ["add_vocab"]
 
@@ -46,11 +47,11 @@ def add_vocab(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, An
     else:
         _add_bpe(writer, folder, hparams=hparams, family=family)
     if hparams.get("vocab_size", 32000) == _CODE_LLAMA_VOCAB_SIZE:
-        special_vocab = gguf.SpecialVocab(folder, load_merges=False,
-                                          special_token_types=[t for t, _ in _CODE_LLAMA_INFILL])
+        special_vocab = load_special_vocab(
+            folder, special_token_types=[t for t, _ in _CODE_LLAMA_INFILL])
         for token_type, token_id in _CODE_LLAMA_INFILL:
-            special_vocab._set_special_token(token_type, token_id)
-        special_vocab.add_to_gguf(writer, quiet=True)
+            special_vocab.set_special_token(token_type, token_id)
+        special_vocab.add_to_gguf(writer)
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mappin
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    load_special_vocab(folder, n_vocab=len(tokens)).add_to_gguf(writer)
 
 
 def _spm_type(processor: Any, token_id: int) -> gguf.TokenType:
@@ -144,4 +145,4 @@ def _add_bpe(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any
     writer.add_tokenizer_pre("llama4" if family is Family.LLAMA4 else "llama-bpe")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=True).add_to_gguf(writer, quiet=True)
+    load_special_vocab(folder, load_merges=True).add_to_gguf(writer)

@@ -1,0 +1,102 @@
+"""The models of the GGUF tests: a Meta-format checkpoint, streamconv's Hugging Face folder of it
+(named like the published repo, since llama.cpp takes general.name and friends from the folder's
+name) and llama.cpp's own GGUF of that folder, each built once per session.
+
+LLaMA 1/2 use Meta's real SentencePiece model and LLaMA 3.x Meta's real tiktoken ranks
+(../shared/data): llama.cpp's converter names a BPE pre-tokenizer by hashing the ids of a fixed
+text and refuses vocabularies it does not know, so a synthetic tiktoken vocabulary cannot reach
+it. Code Llama uses a synthetic SentencePiece model (its 32016-piece model is not in
+../shared/data). Shapes are tiny apart from the vocabulary: 2 layers, width 64.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, in_process_budget
+from gguf_oracle import gguf_python, llama_cpp_convert
+
+from fixtures.synthetic import SyntheticSpec, tiny, write_checkpoint
+from streamconv.cli.main import main
+from streamconv.model.family import Family
+
+LLAMA2_TOKENIZER = SHARED_DATA / "llama2_tokenizer.model"
+LLAMA3_TOKENIZER = SHARED_DATA / "llama3_tokenizer.model"
+
+
+@dataclass(frozen=True)
+class GGUFCase:
+    case_id: str
+    family: Family
+    instruct: bool
+    hf_name: str  # the published repo's name: llama.cpp's general.name comes from it
+    outtype: str
+    real_tokenizer: Path | None  # None: the fixture's synthetic tokenizer
+
+    @property
+    def checkpoint_spec(self) -> SyntheticSpec:
+        if self.real_tokenizer is None:
+            return tiny(self.family)
+        vocab = 128256 if self.family.is_llama3 else 32000
+        return tiny(self.family, vocab_size=vocab, params_vocab_size=vocab if
+                    self.family.is_llama3 else -1, with_tokenizer=False)
+
+    @property
+    def convert_args(self) -> list[str]:
+        return ["--llama-version", self.family.value,
+                "--instruct" if self.instruct else "--base"]
+
+
+# Every outtype once, every family, base and instruct, the tied 3.2 and the scaled-rope 3.1.
+CASES = (
+    GGUFCase("llama1", Family.LLAMA1, False, "llama-7b", "f16", LLAMA2_TOKENIZER),
+    GGUFCase("llama2-chat", Family.LLAMA2, True, "Llama-2-7b-chat-hf", "bf16", LLAMA2_TOKENIZER),
+    GGUFCase("codellama-instruct", Family.CODE_LLAMA, True, "CodeLlama-7b-Instruct-hf", "f32",
+             None),
+    GGUFCase("llama3-instruct", Family.LLAMA3, True, "Meta-Llama-3-8B-Instruct", "f16",
+             LLAMA3_TOKENIZER),
+    GGUFCase("llama3.1", Family.LLAMA3_1, False, "Llama-3.1-8B", "q8_0", LLAMA3_TOKENIZER),
+    GGUFCase("llama3.2-instruct", Family.LLAMA3_2, True, "Llama-3.2-1B-Instruct", "bf16",
+             LLAMA3_TOKENIZER),
+)
+
+
+@dataclass(frozen=True)
+class BuiltCase:
+    case: GGUFCase
+    checkpoint: Path
+    hf_dir: Path
+    llama_cpp_gguf: Path
+
+
+class CaseBuilder:
+    """case -> BuiltCase, each step done once per session (llama.cpp's converter takes ~20 s on a
+    128k vocabulary)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._built: dict[str, BuiltCase] = {}
+
+    def __call__(self, case: GGUFCase) -> BuiltCase:
+        if case.case_id not in self._built:
+            self._built[case.case_id] = self._build(case)
+        return self._built[case.case_id]
+
+    def _build(self, case: GGUFCase) -> BuiltCase:
+        gguf_python()  # skip before building anything when llama.cpp cannot run
+        if case.real_tokenizer is not None and not case.real_tokenizer.is_file():
+            pytest.skip(f"{case.real_tokenizer} not available (no ../shared/data)")
+        folder = self._root / case.case_id
+        checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
+        if case.real_tokenizer is not None:
+            shutil.copyfile(case.real_tokenizer, checkpoint / "tokenizer.model")
+        hf_dir = folder / case.hf_name
+        argv = [str(checkpoint), str(hf_dir), "--quiet", "--max-ram", in_process_budget(),
+                *case.convert_args]
+        assert main(argv) == 0
+        theirs = llama_cpp_convert(hf_dir, folder / f"llama-cpp-{case.outtype}.gguf",
+                                   outtype=case.outtype)
+        return BuiltCase(case, checkpoint, hf_dir, theirs)
