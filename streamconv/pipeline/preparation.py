@@ -47,6 +47,7 @@ class ConvertOptions:
     output_format: OutputFormat = OutputFormat.SAFETENSORS
     outtype: str = "auto"  # GGUF: f32, f16, bf16, q8_0 or auto (llama.cpp's --outtype)
     gguf_name: str = "model.gguf"  # GGUF: the output file's name
+    model_name: str | None = None  # GGUF: general.name (None: family and size, gguf_metadata)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _gguf_layout(spec: ModelSpec, layouts: list[TensorLayout], options: ConvertO
     outtype = auto_outtype(spec) if options.outtype == "auto" else options.outtype
     entries = gguf_metadata(spec, hf_files=hf_files(spec, dtype=spec.dtype,
                                                     tokenizer_path=tokenizer_path),
-                            outtype=outtype)
+                            outtype=outtype, model_name=options.model_name)
     layout = layout_gguf_file(spec, layouts, file_name=options.gguf_name, entries=entries,
                               outtype=outtype, hf_shard_bytes=DEFAULT_MAX_SHARD_BYTES)
     return layout, outtype
