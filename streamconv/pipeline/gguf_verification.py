@@ -2,10 +2,10 @@
 
 The file's own metadata says how it was made (general.file_type: the outtype; a chat template:
 an instruct model; --model-name must be given again if convert had it); with those, prepare()
-lays out the expected file exactly as convert did. Then the header (magic, metadata, tensor infos with every name, type, shape and
-offset, the padding, the generated rope_freqs tensor) must equal the expected bytes, the file
-must have the expected size, and every tensor's bytes are recomputed by the same executor,
-within the same budget, and compared with the file's.
+lays out the expected file exactly as convert did. Then the header (magic, metadata, tensor
+infos with every name, type, shape and offset, the padding, the generated rope_freqs tensor)
+must equal the expected bytes, the file must have the expected size, and every tensor's bytes
+are recomputed by the same executor, within the same budget, and compared with the file's.
 """
 
 from __future__ import annotations
