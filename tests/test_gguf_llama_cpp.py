@@ -9,13 +9,20 @@ type, shape, bytes). llama.cpp's logits and greedy tokens are then compared on b
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import in_process_budget
-from gguf_cases import CASES, BuiltCase, CaseBuilder, GGUFCase
-from gguf_oracle import gguf_differences, llama_cpp_convert, llama_cpp_greedy, llama_cpp_logits
+from gguf_cases import CASES, LLAMA3_TOKENIZER, BuiltCase, CaseBuilder, GGUFCase
+from gguf_oracle import (
+    gguf_differences,
+    gguf_python,
+    llama_cpp_convert,
+    llama_cpp_greedy,
+    llama_cpp_logits,
+)
 
 from streamconv.cli.main import main
 
@@ -43,10 +50,10 @@ def test_file_equals_llama_cpp(case: GGUFCase, gguf_builder: CaseBuilder,
     assert gguf_differences(mine, built.llama_cpp_gguf) == []
 
 
-# The other outtypes of one SentencePiece and one tiktoken family: tensors and metadata again.
+# With CASES, every outtype for SentencePiece (LLaMA 1 f16, LLaMA 2 the rest) and tiktoken
+# (3 f16, 3.1 q8_0 and f32, 3.2 bf16) families: tensors and metadata again.
 @pytest.mark.parametrize("case_id,outtype", [
-    ("llama2-chat", "f16"), ("llama2-chat", "f32"), ("llama2-chat", "q8_0"),
-    ("llama3.1", "bf16"), ("llama3.1", "f32"),
+    ("llama2-chat", "f32"), ("llama2-chat", "q8_0"), ("llama3.1", "f32"),
 ])
 def test_other_outtypes_equal_llama_cpp(case_id: str, outtype: str, gguf_builder: CaseBuilder,
                                         tmp_path: Path) -> None:
@@ -69,3 +76,40 @@ def test_llama_cpp_runs_both_files_alike(case_id: str, gguf_builder: CaseBuilder
     assert np.array_equal(logits, llama_cpp_logits(built.llama_cpp_gguf, prompt))
     assert (llama_cpp_greedy(mine, prompt, n_new=8)
             == llama_cpp_greedy(built.llama_cpp_gguf, prompt, n_new=8))
+
+
+@pytest.fixture(scope="module")
+def fp8_mp8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Meta's FP8 405B release in miniature (tests/fp8_fixture.py: row-scaled fp8 feed-forward
+    weights in the middle layers) in 8 rank files holding 2 kv heads (each kv head on 4 ranks,
+    as 405B's 8 kv heads in its 16 rank files), with Meta's real LLaMA 3 tokenizer; and
+    streamconv's Hugging Face folder of it, which llama.cpp converts."""
+    from fp8_fixture import write_fp8_checkpoint
+
+    from fixtures.synthetic import tiny
+    from streamconv.model.family import Family
+
+    tokenizer = LLAMA3_TOKENIZER
+    if not tokenizer.is_file():
+        pytest.skip(f"{tokenizer} not available")
+    gguf_python()
+    root = tmp_path_factory.mktemp("fp8-gguf")
+    spec = tiny(Family.LLAMA3_1, n_ranks=8, n_layers=3, dtype="bfloat16", vocab_size=128256,
+                params_vocab_size=128256, with_tokenizer=False)
+    checkpoint = write_fp8_checkpoint(spec, root / "meta")
+    shutil.copyfile(tokenizer, checkpoint / "tokenizer.model")
+    hf_dir = root / "Llama-3.1-405B-FP8-mini"
+    assert main([str(checkpoint), str(hf_dir), "--quiet", "--base",
+                 "--max-ram", in_process_budget()]) == 0
+    return checkpoint, hf_dir
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_fp8_mp8_equals_llama_cpp(outtype: str, fp8_mp8: tuple[Path, Path],
+                                  tmp_path: Path) -> None:
+    checkpoint, hf_dir = fp8_mp8
+    theirs = llama_cpp_convert(hf_dir, tmp_path / "theirs.gguf", outtype=outtype)
+    mine = tmp_path / "ours.gguf"
+    assert main([str(checkpoint), str(mine), "--quiet", "--base", "--outtype", outtype,
+                 "--model-name", hf_dir.name, "--max-ram", in_process_budget()]) == 0
+    assert gguf_differences(mine, theirs) == []
