@@ -5,6 +5,7 @@ kill, the memory budget in a child process, and bad input as one sentence."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -30,9 +31,11 @@ T = gguf.GGMLQuantizationType
 
 
 def run(*argv: str) -> tuple[int, str]:
-    err = Console(file=__import__("io").StringIO(), width=300)
-    code = main([*argv], console=Console(file=__import__("io").StringIO()), err_console=err)
-    return code, err.file.getvalue()  # type: ignore[attr-defined]
+    """main(argv) -> (exit code, what it printed on stderr)."""
+    err = io.StringIO()
+    code = main([*argv], console=Console(file=io.StringIO()),
+                err_console=Console(file=err, width=300))
+    return code, err.getvalue()
 
 
 def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:

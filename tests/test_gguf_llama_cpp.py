@@ -104,7 +104,7 @@ def fp8_mp8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return checkpoint, hf_dir
 
 
-@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("outtype", [pytest.param("f16", marks=pytest.mark.slow), "q8_0"])
 def test_fp8_mp8_equals_llama_cpp(outtype: str, fp8_mp8: tuple[Path, Path],
                                   tmp_path: Path) -> None:
     checkpoint, hf_dir = fp8_mp8
