@@ -18,9 +18,10 @@ same order (IEEE multiplication is symmetric in sign: |x * id| = |x| * id). gguf
 roundf(y), floor(|y|) + floor(2 * (|y| - floor(|y|))) with y's sign, takes one pass instead of
 four: |y| + (0.5 - 2^-25), truncated by the conversion to int8, with x's sign bit set. The
 float32 addition rounds only above the next integer's boundary or onto it exactly at a half;
-0.5 - 2^-25 instead of 0.5 keeps 0.5 - 2^-25 itself from rounding up to 1. Checked for every float32 |y| <= 128
-(|y| never exceeds 127 by more than a few ulps here); tests/test_gguf_q8_0.py compares the
-bytes with gguf-py's on random, tied and edge values and on every bfloat16 value.
+0.5 - 2^-25 instead of 0.5 keeps 0.5 - 2^-25 itself from rounding up to 1. Checked for every
+float32 |y| <= 128 (|y| never exceeds 127 by more than a few ulps here);
+tests/test_gguf_q8_0.py compares the bytes with gguf-py's on random, tied and edge values and
+on every bfloat16 value.
 """
 
 from __future__ import annotations
