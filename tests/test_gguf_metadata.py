@@ -41,11 +41,6 @@ CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES]
 TEXTS = SAMPLES + fuzz_samples(100, seed=18)
 
 
-@pytest.fixture(scope="session")
-def built_case(tmp_path_factory: pytest.TempPathFactory) -> CaseBuilder:
-    return CaseBuilder(tmp_path_factory.mktemp("gguf-cases"))
-
-
 @functools.lru_cache(maxsize=8)
 def _prepared(checkpoint: Path, case: GGUFCase) -> Prepared:
     return prepare(checkpoint, ConvertOptions(llama_version=case.family.value,
