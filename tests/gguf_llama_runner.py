@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Any
 
-
 _GGML_TYPE_F32 = 0
 
 
