@@ -38,7 +38,11 @@ _SPIECE_SPACE = "\u2581"
 
 def add_vocab(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any],
               family: Family) -> None:
-    """LlamaModel.set_vocab for the folders streamconv writes."""
+    """LlamaModel.set_vocab for the folders streamconv writes (Llama4Model.set_vocab: the
+    BPE vocabulary only)."""
+    if family is Family.LLAMA4:
+        _add_bpe(writer, folder, hparams=hparams, family=family)
+        return
     tokenizer_config = _load_json(folder / "tokenizer_config.json")
     if (add_prefix_space := tokenizer_config.get("add_prefix_space")) is not None:
         writer.add_add_space_prefix(add_prefix_space)
