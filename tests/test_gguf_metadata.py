@@ -2,11 +2,12 @@
 
 For each case of tests/gguf_cases.py (LLaMA 1, LLaMA 2 chat, Code Llama Instruct, LLaMA 3
 Instruct, 3.1, 3.2 Instruct, Llama 4 Scout Instruct and Maverick; f32, f16, bf16 and q8_0)
-streamconv converts a Meta checkpoint to a Hugging Face folder named like the published repo, llama.cpp b10573's convert_hf_to_gguf.py
-converts that folder (in the gguf venv), and gguf_metadata() of the same model must equal the
-metadata of llama.cpp's file, read back from a GGUF file that gguf-py's writer made of our
-entries (so types and float32 values are compared as stored). No key is exempt: general.name and
-the other descriptive keys come from the folder name, which gguf_metadata takes as model_name.
+streamconv converts a Meta checkpoint to a Hugging Face folder named like the published repo,
+llama.cpp b10573's convert_hf_to_gguf.py converts that folder (in the gguf venv), and
+gguf_metadata() of the same model must equal the metadata of llama.cpp's file, read back from a
+GGUF file that gguf-py's writer made of our entries (so types and float32 values are compared
+as stored). No key is exempt: general.name and the other descriptive keys come from the folder
+name, which gguf_metadata takes as model_name.
 
 Also llama.cpp's tokenizer, loaded from llama.cpp's own GGUF, against the tokenizers Meta ships
 (sentencepiece, tiktoken) on tests/tokenizer_corpus.py: llama.cpp must read the vocabulary the
