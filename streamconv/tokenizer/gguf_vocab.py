@@ -149,4 +149,6 @@ def _add_bpe(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any
     writer.add_tokenizer_pre("llama4" if family is Family.LLAMA4 else "llama-bpe")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    load_special_vocab(folder, load_merges=True).add_to_gguf(writer)
+    special_vocab = load_special_vocab(folder, load_merges=True, tokenizer_json=document)
+    del document, added, reverse  # the merges list is built; the rest can go
+    special_vocab.add_to_gguf(writer)
