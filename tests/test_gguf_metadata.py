@@ -35,9 +35,15 @@ from tokenizer_corpus import SAMPLES, fuzz_samples
 from fixtures.synthetic import SyntheticSpec, tiny
 from streamconv.errors import StreamconvError
 from streamconv.model.family import Family
-from streamconv.model.gguf_metadata import GGUF_FILE_TYPES, GGUFEntry, gguf_metadata
+from streamconv.model.gguf_metadata import (
+    GGUF_FILE_TYPES,
+    GGUFEntry,
+    auto_outtype,
+    gguf_metadata,
+)
 from streamconv.pipeline.conversion import extra_files
 from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
+from streamconv.system.dtypes import BFLOAT16, FLOAT16, FLOAT32
 
 CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES]
 TEXTS = SAMPLES + fuzz_samples(100, seed=18)
@@ -121,6 +127,11 @@ def test_outtype_sets_file_type(outtype: str,
     file_type = next(e for e in entries if e.key == "general.file_type")
     assert file_type.value == int(GGUF_FILE_TYPES[outtype])
     assert file_type.value_type is gguf.GGUFValueType.UINT32
+
+
+def test_auto_outtype_follows_llama_cpp_guess() -> None:
+    """convert_hf_to_gguf.py --outtype auto: bf16 weights stay bf16; f16 and f32 give f16."""
+    assert [auto_outtype(d) for d in (BFLOAT16, FLOAT16, FLOAT32)] == ["bf16", "f16", "f16"]
 
 
 def test_unknown_outtype_is_one_sentence(prepare_tiny: Callable[[Family], Prepared]) -> None:

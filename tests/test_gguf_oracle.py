@@ -90,3 +90,15 @@ def test_llama_cpp_logits_and_greedy_tokens_equal_transformers(f32_case: BuiltCa
     for _ in range(n_new):  # transformers' greedy continuation
         sequence.append(int(np.argmax(_transformers_logits(f32_case.hf_dir, sequence)[-1])))
     assert llama_cpp_greedy(f32_case.llama_cpp_gguf, prompt, n_new=n_new) == sequence[len(prompt):]
+
+
+def test_auto_outtype_is_llama_cpp_guess(f32_case: BuiltCase, tmp_path: Path) -> None:
+    """llama.cpp's --outtype auto on an f32 folder writes what auto_outtype(FLOAT32) names."""
+    from gguf_oracle import llama_cpp_convert
+
+    from streamconv.model.gguf_metadata import GGUF_FILE_TYPES, auto_outtype
+    from streamconv.system.dtypes import FLOAT32
+
+    out = llama_cpp_convert(f32_case.hf_dir, tmp_path / "auto.gguf", outtype="auto")
+    file_type = next(v for k, _, v in read_gguf(out).metadata if k == "general.file_type")
+    assert file_type == int(GGUF_FILE_TYPES[auto_outtype(FLOAT32)])

@@ -36,9 +36,11 @@ from streamconv.errors import StreamconvError
 from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import full_shape, hf_name
+from streamconv.system.dtypes import BFLOAT16, DType
 from streamconv.tokenizer.gguf_vocab import add_vocab
 
-__all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "gguf_metadata", "gguf_param_counts"]
+__all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "auto_outtype", "gguf_metadata",
+           "gguf_param_counts"]
 
 # convert_hf_to_gguf.py's --outtype -> general.file_type (its ftype_map).
 GGUF_FILE_TYPES: dict[str, gguf.LlamaFileType] = {
@@ -47,6 +49,14 @@ GGUF_FILE_TYPES: dict[str, gguf.LlamaFileType] = {
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
+
+
+def auto_outtype(hf_dtype: DType) -> str:
+    """What convert_hf_to_gguf.py's default --outtype auto picks for weights of this dtype
+    (ModelBase.__init__: the first 2-D tensor that is bf16 gives bf16, f16 gives f16; with
+    neither, as for an all-f32 folder, it falls back to f16). ``hf_dtype`` is the dtype of the
+    Hugging Face folder's weights (an FP8 checkpoint's folder is bf16)."""
+    return "bf16" if hf_dtype == BFLOAT16 else "f16"
 
 
 @dataclass(frozen=True)
