@@ -129,6 +129,13 @@ def test_outtype_sets_file_type(outtype: str,
     assert file_type.value_type is gguf.GGUFValueType.UINT32
 
 
+def test_no_tokenizer_is_one_sentence(prepare_tiny: Callable[[Family], Prepared]) -> None:
+    prepared = prepare_tiny(Family.LLAMA2)
+    files = {k: v for k, v in extra_files(prepared).items() if not k.startswith("tokenizer")}
+    with pytest.raises(StreamconvError, match="carries the tokenizer.*tokenizer.model"):
+        gguf_metadata(prepared.spec, hf_files=files, outtype="f16")
+
+
 def test_auto_outtype_follows_llama_cpp_guess() -> None:
     """convert_hf_to_gguf.py --outtype auto: bf16 weights stay bf16; f16 and f32 give f16."""
     assert [auto_outtype(d) for d in (BFLOAT16, FLOAT16, FLOAT32)] == ["bf16", "f16", "f16"]

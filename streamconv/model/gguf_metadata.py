@@ -132,6 +132,10 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
     if outtype not in GGUF_FILE_TYPES:
         raise StreamconvError(f"GGUF outtype {outtype!r} is not one of "
                               f"{', '.join(GGUF_FILE_TYPES)}; pick one of those")
+    if "tokenizer.json" not in hf_files:
+        raise StreamconvError("a GGUF file carries the tokenizer, and this conversion has none; "
+                              "put the checkpoint's tokenizer.model next to params.json and "
+                              "drop --no-tokenizer")
     hparams = _hparams(json.loads(hf_files["config.json"]), family=spec.family)
     arch = gguf.MODEL_ARCH.LLAMA4 if spec.family is Family.LLAMA4 else gguf.MODEL_ARCH.LLAMA
     name = model_name or f"{spec.family.label.replace(' ', '-')}-{spec.size_label}"
