@@ -8,9 +8,7 @@ import random
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
-
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -47,6 +45,15 @@ def cached_writer(tmp_path_factory: pytest.TempPathFactory,
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], Path]:
     """spec -> folder with that checkpoint, written once per session."""
     return cached_writer(tmp_path_factory, write_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def built_case(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """GGUF test models (tests/gguf_cases.py), each converted by streamconv and by llama.cpp
+    once per session, shared by every GGUF test module."""
+    from gguf_cases import CaseBuilder
+
+    return CaseBuilder(tmp_path_factory.mktemp("gguf-cases"))
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -35,6 +35,7 @@ class GGUFCase:
     hf_name: str  # the published repo's name: llama.cpp's general.name comes from it
     outtype: str
     real_tokenizer: Path | None  # None: the fixture's synthetic tokenizer
+    llama4: str | None = None  # "scout" / "maverick": fixtures/llama4_layout.py's shapes
 
     @property
     def checkpoint_spec(self) -> SyntheticSpec:
@@ -46,8 +47,10 @@ class GGUFCase:
 
     @property
     def convert_args(self) -> list[str]:
-        return ["--llama-version", self.family.value,
-                "--instruct" if self.instruct else "--base"]
+        variant = "--instruct" if self.instruct else "--base"
+        if self.family is Family.LLAMA4:  # always detected from params.json
+            return [variant]
+        return ["--llama-version", self.family.value, variant]
 
 
 # Every outtype once, every family, base and instruct, the tied 3.2 and the scaled-rope 3.1.
@@ -61,7 +64,15 @@ CASES = (
     GGUFCase("llama3.1", Family.LLAMA3_1, False, "Llama-3.1-8B", "q8_0", LLAMA3_TOKENIZER),
     GGUFCase("llama3.2-instruct", Family.LLAMA3_2, True, "Llama-3.2-1B-Instruct", "bf16",
              LLAMA3_TOKENIZER),
+    # Llama 4's text model (llama.cpp's llama4 architecture) with a synthetic Llama-4-style
+    # tiktoken file: Meta's is not in ../shared/data, so llama.cpp is told its pre-tokenizer
+    # name (gguf_oracle.llama_cpp_convert, unknown_pre_tokenizer).
+    GGUFCase("llama4-scout-instruct", Family.LLAMA4, True, "Llama-4-Scout-17B-16E-Instruct",
+             "bf16", None, llama4="scout"),
+    GGUFCase("llama4-maverick", Family.LLAMA4, False, "Llama-4-Maverick-17B-128E", "f16",
+             None, llama4="maverick"),
 )
+LLAMA4_RANKS = 3000  # + 2048 specials
 
 
 @dataclass(frozen=True)
@@ -90,13 +101,31 @@ class CaseBuilder:
         if case.real_tokenizer is not None and not case.real_tokenizer.is_file():
             pytest.skip(f"{case.real_tokenizer} not available (no ../shared/data)")
         folder = self._root / case.case_id
-        checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
+        if case.llama4 is not None:
+            checkpoint = _write_llama4(case.llama4, folder / "meta")
+        else:
+            checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
         if case.real_tokenizer is not None:
             shutil.copyfile(case.real_tokenizer, checkpoint / "tokenizer.model")
         hf_dir = folder / case.hf_name
         argv = [str(checkpoint), str(hf_dir), "--quiet", "--max-ram", in_process_budget(),
                 *case.convert_args]
         assert main(argv) == 0
-        theirs = llama_cpp_convert(hf_dir, folder / f"llama-cpp-{case.outtype}.gguf",
-                                   outtype=case.outtype)
+        theirs = llama_cpp_convert(
+            hf_dir, folder / f"llama-cpp-{case.outtype}.gguf", outtype=case.outtype,
+            unknown_pre_tokenizer="llama4" if case.family is Family.LLAMA4 else None)
         return BuiltCase(case, checkpoint, hf_dir, theirs)
+
+
+def _write_llama4(shape: str, folder: Path) -> Path:
+    from llama4_fixture import write_llama4_checkpoint
+
+    from fixtures.llama4_layout import VisionSpec, maverick_like, scout_like
+    from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+
+    like = scout_like if shape == "scout" else maverick_like
+    spec = like(vision=VisionSpec(), n_shards=1, vocab_size=LLAMA4_RANKS + 2048)
+    checkpoint = write_llama4_checkpoint(spec, folder)
+    write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",
+                              vocab_size=LLAMA4_RANKS, style="llama4")
+    return checkpoint

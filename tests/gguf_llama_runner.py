@@ -13,12 +13,17 @@ import os
 import sys
 from typing import Any
 
+_GGML_TYPE_F32 = 0
+
 
 def _model(path: str, *, vocab_only: bool, n_ctx: int = 512) -> Any:
     from llama_cpp import Llama
 
+    # An f32 KV cache (llama.cpp's default is f16, which alone moves logits by ~1e-3): the
+    # tests compare with transformers' f32 forward pass.
     return Llama(model_path=path, vocab_only=vocab_only, n_ctx=n_ctx, n_batch=n_ctx,
-                 logits_all=not vocab_only, n_threads=1, seed=0, verbose=False)
+                 logits_all=not vocab_only, n_threads=1, seed=0, verbose=False,
+                 type_k=_GGML_TYPE_F32, type_v=_GGML_TYPE_F32, flash_attn=False)
 
 
 def main() -> None:

@@ -62,15 +62,44 @@ def gguf_python() -> tuple[Path, Path]:
     return python, converter
 
 
-def llama_cpp_convert(hf_dir: Path, out_path: Path, *, outtype: str) -> Path:
+# Runs llama.cpp's converter, with get_vocab_base_pre falling back to a given pre-tokenizer
+# name where llama.cpp raises "BPE pre-tokenizer was not recognized" (argv: name, converter
+# path, converter arguments).
+_CONVERT_WITH_PRE = """
+import runpy, sys
+name, converter = sys.argv[1], sys.argv[2]
+root = converter.rsplit("/", 1)[0]
+sys.path[:0] = [root, root + "/gguf-py"]
+import conversion.base as base
+known = base.TextModel.get_vocab_base_pre
+def get_vocab_base_pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        return name
+base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+sys.argv = [converter, *sys.argv[3:]]
+runpy.run_path(converter, run_name="__main__")
+"""
+
+
+def llama_cpp_convert(hf_dir: Path, out_path: Path, *, outtype: str,
+                      unknown_pre_tokenizer: str | None = None) -> Path:
     """llama.cpp's own convert_hf_to_gguf.py on ``hf_dir``, writing ``out_path``. Without
     NO_LOCAL_GGUF the converter puts the gguf-py it ships with first on sys.path, so it runs with
-    its own gguf-py whatever else is installed."""
+    its own gguf-py whatever else is installed.
+
+    llama.cpp names a BPE pre-tokenizer by hashing the ids of a fixed text and refuses a
+    vocabulary whose hash it does not know (any synthetic one). ``unknown_pre_tokenizer`` names
+    it instead in that one case (tests of Llama 4, whose real tokenizer is not in
+    ../shared/data); everything else is llama.cpp's own code."""
     python, converter = gguf_python()
+    args = [str(hf_dir), "--outfile", str(out_path), "--outtype", outtype]
+    command = ([str(python), str(converter), *args] if unknown_pre_tokenizer is None else
+               [str(python), "-c", _CONVERT_WITH_PRE, unknown_pre_tokenizer, str(converter),
+                *args])
     result = subprocess.run(
-        [str(python), str(converter), str(hf_dir), "--outfile", str(out_path),
-         "--outtype", outtype],
-        capture_output=True, text=True, check=False, timeout=1800,
+        command, capture_output=True, text=True, check=False, timeout=1800,
         env={**{k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"},
              "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
@@ -219,8 +248,10 @@ def write_metadata_file(entries: Iterable[Any], path: Path) -> Path:
     comparison covers the serialized types and float32 values, not Python's."""
     items = list(entries)
     arch = next(str(e.value) for e in items if e.key == gguf.Keys.General.ARCHITECTURE)
-    writer = gguf.GGUFWriter(path, arch=arch)
+    writer = gguf.GGUFWriter(path, arch=arch)  # writes general.architecture first
     for entry in items:
+        if entry.key == gguf.Keys.General.ARCHITECTURE:
+            continue
         writer.add_key_value(entry.key, entry.value, entry.value_type, entry.sub_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

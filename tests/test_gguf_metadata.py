@@ -1,16 +1,18 @@
 """GGUF metadata against llama.cpp's own: every key, type, value and the order of the keys.
 
 For each case of tests/gguf_cases.py (LLaMA 1, LLaMA 2 chat, Code Llama Instruct, LLaMA 3
-Instruct, 3.1, 3.2 Instruct; f32, f16, bf16 and q8_0) streamconv converts a Meta checkpoint to a
-Hugging Face folder named like the published repo, llama.cpp b10573's convert_hf_to_gguf.py
-converts that folder (in the gguf venv), and gguf_metadata() of the same model must equal the
-metadata of llama.cpp's file, read back from a GGUF file that gguf-py's writer made of our
-entries (so types and float32 values are compared as stored). No key is exempt: general.name and
-the other descriptive keys come from the folder name, which gguf_metadata takes as model_name.
+Instruct, 3.1, 3.2 Instruct, Llama 4 Scout Instruct and Maverick; f32, f16, bf16 and q8_0)
+streamconv converts a Meta checkpoint to a Hugging Face folder named like the published repo,
+llama.cpp b10573's convert_hf_to_gguf.py converts that folder (in the gguf venv), and
+gguf_metadata() of the same model must equal the metadata of llama.cpp's file, read back from a
+GGUF file that gguf-py's writer made of our entries (so types and float32 values are compared
+as stored). No key is exempt: general.name and the other descriptive keys come from the folder
+name, which gguf_metadata takes as model_name.
 
 Also llama.cpp's tokenizer, loaded from llama.cpp's own GGUF, against the tokenizers Meta ships
 (sentencepiece, tiktoken) on tests/tokenizer_corpus.py: llama.cpp must read the vocabulary the
-way the originals do.
+way the originals do. Llama 4's cases use a synthetic tokenizer whose pre-tokenizer llama.cpp is
+told (tests/gguf_cases.py says why); all other keys are llama.cpp's own.
 """
 
 from __future__ import annotations
@@ -33,23 +35,24 @@ from tokenizer_corpus import SAMPLES, fuzz_samples
 from fixtures.synthetic import SyntheticSpec, tiny
 from streamconv.errors import StreamconvError
 from streamconv.model.family import Family
-from streamconv.model.gguf_metadata import GGUF_FILE_TYPES, GGUFEntry, gguf_metadata
+from streamconv.model.gguf_metadata import (
+    GGUF_FILE_TYPES,
+    GGUFEntry,
+    auto_outtype,
+    gguf_metadata,
+)
 from streamconv.pipeline.conversion import extra_files
 from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
+from streamconv.system.dtypes import BFLOAT16, FLOAT16, FLOAT32
 
 CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES]
 TEXTS = SAMPLES + fuzz_samples(100, seed=18)
 
 
-@pytest.fixture(scope="session")
-def built_case(tmp_path_factory: pytest.TempPathFactory) -> CaseBuilder:
-    return CaseBuilder(tmp_path_factory.mktemp("gguf-cases"))
-
-
 @functools.lru_cache(maxsize=8)
 def _prepared(checkpoint: Path, case: GGUFCase) -> Prepared:
-    return prepare(checkpoint, ConvertOptions(llama_version=case.family.value,
-                                              instruct=case.instruct))
+    version = "auto" if case.family is Family.LLAMA4 else case.family.value
+    return prepare(checkpoint, ConvertOptions(llama_version=version, instruct=case.instruct))
 
 
 def _ours(built: BuiltCase) -> tuple[GGUFEntry, ...]:
@@ -67,7 +70,8 @@ def test_metadata_equals_llama_cpp(case: GGUFCase, built_case: CaseBuilder,
     assert metadata_differences(ours, theirs) == []
     # the keys the issue names are there, so an empty diff is not an empty comparison
     keys = {key for key, _, _ in theirs}
-    assert {"llama.context_length", "llama.rope.freq_base", "tokenizer.ggml.tokens",
+    arch = "llama4" if case.family is Family.LLAMA4 else "llama"
+    assert {f"{arch}.context_length", f"{arch}.rope.freq_base", "tokenizer.ggml.tokens",
             "tokenizer.ggml.token_type", "general.file_type",
             "general.quantization_version"} <= keys
     assert case.instruct == ("tokenizer.chat_template" in keys)
@@ -125,6 +129,18 @@ def test_outtype_sets_file_type(outtype: str,
     assert file_type.value_type is gguf.GGUFValueType.UINT32
 
 
+def test_no_tokenizer_is_one_sentence(prepare_tiny: Callable[[Family], Prepared]) -> None:
+    prepared = prepare_tiny(Family.LLAMA2)
+    files = {k: v for k, v in extra_files(prepared).items() if not k.startswith("tokenizer")}
+    with pytest.raises(StreamconvError, match="carries the tokenizer.*tokenizer.model"):
+        gguf_metadata(prepared.spec, hf_files=files, outtype="f16")
+
+
+def test_auto_outtype_follows_llama_cpp_guess() -> None:
+    """convert_hf_to_gguf.py --outtype auto: bf16 weights stay bf16; f16 and f32 give f16."""
+    assert [auto_outtype(d) for d in (BFLOAT16, FLOAT16, FLOAT32)] == ["bf16", "f16", "f16"]
+
+
 def test_unknown_outtype_is_one_sentence(prepare_tiny: Callable[[Family], Prepared]) -> None:
     prepared = prepare_tiny(Family.LLAMA2)
     with pytest.raises(StreamconvError, match="q4_k.*is not one of f32, f16, bf16, q8_0"):
@@ -136,11 +152,6 @@ def test_unknown_outtype_is_one_sentence(prepare_tiny: Callable[[Family], Prepar
 @pytest.fixture(scope="module")
 def spm_case(built_case: CaseBuilder) -> Iterator[BuiltCase]:
     yield built_case(next(c for c in CASES if c.case_id == "llama2-chat"))
-
-
-@pytest.fixture(scope="module")
-def tiktoken_case(built_case: CaseBuilder) -> Iterator[BuiltCase]:
-    yield built_case(next(c for c in CASES if c.case_id == "llama3.1"))
 
 
 def _first_mismatch(texts: list[tuple[str, str]], got: list[list[int]],
@@ -160,11 +171,16 @@ def test_llama_cpp_tokenizes_like_sentencepiece(spm_case: BuiltCase) -> None:
     assert _first_mismatch(TEXTS, got, want) == ""
 
 
-def test_llama_cpp_tokenizes_like_tiktoken(tiktoken_case: BuiltCase) -> None:
+@pytest.mark.parametrize("case_id", ["llama3.1", "llama4-scout-instruct"])
+def test_llama_cpp_tokenizes_like_tiktoken(case_id: str, built_case: CaseBuilder,
+                                           tmp_path: Path) -> None:
+    """Meta's LLaMA 3 ranks; for Llama 4 a synthetic Llama-4-style ranks file, which checks
+    llama.cpp's "llama4" pre-tokenizer against tiktoken with Llama 4's regex."""
     from test_tokenizer_tiktoken import _oracle
 
-    assert tiktoken_case.case.real_tokenizer is not None
-    enc, _ = _oracle(tiktoken_case.case.real_tokenizer, tiktoken_case.case.family)
+    built = built_case(next(c for c in CASES if c.case_id == case_id))
+    ranks = built.case.real_tokenizer or built.checkpoint / "tokenizer.model"
+    enc, _ = _oracle(ranks, built.case.family)
     want = [enc.encode(text, disallowed_special=()) for _, text in TEXTS]
-    got = llama_cpp_tokenize(tiktoken_case.llama_cpp_gguf, [text for _, text in TEXTS])
+    got = llama_cpp_tokenize(built.llama_cpp_gguf, [text for _, text in TEXTS])
     assert _first_mismatch(TEXTS, got, want) == ""

@@ -5,7 +5,8 @@ bytes of that folder (pipeline/conversion.py's extra_files: config.json, generat
 the tokenizer files). Rather than restate llama.cpp's rules from memory, this module writes those
 bytes into a scratch folder and runs the same steps on it that the converter runs
 (conversion/base.py ModelBase.prepare_metadata, TextModel.set_gguf_parameters,
-conversion/llama.py LlamaModel.set_gguf_parameters / set_vocab), calling gguf-py's own pieces
+conversion/llama.py LlamaModel / Llama4Model set_gguf_parameters and set_vocab; Llama 4's text
+model is llama.cpp's llama4 architecture), calling gguf-py's own pieces
 where llama.cpp does: GGUFWriter for key names, value types and the order of the keys (a dict,
 so a key written twice keeps its first place, as in llama.cpp) and gguf.Metadata for the
 general.* and general.sampling.* keys. The PyPI gguf 0.19.0 wheel is older than the gguf-py that
@@ -22,6 +23,7 @@ same vocabulary from tokenizer.json, and tests/test_gguf_metadata.py proves the 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,9 +35,12 @@ import gguf
 from streamconv.errors import StreamconvError
 from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
+from streamconv.model.tensor_table import full_shape, hf_name
+from streamconv.system.dtypes import BFLOAT16, DType
 from streamconv.tokenizer.gguf_vocab import add_vocab
 
-__all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "gguf_metadata", "gguf_n_params"]
+__all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "auto_outtype", "gguf_metadata",
+           "gguf_param_counts"]
 
 # convert_hf_to_gguf.py's --outtype -> general.file_type (its ftype_map).
 GGUF_FILE_TYPES: dict[str, gguf.LlamaFileType] = {
@@ -44,6 +49,14 @@ GGUF_FILE_TYPES: dict[str, gguf.LlamaFileType] = {
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
+
+
+def auto_outtype(hf_dtype: DType) -> str:
+    """What convert_hf_to_gguf.py's default --outtype auto picks for weights of this dtype
+    (ModelBase.__init__: the first 2-D tensor that is bf16 gives bf16, f16 gives f16; with
+    neither, as for an all-f32 folder, it falls back to f16). ``hf_dtype`` is the dtype of the
+    Hugging Face folder's weights (an FP8 checkpoint's folder is bf16)."""
+    return "bf16" if hf_dtype == BFLOAT16 else "f16"
 
 
 @dataclass(frozen=True)
@@ -60,13 +73,52 @@ class GGUFEntry:
     sub_type: gguf.GGUFValueType | None = None
 
 
-def gguf_n_params(spec: ModelSpec) -> int:
-    """Elements of the tensors llama.cpp writes: the converted model's, plus the rope_freqs
-    tensor it computes for LLaMA 3.1+ scaling (head_dim / 2 factors; conversion/llama.py
-    generate_extra_tensors). gguf.size_label turns it into general.size_label."""
-    rope = spec.rope_scaling or {}
-    extra = spec.head_dim // 2 if str(rope.get("rope_type", "")).lower() == "llama3" else 0
-    return spec.n_params + extra
+def _rope_parameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """TextModel.__init__'s rope_parameters: rope_scaling with rope_theta and rope_type."""
+    rope = dict(hparams.get("rope_parameters", hparams.get("rope_scaling")) or {})
+    if "rope_theta" not in rope and (theta := _find(hparams, _ROPE_THETA_KEYS)) is not None:
+        rope["rope_theta"] = theta
+    if "rope_type" not in rope and (rope_type := rope.get("type")) is not None:
+        rope["rope_type"] = rope_type
+    return rope
+
+
+def _writes_rope_freqs(hparams: Mapping[str, Any]) -> bool:
+    """LlamaModel.generate_extra_tensors: "llama3" scaling becomes a rope_freqs tensor."""
+    return str(_rope_parameters(hparams).get("rope_type", "")).lower() == "llama3"
+
+
+def gguf_param_counts(spec: ModelSpec, *, hparams: Mapping[str, Any]
+                      ) -> tuple[int, int, int, int]:
+    """(total, shared, expert, expert count) as GGUFWriter.get_total_parameter_count gives
+    them for the tensors llama.cpp writes: the text model's (TextModel.filter_tensors drops the
+    vision tower and projector), Llama 4's gate_up_proj split into gate and up, plus the
+    rope_freqs tensor (head_dim / 2 factors). gguf.size_label turns them into
+    general.size_label."""
+    total = shared = expert = expert_sum = n_expert_tensors = 0
+    seen: set[str] = set()
+    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets):
+        name = hf_name(entry, layer_idx)
+        if (entry.unless_tied and spec.tie_word_embeddings) or name in seen \
+                or any(part in name for part in _NOT_TEXT):
+            continue
+        seen.add(name)
+        shape = full_shape(entry, spec)
+        size = math.prod(shape)
+        total += size
+        if ".experts." in name:
+            pieces = 2 if name.endswith("gate_up_proj") else 1
+            expert += size // shape[0]
+            expert_sum += shape[0] * pieces
+            n_expert_tensors += pieces
+        else:
+            shared += size
+    if _writes_rope_freqs(hparams):
+        head_dim = hparams.get("head_dim") or hparams["hidden_size"] // hparams[
+            "num_attention_heads"]
+        total += head_dim // 2
+        shared += head_dim // 2
+    return total, shared, expert, (expert_sum // n_expert_tensors if n_expert_tensors else 0)
 
 
 def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: str,
@@ -80,27 +132,53 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
     if outtype not in GGUF_FILE_TYPES:
         raise StreamconvError(f"GGUF outtype {outtype!r} is not one of "
                               f"{', '.join(GGUF_FILE_TYPES)}; pick one of those")
-    if spec.family is Family.LLAMA4:
-        raise StreamconvError("GGUF metadata for Llama 4 (llama.cpp's llama4 architecture) is "
-                              "not written yet; convert Llama 4 to the Hugging Face format")
-    hparams: dict[str, Any] = json.loads(hf_files["config.json"])
+    if "tokenizer.json" not in hf_files:
+        raise StreamconvError("a GGUF file carries the tokenizer, and this conversion has none; "
+                              "put the checkpoint's tokenizer.model next to params.json and "
+                              "drop --no-tokenizer")
+    hparams = _hparams(json.loads(hf_files["config.json"]), family=spec.family)
+    arch = gguf.MODEL_ARCH.LLAMA4 if spec.family is Family.LLAMA4 else gguf.MODEL_ARCH.LLAMA
     name = model_name or f"{spec.family.label.replace(' ', '-')}-{spec.size_label}"
     with tempfile.TemporaryDirectory(prefix="streamconv-gguf-") as scratch:
         folder = Path(scratch) / name
         folder.mkdir()
         for file_name, data in hf_files.items():
             (folder / file_name).write_bytes(data)
-        writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        _add_general(writer, folder, n_params=gguf_n_params(spec))
+        writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
+        _add_general(writer, folder, counts=gguf_param_counts(spec, hparams=hparams))
         _add_llama_parameters(writer, hparams, file_type=GGUF_FILE_TYPES[outtype])
+        if spec.family is Family.LLAMA4:
+            _add_llama4_parameters(writer, hparams)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_vocab(writer, folder, hparams=hparams, family=spec.family)
         return tuple(_entry(key, value) for key, value in writer.kv_data[0].items())
 
 
-def _add_general(writer: gguf.GGUFWriter, folder: Path, *, n_params: int) -> None:
+def _hparams(config: dict[str, Any], *, family: Family) -> dict[str, Any]:
+    """What the converter reads its hyperparameters from: config.json with text_config's keys
+    on top (TextModel.__init__); for Llama 4, intermediate_size is the dense FFN's
+    (Llama4Model.__init__) and layer_types is filled in as transformers' Llama4TextConfig
+    (4.57) does when config.json has none: chunked attention where no_rope_layers says 1,
+    no_rope_layers defaulting to every 4th layer 0."""
+    hparams = {**config, **config.get("text_config", {})}
+    if family is not Family.LLAMA4:
+        return hparams
+    hparams["intermediate_size_moe"] = hparams["intermediate_size"]
+    hparams["intermediate_size"] = hparams["intermediate_size_mlp"]
+    if hparams.get("layer_types") is None:
+        no_rope = hparams.get("no_rope_layers") or [
+            int((layer_idx + 1) % hparams.get("no_rope_layer_interval", 4) != 0)
+            for layer_idx in range(hparams["num_hidden_layers"])]
+        hparams["layer_types"] = ["chunked_attention" if flag else "full_attention"
+                                  for flag in no_rope]
+    return hparams
+
+
+def _add_general(writer: gguf.GGUFWriter, folder: Path, *,
+                 counts: tuple[int, int, int, int]) -> None:
     """ModelBase.prepare_metadata up to set_gguf_parameters: general.type, general.sampling.*
     from generation_config.json, general.name and the heuristics gguf.Metadata derives."""
+    n_params = counts[0]
     metadata = gguf.Metadata.load(None, folder, None, n_params)
     # b10573's gguf-py also reads transformers' name for the repeat penalty; the 0.19.0 wheel
     # reads only "penalty_repeat".
@@ -110,9 +188,15 @@ def _add_general(writer: gguf.GGUFWriter, folder: Path, *, n_params: int) -> Non
     if metadata.name is None:
         metadata.name = folder.name
     if metadata.size_label is None and n_params > 0:
-        metadata.size_label = gguf.size_label(n_params, n_params, 0, 0)
+        metadata.size_label = gguf.size_label(*counts)
     writer.add_type(gguf.GGUFType.MODEL)
     metadata.set_gguf_meta_model(writer)
+
+
+_ROPE_THETA_KEYS = ["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta",
+                    "rotary_emb_base"]
+# TextModel.filter_tensors: names of the vision tower and projector, not written.
+_NOT_TEXT = ("vision_", "vision.", "projector.", "multi_modal_projector")
 
 
 def _find(hparams: Mapping[str, Any], keys: list[str]) -> Any:
@@ -136,13 +220,18 @@ def _add_llama_parameters(writer: gguf.GGUFWriter, hparams: Mapping[str, Any], *
     ):
         if (value := _find(hparams, keys)) is not None:
             add(value)
-    rope = dict(hparams.get("rope_parameters", hparams.get("rope_scaling")) or {})
-    rope.setdefault("rope_theta", _find(hparams, ["rope_theta", "rotary_emb_base"]))
+    rope = _rope_parameters(hparams)
     _add_rope_scaling(writer, rope)
     if rope.get("rope_theta") is not None:
         writer.add_rope_freq_base(rope["rope_theta"])
     if (eps := _find(hparams, ["rms_norm_eps", "norm_eps"])) is not None:
         writer.add_layer_norm_rms_eps(eps)
+    if (n_experts := _find(hparams, ["num_local_experts", "num_experts",
+                                     "n_routed_experts"])) is not None:
+        writer.add_expert_count(n_experts)
+    if (n_used := _find(hparams, ["num_experts_per_tok", "num_experts_per_token",
+                                  "top_k_experts"])) is not None:
+        writer.add_expert_used_count(n_used)
     if (head_dim := hparams.get("head_dim")) is not None:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -153,6 +242,14 @@ def _add_llama_parameters(writer: gguf.GGUFWriter, hparams: Mapping[str, Any], *
     if rope_dim is None:
         rope_dim = hparams["hidden_size"] // hparams["num_attention_heads"]
     writer.add_rope_dimension_count(rope_dim)
+
+
+def _add_llama4_parameters(writer: gguf.GGUFWriter, hparams: Mapping[str, Any]) -> None:
+    """Llama4Model.set_gguf_parameters (conversion/llama.py)."""
+    writer.add_interleave_moe_layer_step(hparams["interleave_moe_layer_step"])
+    writer.add_expert_feed_forward_length(hparams["intermediate_size_moe"])
+    if all(kind == "full_attention" for kind in hparams["layer_types"]):
+        writer.add_sliding_window(0)
 
 
 def _add_rope_scaling(writer: gguf.GGUFWriter, rope: Mapping[str, Any]) -> None:

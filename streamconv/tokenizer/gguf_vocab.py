@@ -38,7 +38,11 @@ _SPIECE_SPACE = "\u2581"
 
 def add_vocab(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any],
               family: Family) -> None:
-    """LlamaModel.set_vocab for the folders streamconv writes."""
+    """LlamaModel.set_vocab for the folders streamconv writes (Llama4Model.set_vocab: the
+    BPE vocabulary only)."""
+    if family is Family.LLAMA4:
+        _add_bpe(writer, folder, hparams=hparams, family=family)
+        return
     tokenizer_config = _load_json(folder / "tokenizer_config.json")
     if (add_prefix_space := tokenizer_config.get("add_prefix_space")) is not None:
         writer.add_add_space_prefix(add_prefix_space)
@@ -145,4 +149,6 @@ def _add_bpe(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any
     writer.add_tokenizer_pre("llama4" if family is Family.LLAMA4 else "llama-bpe")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    load_special_vocab(folder, load_merges=True).add_to_gguf(writer)
+    special_vocab = load_special_vocab(folder, load_merges=True, tokenizer_json=document)
+    del document, added, reverse  # the merges list is built; the rest can go
+    special_vocab.add_to_gguf(writer)
