@@ -17,7 +17,6 @@ from streamconv.planning.encoding import Encoding
 from streamconv.planning.gguf_file import (
     ALIGNMENT,
     GGUFTensor,
-    auto_outtype,
     encoding_for,
     header_bytes,
     layout_gguf_file,
@@ -100,9 +99,6 @@ def test_encodings() -> None:
     fp8 = type(q)(q.hf_name, q.shape, q.pieces, FP8_DTYPE)
     assert encoding_for(fp8, T.F16, hf_dtype=bf16) == Encoding(bf16, stored=dtypes.FLOAT16)
     assert encoding_for(fp8, T.BF16, hf_dtype=bf16) == Encoding(bf16)
-    assert auto_outtype(spec_of()) == "bf16"
-    assert auto_outtype(spec_of(dtype=dtypes.FLOAT16)) == "f16"
-    assert auto_outtype(spec_of(dtype=dtypes.FLOAT32)) == "f16"  # llama.cpp's fallback
 
 
 def test_no_rotary_permute_in_gguf_layouts() -> None:

@@ -16,7 +16,7 @@ from streamconv.model.hf_config import config_dict, generation_config_dict, to_j
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import OutputFormat, Split
 from streamconv.planning.encoding import Encoding
-from streamconv.planning.gguf_file import GGUFLayout, auto_outtype, layout_gguf_file
+from streamconv.planning.gguf_file import GGUFLayout, layout_gguf_file
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks
 from streamconv.planning.output_files import OutputFile
@@ -148,13 +148,13 @@ def hf_files(spec: ModelSpec, *, dtype: DType, tokenizer_path: Path | None) -> d
 def _gguf_layout(spec: ModelSpec, layouts: list[TensorLayout], options: ConvertOptions,
                  tokenizer_path: Path | None) -> tuple[GGUFLayout, str]:
     """The GGUF file's layout; its header holds the tokenizer, so that is built first (2-3 s)."""
-    from streamconv.model.gguf_metadata import gguf_metadata
+    from streamconv.model.gguf_metadata import auto_outtype, gguf_metadata
 
     if tokenizer_path is None:
         raise TokenizerError("a GGUF file needs the tokenizer (llama.cpp reads it from the "
                              "file); copy Meta's tokenizer.model next to params.json instead "
                              "of passing --no-tokenizer")
-    outtype = auto_outtype(spec) if options.outtype == "auto" else options.outtype
+    outtype = auto_outtype(spec.dtype) if options.outtype == "auto" else options.outtype
     entries = gguf_metadata(spec, hf_files=hf_files(spec, dtype=spec.dtype,
                                                     tokenizer_path=tokenizer_path),
                             outtype=outtype, model_name=options.model_name)

@@ -59,13 +59,6 @@ class GGUFTensor:
     nbytes: int
 
 
-def auto_outtype(spec: ModelSpec) -> str:
-    """convert_hf_to_gguf.py's `--outtype auto`: the dtype of the first 2-D tensor of the Hugging
-    Face folder, bf16 or f16 (f16 for anything else). The folder holds spec.dtype (FP8 weights
-    are dequantized into it)."""
-    return "bf16" if spec.dtype == dtypes.BFLOAT16 else "f16"
-
-
 def tensor_type(layout: TensorLayout, gguf_name: str, *, outtype: str) -> GGMLType:
     """ModelBase.prepare_tensors' choice for one tensor."""
     if len(layout.shape) <= 1 or gguf_name.endswith("_norm.weight"):
