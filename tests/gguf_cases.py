@@ -25,6 +25,8 @@ from streamconv.model.family import Family
 
 LLAMA2_TOKENIZER = SHARED_DATA / "llama2_tokenizer.model"
 LLAMA3_TOKENIZER = SHARED_DATA / "llama3_tokenizer.model"
+# Made from LLAMA2_TOKENIZER in the case's folder (write_code_llama_tokenizer).
+CODE_LLAMA_TOKENIZER = Path("code-llama-like.model")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class GGUFCase:
     def checkpoint_spec(self) -> SyntheticSpec:
         if self.real_tokenizer is None:
             return tiny(self.family)
-        vocab = 128256 if self.family.is_llama3 else 32000
+        vocab = 128256 if self.family.is_llama3 else (
+            32016 if self.real_tokenizer == CODE_LLAMA_TOKENIZER else 32000)
         return tiny(self.family, vocab_size=vocab, params_vocab_size=vocab if
                     self.family.is_llama3 else -1, with_tokenizer=False)
 
@@ -59,6 +62,9 @@ CASES = (
     GGUFCase("llama2-chat", Family.LLAMA2, True, "Llama-2-7b-chat-hf", "bf16", LLAMA2_TOKENIZER),
     GGUFCase("codellama-instruct", Family.CODE_LLAMA, True, "CodeLlama-7b-Instruct-hf", "f32",
              None),
+    # 32016 ids: llama.cpp's infilling branch (eot id 32010) for Code Llama's vocabulary size.
+    GGUFCase("codellama-32016", Family.CODE_LLAMA, False, "CodeLlama-7b-hf", "q8_0",
+             CODE_LLAMA_TOKENIZER),
     GGUFCase("llama3-instruct", Family.LLAMA3, True, "Meta-Llama-3-8B-Instruct", "f16",
              LLAMA3_TOKENIZER),
     GGUFCase("llama3.1", Family.LLAMA3_1, False, "Llama-3.1-8B", "q8_0", LLAMA3_TOKENIZER),
@@ -98,15 +104,18 @@ class CaseBuilder:
 
     def _build(self, case: GGUFCase) -> BuiltCase:
         gguf_python()  # skip before building anything when llama.cpp cannot run
-        if case.real_tokenizer is not None and not case.real_tokenizer.is_file():
-            pytest.skip(f"{case.real_tokenizer} not available (no ../shared/data)")
         folder = self._root / case.case_id
+        source = case.real_tokenizer
+        if source == CODE_LLAMA_TOKENIZER:
+            source = write_code_llama_tokenizer(folder / CODE_LLAMA_TOKENIZER.name)
+        if source is not None and not source.is_file():
+            pytest.skip(f"{source} not available (no ../shared/data)")
         if case.llama4 is not None:
             checkpoint = _write_llama4(case.llama4, folder / "meta")
         else:
             checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
-        if case.real_tokenizer is not None:
-            shutil.copyfile(case.real_tokenizer, checkpoint / "tokenizer.model")
+        if source is not None:
+            shutil.copyfile(source, checkpoint / "tokenizer.model")
         hf_dir = folder / case.hf_name
         argv = [str(checkpoint), str(hf_dir), "--quiet", "--max-ram", in_process_budget(),
                 *case.convert_args]
@@ -129,3 +138,25 @@ def _write_llama4(shape: str, folder: Path) -> Path:
     write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",
                               vocab_size=LLAMA4_RANKS, style="llama4")
     return checkpoint
+
+
+def write_code_llama_tokenizer(path: Path) -> Path:
+    """Meta's LLaMA 2 SentencePiece model with 16 pieces appended, as Code Llama's has (32016
+    ids; its infilling pieces are 32007-32010). The appended pieces' texts are stand-ins: Code
+    Llama's own model is not in ../shared/data. Returns ``path`` (LLAMA2_TOKENIZER's path when
+    that file is missing, so the caller skips)."""
+    if not LLAMA2_TOKENIZER.is_file():
+        return LLAMA2_TOKENIZER
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    model = model_pb2.ModelProto()
+    model.ParseFromString(LLAMA2_TOKENIZER.read_bytes())
+    names = {7: "\u2581<PRE>", 8: "\u2581<SUF>", 9: "\u2581<MID>", 10: "\u2581<EOT>"}
+    for i in range(16):
+        piece = model.pieces.add()
+        piece.piece = names.get(i, f"<code-{i}>")
+        piece.score = 0.0
+        piece.type = model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path

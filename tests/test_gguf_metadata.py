@@ -75,6 +75,8 @@ def test_metadata_equals_llama_cpp(case: GGUFCase, built_case: CaseBuilder,
             "tokenizer.ggml.token_type", "general.file_type",
             "general.quantization_version"} <= keys
     assert case.instruct == ("tokenizer.chat_template" in keys)
+    if case.case_id == "codellama-32016":  # llama.cpp's infilling branch ran
+        assert ("tokenizer.ggml.eot_token_id", (int(gguf.GGUFValueType.UINT32),), 32010) in theirs
 
 
 @pytest.mark.parametrize("case", CASE_PARAMS)
