@@ -212,3 +212,16 @@ def test_sigkill_then_resume_is_byte_identical(mid: Path, tmp_path: Path) -> Non
     assert json.loads(report.read_text())["resumed_bytes"] > 0
     assert out.read_bytes() == reference.read_bytes()
     assert not gguf_staging(out).exists()
+
+
+def test_llama4_gguf_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    from llama4_fixture import write_llama4_checkpoint
+
+    from fixtures.llama4_layout import VisionSpec, scout_like
+
+    checkpoint = write_llama4_checkpoint(scout_like(n_shards=1, vision=VisionSpec()),
+                                         tmp_path / "scout")
+    code, err = run(str(checkpoint), str(tmp_path / "scout.gguf"), "--no-tokenizer",
+                    "--max-ram", in_process_budget())
+    assert code == 1 and "Llama 4 is not supported yet" in err and "Traceback" not in err
+    assert not (tmp_path / "scout.gguf").exists()

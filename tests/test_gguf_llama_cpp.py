@@ -25,8 +25,11 @@ from gguf_oracle import (
 )
 
 from streamconv.cli.main import main
+from streamconv.model.family import Family
 
-CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES]
+# Llama 4 GGUF tensors are not written yet (docs/gguf.md): its cases are gguf_metadata's only.
+CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES
+               if case.family is not Family.LLAMA4]
 BY_ID = {case.case_id: case for case in CASES}
 
 
@@ -87,7 +90,6 @@ def fp8_mp8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from fp8_fixture import write_fp8_checkpoint
 
     from fixtures.synthetic import tiny
-    from streamconv.model.family import Family
 
     tokenizer = LLAMA3_TOKENIZER
     if not tokenizer.is_file():
