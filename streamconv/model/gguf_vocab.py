@@ -1,5 +1,8 @@
 """The tokenizer.* GGUF keys, from a Hugging Face folder, as llama.cpp's converter writes them.
 
+In model/ beside gguf_metadata.py (not tokenizer/, a later stage): it reads the tokenizer files
+the tokenizer stage already wrote, as bytes, and imports nothing from there.
+
 Follows conversion/llama.py LlamaModel.set_vocab of llama.cpp b10573: a folder with
 tokenizer.model is a SentencePiece vocabulary (conversion/base.py _create_vocab_sentencepiece,
 read with the sentencepiece package exactly as there); one without is a byte-level BPE vocabulary
@@ -26,7 +29,7 @@ from typing import Any
 import gguf
 
 from streamconv.model.family import Family
-from streamconv.tokenizer.gguf_special import load_special_vocab
+from streamconv.model.gguf_special import load_special_vocab
 
 __all__ = ["add_vocab"]
 
