@@ -28,9 +28,9 @@ meta-env:
 gguf-env:
 	bash scripts/make_gguf_env.sh
 
-# -rs lists every skip with its reason. Locally an oracle test (one needing .venv-peer or
-# .venv-meta, .venv-gguf) may skip; .ci/run sets STREAMCONV_REQUIRE_ORACLES=1, which turns those skips into
-# failures (tests/conftest.py, oracle_unavailable).
+# -rs lists every skip with its reason. Locally an oracle test (one needing .venv-peer,
+# .venv-meta or .venv-gguf) may skip; .ci/run sets STREAMCONV_REQUIRE_ORACLES=1, which turns
+# those skips into failures (tests/conftest.py, oracle_unavailable).
 test: setup peer-env meta-env gguf-env lint
 	.venv/bin/python -m pytest -q -rs
 	@echo "make test: skipped tests are listed above with their reasons; CI (.ci/run, STREAMCONV_REQUIRE_ORACLES=1) fails instead when an oracle test skips"
