@@ -127,7 +127,7 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
 
     ``model_name`` is the folder name llama.cpp would have been given: general.name (and the
     size/basename heuristics of gguf.Metadata) come from it, so two llama.cpp runs on differently
-    named folders differ there too. Default: the family's label with the size, e.g. "LLaMA-2-7B".
+    named folders differ there too. Default: the family's label and size, e.g. "LLaMA-2-6.7B".
     """
     if outtype not in GGUF_FILE_TYPES:
         raise StreamconvError(f"GGUF outtype {outtype!r} is not one of "
