@@ -4,7 +4,8 @@
 Maverick at its real size (~750 GiB in 8 rank files of ~94 GiB) fits on no disk here, so the
 folder is written sparse (fixtures/llama4_synthetic.write_llama4_sparse): real zip and pickle
 structure at real offsets, holes for the data, a few MB on disk. plan reads only that structure.
-The output goes to benchmarks/results/plan_maverick-l<N>.txt; the folder is deleted afterwards
+The output goes to benchmarks/results/raw/plans/plan_maverick-l<N>-<budget>.txt (git-ignored;
+the figures are quoted in docs/benchmarks.md); the folder is deleted afterwards
 unless --keep.
 
 The rank files (~94 GiB each) are larger than this machine's RAM: the source index reads
@@ -57,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "streamconv " + " ".join(plan_argv)
     text = (f"$ {command}\n"
             f"# input: {disk}\n# exit code {done.returncode}\n{done.stdout}{done.stderr}")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"plan_maverick-l{args.layers}-{args.budget}.txt"
+    plans_dir = RESULTS_DIR / "raw" / "plans"
+    plans_dir.mkdir(parents=True, exist_ok=True)
+    out = plans_dir / f"plan_maverick-l{args.layers}-{args.budget}.txt"
     out.write_text(text)
     print(text)
     print(f"wrote {out}")

@@ -11,7 +11,8 @@ streamconv/ (nothing in streamconv/ is edited):
    child process (the journal's periodic fsync; the per-job crc32), interleaved with unpatched
    runs and repeated, so the wall time each mechanism costs is measured, not guessed.
 
-Writes results/profile_<model>.json and prints a table; RESULTS.md picks the JSON up.
+Writes results/raw/profile-<session>/profile_<model>.json (git-ignored) and prints a table;
+benchmarks.report renders it into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf", action="store_true",
                         help="also perf record streamconv and cp (kernel time included)")
     parser.add_argument("--out", default=None,
-                        help="result file name in results/ (default profile_<model>.json)")
+                        help="result file name in results/raw/profile-<session>/ (default "
+                             "profile_<model>.json)")
     parser.add_argument("--snapshot", default=None,
                         help="streamconv content hash of an earlier session (its copy in "
                              "benchmarks/cache/snapshot/) to profile the code that session ran")
@@ -298,7 +300,7 @@ def _profile(args: argparse.Namespace) -> int:
         result["variants"] = run_variants(ckpt, snapshot, raw_dir, args.budget, args.repeats,
                                           variants)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
-    out = RESULTS_DIR / (args.out or f"profile_{model.key}.json")
+    out = raw_dir / (args.out or f"profile_{model.key}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

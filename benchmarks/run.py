@@ -201,8 +201,9 @@ def run_session(runs: list[Run], *, results_dir: Path, log: Callable[[str], None
                 rid = result["run_id"]
                 (round_session.raw_dir / f"{rid}.json").write_text(json.dumps(result) + "\n")
                 done.setdefault(rid, []).append(result)
-                # Rewritten after every run, so an interrupted session keeps what it measured.
-                (results_dir / f"{rid}.json").write_text(
+                # Rewritten after every run, so an interrupted session keeps what it measured;
+                # benchmarks.report copies each model's newest session into results/.
+                (session.raw_dir / f"{rid}.json").write_text(
                     json.dumps(median_result(done[rid]), indent=1) + "\n")
                 log(_describe(result))
     shutil.rmtree(WORK_DIR, ignore_errors=True)

@@ -8,6 +8,12 @@
 # torch is installed first and pinned to the CPU wheel (a plain `torch` requirement would pull a
 # multi-GB CUDA build); transformers is the version llama.cpp's converter requirements name.
 #
+# The build takes 10-30 minutes on 2 cores, so the wheel it makes is kept in a cache outside the
+# repository (STREAMCONV_WHEEL_CACHE, default ~/.cache/streamconv/wheels, one folder per build
+# flags) and a fresh clone on the same machine installs it in seconds. Only the llama library is
+# built (LLAVA_BUILD=OFF): the tests need no multimodal projector, and llama_cpp loads libmtmd
+# lazily.
+#
 # Idempotent: a venv that already loads llama_cpp and has the converter is left alone. Exits 0
 # with a warning when the venv cannot be built (the tests that need it then skip and say why;
 # under CI=true they fail instead).
@@ -20,6 +26,8 @@ TORCH_VERSION="2.13.0"
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
 TRANSFORMERS_VERSION="4.57.6"
 SRC="$VENV/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+BUILD_FLAGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+WHEELS="${STREAMCONV_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamconv/wheels}/native-off-nollava"
 
 is_complete() {
     [ -x "$PY" ] && [ -f "$SRC/vendor/llama.cpp/convert_hf_to_gguf.py" ] && "$PY" - <<'PYEOF' 2>/dev/null
@@ -56,16 +64,15 @@ if [ ! -d "$SRC" ]; then
 fi
 # gguf-py exactly as the vendored converter expects it (0.19.0).
 "$PY" -m pip install --quiet "$SRC/vendor/llama.cpp/gguf-py" || warn "gguf-py"
-# Built from the sdist archive rather than the unpacked folder: pip keeps a wheel built from a
-# named archive in its wheel cache (never one built from a local folder), so a venv rebuilt at
-# the same path installs in seconds instead of compiling llama.cpp again (~29 min on 2 busy
-# cores). The cache does not key on CMAKE_ARGS: clear it (pip cache remove llama_cpp_python)
-# after changing them.
-SDIST="$VENV/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-[ -f "$SDIST" ] || SDIST="$SRC"
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    "$PY" -m pip install --quiet --no-build-isolation "$SDIST" || warn "llama-cpp-python build"
+wheel() { ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl 2>/dev/null | head -1; }
+if [ -z "$(wheel)" ]; then
+    mkdir -p "$WHEELS" || warn "cannot create $WHEELS"
+    echo "building llama.cpp (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) into $WHEELS; this takes minutes"
+    CMAKE_ARGS="$BUILD_FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        "$PY" -m pip wheel --quiet --no-deps --no-build-isolation "$SRC" -w "$WHEELS" \
+        || warn "llama-cpp-python build"
+fi
+"$PY" -m pip install --quiet "$(wheel)" "torch==$TORCH_VERSION" || warn "llama-cpp-python install"
 
 is_complete || warn "built, but it does not import llama_cpp, gguf and transformers"
 echo "gguf venv ready: $VENV ($(( $(date +%s) - start )) s)"

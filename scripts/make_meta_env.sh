@@ -5,9 +5,9 @@
 # points elsewhere).
 #
 # torch is installed FIRST and pinned: llama-models and fairscale require a plain `torch`, which
-# would otherwise resolve to the multi-GB CUDA build, while torch==2.13.0 resolves to the CPU
-# wheel this machine keeps on local disk (pip's find-links). The pin is repeated on every later
-# install so the resolver cannot replace it.
+# could otherwise resolve to a multi-GB CUDA build; torch==2.13.0 is the same CPU build as
+# .venv's (see scripts/setup.sh for pointing pip at CPU wheels). The pin is repeated on every
+# later install so the resolver cannot replace it.
 #
 # Idempotent: a venv that already imports the pinned versions is left alone. Exits 0 with a
 # warning when the venv cannot be built (the tests that need it then skip and say why).

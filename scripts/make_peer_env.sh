@@ -5,8 +5,8 @@
 # this venv is missing (or STREAMCONV_PEER_PYTHON points elsewhere).
 #
 # torch is installed first and pinned: a plain `torch` requirement pulled in by transformers or
-# accelerate would resolve to the multi-GB CUDA build, while torch==2.13.0 resolves to the CPU
-# wheel this machine keeps on local disk (pip's find-links).
+# accelerate could resolve to a multi-GB CUDA build; torch==2.13.0 is the same CPU build as
+# .venv's (see scripts/setup.sh for pointing pip at CPU wheels).
 #
 # Idempotent: a venv that already imports the pinned versions is left alone.
 set -euo pipefail

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv with streamconv and its test extras. torch is installed first and pinned to the
-# CPU build this machine keeps on disk: an unpinned `torch` would pull a multi-GB CUDA build.
+# Create .venv with streamconv and its test extras. torch is installed first and pinned
+# (torch==2.13.0): an unpinned `torch` pulled in by a later install could resolve to a multi-GB
+# CUDA build. Where pip's index serves CUDA wheels by default, point it at the CPU ones first
+# (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
 # Idempotent: an up-to-date .venv is left alone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

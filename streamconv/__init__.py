@@ -26,7 +26,7 @@ __all__ = [
     "BudgetError", "CheckpointError", "ConvertOptions", "Interrupted", "OutputError",
     "ParamsError", "Report", "StreamconvError", "TokenizerError", "convert", "prepare",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools dynamic)
 _FROM_CONVERT = ("ConvertOptions", "Report", "convert", "prepare")
 
 

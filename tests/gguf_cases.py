@@ -27,6 +27,8 @@ LLAMA2_TOKENIZER = SHARED_DATA / "llama2_tokenizer.model"
 LLAMA3_TOKENIZER = SHARED_DATA / "llama3_tokenizer.model"
 # Made from LLAMA2_TOKENIZER in the case's folder (write_code_llama_tokenizer).
 CODE_LLAMA_TOKENIZER = Path("code-llama-like.model")
+# Found in .venv-meta (tests/test_tokenizer_llama4.py, LLAMA4_MODEL) when a case is built.
+LLAMA4_TOKENIZER = Path("llama4-meta.model")
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,12 @@ CASES = (
     GGUFCase("llama3.1", Family.LLAMA3_1, False, "Llama-3.1-8B", "q8_0", LLAMA3_TOKENIZER),
     GGUFCase("llama3.2-instruct", Family.LLAMA3_2, True, "Llama-3.2-1B-Instruct", "bf16",
              LLAMA3_TOKENIZER),
-    # Llama 4's text model (llama.cpp's llama4 architecture) with a synthetic Llama-4-style
-    # tiktoken file: Meta's is not in ../shared/data, so llama.cpp is told its pre-tokenizer
-    # name (gguf_oracle.llama_cpp_convert, unknown_pre_tokenizer).
+    # Llama 4's text model (llama.cpp's llama4 architecture). Scout with Meta's tokenizer as
+    # llama-models ships it (in .venv-meta); Maverick with a synthetic Llama-4-style tiktoken
+    # file, whose pre-tokenizer llama.cpp is told (gguf_oracle.llama_cpp_convert,
+    # unknown_pre_tokenizer) since it knows only the hashes of real vocabularies.
     GGUFCase("llama4-scout-instruct", Family.LLAMA4, True, "Llama-4-Scout-17B-16E-Instruct",
-             "bf16", None, llama4="scout"),
+             "bf16", LLAMA4_TOKENIZER, llama4="scout"),
     GGUFCase("llama4-maverick", Family.LLAMA4, False, "Llama-4-Maverick-17B-128E", "f16",
              None, llama4="maverick"),
 )
@@ -108,35 +111,42 @@ class CaseBuilder:
         source = case.real_tokenizer
         if source == CODE_LLAMA_TOKENIZER:
             source = write_code_llama_tokenizer(folder / CODE_LLAMA_TOKENIZER.name)
+        elif source == LLAMA4_TOKENIZER:
+            from test_tokenizer_llama4 import LLAMA4_MODEL
+
+            source = LLAMA4_MODEL
         if source is not None and not source.is_file():
-            pytest.skip(f"{source} not available (no ../shared/data)")
+            pytest.skip(f"{source} not available (../shared/data, or .venv-meta for Llama 4)")
         if case.llama4 is not None:
-            checkpoint = _write_llama4(case.llama4, folder / "meta")
+            checkpoint = _write_llama4(case.llama4, folder / "meta", real=source is not None)
         else:
             checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
         if source is not None:
             shutil.copyfile(source, checkpoint / "tokenizer.model")
+        pre = "llama4" if case.family is Family.LLAMA4 and source is None else None
         hf_dir = folder / case.hf_name
         argv = [str(checkpoint), str(hf_dir), "--quiet", "--max-ram", in_process_budget(),
                 *case.convert_args]
         assert main(argv) == 0
         theirs = llama_cpp_convert(
             hf_dir, folder / f"llama-cpp-{case.outtype}.gguf", outtype=case.outtype,
-            unknown_pre_tokenizer="llama4" if case.family is Family.LLAMA4 else None)
+            unknown_pre_tokenizer=pre)
         return BuiltCase(case, checkpoint, hf_dir, theirs)
 
 
-def _write_llama4(shape: str, folder: Path) -> Path:
+def _write_llama4(shape: str, folder: Path, *, real: bool) -> Path:
     from llama4_fixture import write_llama4_checkpoint
 
     from fixtures.llama4_layout import VisionSpec, maverick_like, scout_like
     from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 
     like = scout_like if shape == "scout" else maverick_like
-    spec = like(vision=VisionSpec(), n_shards=1, vocab_size=LLAMA4_RANKS + 2048)
+    ranks = 200000 if real else LLAMA4_RANKS  # Meta's: 200,000 ranks + 2,048 specials
+    spec = like(vision=VisionSpec(), n_shards=1, vocab_size=ranks + 2048)
     checkpoint = write_llama4_checkpoint(spec, folder)
-    write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",
-                              vocab_size=LLAMA4_RANKS, style="llama4")
+    if not real:
+        write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",
+                                  vocab_size=LLAMA4_RANKS, style="llama4")
     return checkpoint
 
 

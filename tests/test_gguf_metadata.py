@@ -167,22 +167,31 @@ def _first_mismatch(texts: list[tuple[str, str]], got: list[list[int]],
 def test_llama_cpp_tokenizes_like_sentencepiece(spm_case: BuiltCase) -> None:
     import sentencepiece
 
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_case.case.real_tokenizer))
+    processor = sentencepiece.SentencePieceProcessor(
+        model_file=str(spm_case.checkpoint / "tokenizer.model"))
     want = [processor.encode(text) for _, text in TEXTS]
     got = llama_cpp_tokenize(spm_case.llama_cpp_gguf, [text for _, text in TEXTS])
     assert _first_mismatch(TEXTS, got, want) == ""
 
 
-@pytest.mark.parametrize("case_id", ["llama3.1", "llama4-scout-instruct"])
-def test_llama_cpp_tokenizes_like_tiktoken(case_id: str, built_case: CaseBuilder,
-                                           tmp_path: Path) -> None:
-    """Meta's LLaMA 3 ranks; for Llama 4 a synthetic Llama-4-style ranks file, which checks
-    llama.cpp's "llama4" pre-tokenizer against tiktoken with Llama 4's regex."""
+# Texts llama.cpp b10573 tokenizes otherwise than tiktoken with Meta's Llama 4 regex: the
+# Devanagari ones (vowel signs are combining marks, \p{M}, which llama.cpp's own implementation
+# of the "llama4" pre-tokenizer splits differently). It is llama.cpp's behaviour on its own
+# conversion of the folder, so on streamconv's equal metadata too; the test asserts these still
+# differ, so a llama.cpp that fixes it shows up here.
+LLAMA_CPP_DIFFERS = {"llama3.1": set(), "llama4-scout-instruct": {"hindi", "mixed-scripts"}}
+
+
+@pytest.mark.parametrize("case_id", sorted(LLAMA_CPP_DIFFERS))
+def test_llama_cpp_tokenizes_like_tiktoken(case_id: str, built_case: CaseBuilder) -> None:
+    """Meta's LLaMA 3 ranks, and Meta's Llama 4 ranks (llama.cpp's "llama4" pre-tokenizer
+    against tiktoken with Llama 4's regex)."""
     from test_tokenizer_tiktoken import _oracle
 
     built = built_case(next(c for c in CASES if c.case_id == case_id))
-    ranks = built.case.real_tokenizer or built.checkpoint / "tokenizer.model"
-    enc, _ = _oracle(ranks, built.case.family)
+    enc, _ = _oracle(built.checkpoint / "tokenizer.model", built.case.family)
     want = [enc.encode(text, disallowed_special=()) for _, text in TEXTS]
     got = llama_cpp_tokenize(built.llama_cpp_gguf, [text for _, text in TEXTS])
-    assert _first_mismatch(TEXTS, got, want) == ""
+    differing = {name for (name, _), ids, expected in zip(TEXTS, got, want, strict=True)
+                 if ids != expected}
+    assert differing == LLAMA_CPP_DIFFERS[case_id], _first_mismatch(TEXTS, got, want)

@@ -1,7 +1,7 @@
 """Chat templates of the instruct models, rendered by transformers on a converted folder.
 
 Each family's template is the one Meta publishes (sources in
-streamconv/tokenizer/chat_templates.py and docs/tokenizers.md). Here
+streamconv/tokenizer/templates/SOURCES.md and docs/tokenizers.md). Here
 `AutoTokenizer.apply_chat_template` renders a two-turn conversation with a system message, and
 the text must be the prompt Meta's own code builds for it:
 
@@ -175,3 +175,28 @@ def test_llama31_config_is_the_published_file() -> None:
     assert len(data) == PUBLISHED_3_1_CONFIG_BYTES
     assert hashlib.sha256(data).hexdigest() == PUBLISHED_3_1_CONFIG_SHA256
     assert chat_template(Family.LLAMA3_3, instruct=True) == config["chat_template"]
+
+
+# SHA-256 of each published text as it was when the templates were Python strings (and of the
+# files in streamconv/tokenizer/templates/ since): an editor that adds a final newline or
+# re-indents a line changes the bytes every converted tokenizer_config.json carries.
+TEMPLATE_SHA256 = {
+    Family.LLAMA2: "e8d5b5a546d3f19df16a5320c614fab05bdc4edd50e850f1afd947b503ea41cf",
+    Family.CODE_LLAMA: "ea2472f29dbd93c3eb696795f6403228fcc4b775518869c771f83fbae5c11dbf",
+    Family.LLAMA3: "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122",
+    Family.LLAMA3_1: "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    Family.LLAMA3_2: "5816fce10444e03c2e9ee1ef8a4a1ea61ae7e69e438613f3b17b69d0426223a4",
+    Family.LLAMA3_3: "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    Family.LLAMA4: "95a231a15c8c976ac511e62c6fdf477ea9e3ca7a87cbb9974e0dd653eccb4563",
+}
+
+
+@pytest.mark.parametrize("family", list(Family), ids=lambda f: f.name)
+def test_template_files_are_the_published_bytes(family: Family) -> None:
+    text = chat_template(family, instruct=True)
+    if family not in TEMPLATE_SHA256:
+        assert text is None  # LLaMA 1 has no chat model
+        return
+    assert text is not None
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == TEMPLATE_SHA256[family]
+    assert chat_template(family, instruct=False) is None

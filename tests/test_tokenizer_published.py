@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import transformers
+from conftest import oracle_unavailable
 from test_tokenizer_tiktoken import LLAMA3_MODEL, _oracle, needs_llama3
 from test_transformers_script import find_peer_python
 from transformers import AutoTokenizer
@@ -78,7 +78,7 @@ def peer_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[s
     """transformers 4.47.1's output folder for every case it can run."""
     peer_python, why_not = find_peer_python()
     if peer_python is None:
-        pytest.skip(why_not)
+        oracle_unavailable(why_not)
     root = tmp_path_factory.mktemp("peer-tok")
     jobs, dirs = [], {}
     for case, _family, version in CASES:
@@ -206,24 +206,6 @@ def test_each_file_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert calls == [path, path]
 
 
-@needs_llama3
-def test_real_file_converts_in_about_half_a_second(tmp_path: Path) -> None:
-    # Best of three, parse included (the cache is cleared). Measured best of five on the shared
-    # 2-core machine at load 2.3-3.3: 0.50-0.77 s wall, 0.50-0.66 s CPU (the code before: 0.96-1.7
-    # s wall, 0.9-1.2 s CPU); single runs reached 1.4 s wall when the machine was busy, hence
-    # the wall bound. docs/tokenizers.md has the figures.
-    best_wall = best_cpu = float("inf")
-    for attempt in range(3):
-        tokenizer._parse_bytes.cache_clear()
-        out = tmp_path / str(attempt)
-        out.mkdir()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        write_tokenizer_files(LLAMA3_MODEL, out, family=Family.LLAMA3_3, instruct=True,
-                              model_max_length=131072)
-        best_wall = min(best_wall, time.perf_counter() - start)
-        best_cpu = min(best_cpu, time.process_time() - start_cpu)
-    assert best_wall < 2.0, f"{best_wall:.2f} s wall"
-    assert best_cpu < 1.0, f"{best_cpu:.2f} s CPU"
 
 
 LLAMA2_MODEL = LLAMA3_MODEL.parent / "llama2_tokenizer.model"
@@ -233,7 +215,7 @@ LLAMA2_MODEL = LLAMA3_MODEL.parent / "llama2_tokenizer.model"
 def test_llama2_equals_transformers_but_for_the_dummy_prefix(tmp_path: Path) -> None:
     peer_python, why_not = find_peer_python()
     if peer_python is None:
-        pytest.skip(why_not)
+        oracle_unavailable(why_not)
     code = ("import sys\nfrom transformers.models.llama.convert_llama_weights_to_hf import "
             "write_tokenizer\nwrite_tokenizer(sys.argv[1], sys.argv[2], llama_version='2')")
     peer = tmp_path / "peer"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -118,11 +117,6 @@ def test_unknown_kind(tmp_path: Path) -> None:
         write_synthetic_tokenizer(tmp_path / "x", kind="bpe", vocab_size=1000)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kind", "vocab_size"), [("sentencepiece", 32000), ("tiktoken", 128000)])
-def test_fast(tmp_path: Path, kind: str, vocab_size: int) -> None:
-    start = time.perf_counter()
-    write_synthetic_tokenizer(tmp_path / "t.model", kind=kind, vocab_size=vocab_size)  # type: ignore[arg-type]
-    assert time.perf_counter() - start < 2.0
 
 
 def test_code_llama_pieces_appended(tmp_path: Path) -> None:

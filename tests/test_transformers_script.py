@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import oracle_unavailable
 from meta_reference import forward, load_shards, merge_shards, read_params
 from safetensors.torch import load_file
 
@@ -132,7 +133,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Co
     """Every case written once and converted once by the script; ours converts lazily."""
     peer_python, why_not = find_peer_python()
     if peer_python is None:
-        pytest.skip(why_not)
+        oracle_unavailable(why_not)
     root = tmp_path_factory.mktemp("peer")
     result: dict[str, Converted] = {}
     jobs = []

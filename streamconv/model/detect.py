@@ -30,11 +30,6 @@ _TIE_SAMPLE_BYTES = 1 << 20
 _KV_SAMPLE_BYTES = 1 << 16
 
 
-def tensor_table_for(params: MetaParams) -> TensorTable:
-    """The tensor table of LLaMA 1-3.x (Llama 4's is chosen in model/llama4.py)."""
-    return LLAMA_TENSORS
-
-
 def _embedding(ckpt: Checkpoint, params: MetaParams,
                table: TensorTable) -> tuple[int, int, str]:
     """(vocab_size, split_dim, rule) from the embedding's per-rank shape."""
@@ -132,7 +127,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                               "tensors say so); --llama-version applies to LLaMA 1-3 only: "
                               "leave it out")
         return detect_llama4(params, ckpt, instruct=instruct)
-    table = tensor_table_for(params)
+    table = LLAMA_TENSORS  # LLaMA 1-3.x; Llama 4's table is chosen in model/llama4.py
     check_names(ckpt, params, table, params.n_layers)
     check_rank_count(ckpt, table, params.dim)
     sources: dict[str, str] = {}

@@ -12,11 +12,11 @@ so a key written twice keeps its first place, as in llama.cpp) and gguf.Metadata
 general.* and general.sampling.* keys. The PyPI gguf 0.19.0 wheel is older than the gguf-py that
 b10573 vendors under the same version; where they differ on a LLaMA folder (SpecialVocab: merges,
 special ids, add_bos/add_eos, chat template; the repeat penalty's name) streamconv follows b10573
-(tokenizer/gguf_special.py). The writer is only a recorder here: nothing is written to disk
+(model/gguf_special.py). The writer is only a recorder here: nothing is written to disk
 but the scratch copy of the small JSON/tokenizer files.
 
 The one step that is not llama.cpp's own: its BPE vocabulary goes through transformers'
-AutoTokenizer, which streamconv does not depend on at run time; tokenizer/gguf_vocab.py reads the
+AutoTokenizer, which streamconv does not depend on at run time; model/gguf_vocab.py reads the
 same vocabulary from tokenizer.json, and tests/test_gguf_metadata.py proves the result equal.
 """
 
@@ -34,10 +34,10 @@ import gguf
 
 from streamconv.errors import StreamconvError
 from streamconv.model.family import Family
+from streamconv.model.gguf_vocab import add_vocab
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import full_shape, hf_name
 from streamconv.system.dtypes import BFLOAT16, DType
-from streamconv.tokenizer.gguf_vocab import add_vocab
 
 __all__ = ["GGUF_FILE_TYPES", "GGUFEntry", "auto_outtype", "gguf_metadata",
            "gguf_param_counts"]
@@ -127,7 +127,7 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
 
     ``model_name`` is the folder name llama.cpp would have been given: general.name (and the
     size/basename heuristics of gguf.Metadata) come from it, so two llama.cpp runs on differently
-    named folders differ there too. Default: the family's label with the size, e.g. "LLaMA-2-7B".
+    named folders differ there too. Default: the family's label and size, e.g. "LLaMA-2-6.7B".
     """
     if outtype not in GGUF_FILE_TYPES:
         raise StreamconvError(f"GGUF outtype {outtype!r} is not one of "

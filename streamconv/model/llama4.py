@@ -130,13 +130,6 @@ def _scale_layouts(table: TensorTable,
     return layout
 
 
-def variant_label(spec: ModelSpec) -> str:
-    experts = spec.extra_dims.get("experts", 0)
-    if not experts:
-        return "Llama 4 (dense)"
-    return f"Llama 4 ({experts} experts{', Scout-shaped' if experts == 16 else ''})"
-
-
 def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
                   instruct: tuple[bool, str]) -> ModelSpec:
     """The Llama 4 ModelSpec, every tensor checked against the table before anything is

@@ -165,4 +165,3 @@ _IGNORED = ("rope.freqs", "freq_cis", "layers.{layer}.feed_forward.expert_activa
 # transformers' Llama4ForConditionalGeneration lists vision_model, multi_modal_projector, then
 # language_model.
 LLAMA4_TENSORS = TensorTable(entries=(*_VISION_ENTRIES, *_TEXT_ENTRIES), ignored=_IGNORED)
-LLAMA4_TEXT_TENSORS = TensorTable(entries=_TEXT_ENTRIES, ignored=_IGNORED)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ast
 import enum
 import functools
-import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -269,10 +268,6 @@ def full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
 def meta_full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
     """The merged Meta tensor's shape (all ranks together)."""
     return tuple(_resolve(sizes, s) for s in entry.meta_shape or entry.shape)
-
-
-def n_elements(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 def effective_split(entry: TensorEntry, sizes: Sizes) -> Split:

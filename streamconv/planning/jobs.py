@@ -12,8 +12,8 @@ memory is therefore the baseline (interpreter, torch, metadata) plus depth x slo
 budget decides the slot size: a tensor bigger than a slot is cut into row ranges (whole heads for
 q/k), so the smallest workable budget depends on the widest row, not on the model's size.
 
-FP8 weights (Meta's 405B release, fp8.py) stage 1 byte per value; after the staging area their
-slot holds the block's row scales (fp32) and a scratch of at most fp8.CHUNK_BYTES (or one fp32
+FP8 weights (Meta's 405B, source/fp8_scales.py) stage 1 byte per value; after the staging area their
+slot holds the block's row scales (fp32) and a scratch of at most its CHUNK_BYTES (or one fp32
 row) where rows are dequantized in fp32 before they are rounded into the output; with fp32
 output they are dequantized in place and need no scratch. Both are counted in slot_bytes.
 """

@@ -55,7 +55,7 @@ class TensorLayout:
     hf_name: str
     shape: tuple[int, ...]
     pieces: tuple[Piece, ...]
-    # The dtype in the rank files: the model's, or fp8.FP8_DTYPE for the feed-forward weights
+    # The dtype in the rank files: the model's, or fp8_scales.FP8_DTYPE for the feed-forward weights
     # of Meta's FP8 release, which are dequantized with their row scales on the way.
     src_dtype: DType
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows

@@ -4,7 +4,7 @@ OUT/.streamconv-partial/journal.jsonl. The first line identifies the conversion:
 (shard names, sizes and the CRC32 of every zip member, straight from each archive's directory, so
 no data is read) and the output layout (every file's name and header, hence every tensor's dtype,
 shape and offset). Each later line lists the output ranges (file, offset, length, sampled CRC32:
-see sampling.py) of jobs
+see sampled_crc.py) of jobs
 completed since the previous line, appended only after the shard files were fsynced, so a line
 means those bytes survive a crash or power loss. Ranges rather than job numbers, because how the
 budget cuts tensors into jobs depends on --max-ram and on the process's own size, which may

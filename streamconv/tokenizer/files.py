@@ -3,8 +3,8 @@
 LLaMA 1, LLaMA 2 and Code Llama ship a SentencePiece model; LLaMA 3.x and Llama 4 ship a tiktoken
 ranks file under the same name. This module tells them apart and dispatches; from_sentencepiece.py
 and from_tiktoken.py build the files (tiktoken_specials.py says what each tiktoken family adds to
-its ranks), chat_templates.py holds the published chat templates (the fixtures'
-fixtures/synthetic_tokenizer.py makes tokenizer.model files for tests and demos).
+its ranks), chat_templates.py loads the published chat templates (templates/*.jinja); the fixtures'
+fixtures/synthetic_tokenizer.py makes tokenizer.model files for tests and demos.
 Nothing here imports tokenizers, transformers or tiktoken: the output is plain JSON in the
 formats those libraries read.
 """
