@@ -65,6 +65,15 @@ def restore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture(scope="session")
+def built_case(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """GGUF test models (tests/gguf_cases.py), each converted by streamconv and by llama.cpp
+    once per session, shared by every GGUF test module."""
+    from gguf_cases import CaseBuilder
+
+    return CaseBuilder(tmp_path_factory.mktemp("gguf-cases"))
+
+
 def digests(folder: Path) -> dict[str, str]:
     """sha256 of every file directly in folder: two conversions are the same when these are."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()

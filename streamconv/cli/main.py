@@ -48,6 +48,10 @@ if TYPE_CHECKING:  # the modules that import torch load only once a command runs
     from streamconv.planning.jobs import Job
 
 COMMANDS = ("convert", "plan", "verify")
+
+
+class UsageError(Exception):
+    """Options that contradict each other: one line, exit 2."""
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -82,6 +86,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              f"{format_size(default_max_ram_bytes())})")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="dtype of the written weights (default auto: the checkpoint's own)")
+    gguf = parser.add_argument_group("GGUF output (llama.cpp; docs/gguf.md)")
+    gguf.add_argument("--format", choices=("safetensors", "gguf"), default=None,
+                      help="output format (default: gguf when OUTPUT ends in .gguf or "
+                           "--outtype is given, else a Hugging Face safetensors folder)")
+    gguf.add_argument("--outtype", choices=("auto", "f32", "f16", "bf16", "q8_0"), default=None,
+                      help="GGUF tensor type, as llama.cpp's convert_hf_to_gguf.py --outtype "
+                           "(default auto: bf16 for a bf16 checkpoint, else f16)")
+    gguf.add_argument("--model-name", default=None, metavar="NAME",
+                      help="GGUF general.name (default: family and size, e.g. LLaMA-2-6.7B)")
     parser.add_argument("--max-shard-size", type=_size, default=parse_size("5G"), metavar="SIZE",
                         help="largest output .safetensors file, e.g. 5GB (5*10^9 bytes, "
                              "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
@@ -113,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  streamconv plan llama-3.1-70b/ --max-ram 4G\n"
                "  streamconv llama-2-7b/ llama-2-7b-hf/ --resume     # after Ctrl-C or a crash\n"
                "  streamconv verify llama-2-7b/ llama-2-7b-hf/\n"
+               "  streamconv llama-3.1-8b/ llama-3.1-8b-q8_0.gguf --outtype q8_0\n"
                "all options: streamconv convert --help\n"
                f"{SIZE_UNITS_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert INPUT_DIR into OUTPUT_DIR (default command)")
     _add_model_options(conv)
     conv.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
-                      help="new or empty folder for the Hugging Face model")
+                      help="new or empty folder for the Hugging Face model, or a FILE.gguf "
+                           "for llama.cpp")
     conv.add_argument("--force", action="store_true",
                       help="write into a non-empty OUTPUT_DIR, replacing the model files there "
                            "(and discarding an interrupted conversion)")
@@ -136,18 +151,39 @@ def build_parser() -> argparse.ArgumentParser:
                                           "byte, the index, headers, configs and tokenizer files")
     _add_model_options(check)
     check.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
-                       help="a converted Hugging Face folder")
+                       help="a converted Hugging Face folder, or a converted FILE.gguf")
     return parser
 
 
+def _to_gguf(args: argparse.Namespace) -> bool:
+    """GGUF output: --format gguf, an OUTPUT ending in .gguf, or --outtype."""
+    output = getattr(args, "output_dir", None)
+    by_name = output is not None and output.suffix.lower() == ".gguf"
+    if args.format == "safetensors" and (by_name or args.outtype is not None):
+        raise UsageError("--format safetensors writes a Hugging Face folder: drop --outtype "
+                         "and name a folder, not a .gguf file")
+    gguf = args.format == "gguf" or by_name or args.outtype is not None
+    if gguf and args.dtype != "auto":
+        raise UsageError("--dtype is for Hugging Face output; a GGUF file's tensor type is "
+                         "--outtype (f32, f16, bf16, q8_0)")
+    return gguf
+
+
 def _options(args: argparse.Namespace) -> ConvertOptions:
+    from streamconv.model.tensor_table import OutputFormat
     from streamconv.pipeline.conversion import ConvertOptions
 
+    gguf = _to_gguf(args)
+    output = getattr(args, "output_dir", None)
     return ConvertOptions(max_ram_bytes=args.max_ram, dtype=args.dtype,
                           max_shard_bytes=args.max_shard_size, llama_version=args.llama_version,
                           force=getattr(args, "force", False),
                           resume=getattr(args, "resume", False), instruct=args.instruct,
-                          tokenizer=not args.no_tokenizer)
+                          tokenizer=not args.no_tokenizer,
+                          output_format=OutputFormat.GGUF if gguf else OutputFormat.SAFETENSORS,
+                          outtype=args.outtype or "auto",
+                          gguf_name=output.name if gguf and output is not None else "model.gguf",
+                          model_name=args.model_name)
 
 
 class RichProgress:
@@ -208,7 +244,8 @@ def _print_summary(console: Console, report: Report) -> None:
         f"wrote {format_size(report.bytes_written)} "
         f"({report.bytes_written / max(report.seconds, 1e-9) / (1 << 20):.0f} MiB/s); "
         f"peak RSS {format_size(report.peak_rss_bytes)} of {format_size(report.max_ram_bytes)}; "
-        f"{len(report.files)} files in {escape(report.output_dir)}")
+        + (escape(report.output_dir) if report.output_dir.endswith(".gguf") else
+           f"{len(report.files)} files in {escape(report.output_dir)}"))
 
 
 def _run_convert(args: argparse.Namespace, console: Console) -> int:
@@ -249,10 +286,18 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
 def _run_verify(args: argparse.Namespace, console: Console) -> int:
     from streamconv.pipeline.verification import verify
 
-    result = verify(args.input_dir, args.output_dir, _options(args))
+    options = _options(args)
+    if _to_gguf(args):
+        from streamconv.pipeline.gguf_verification import verify_gguf
+
+        result = verify_gguf(args.input_dir, args.output_dir, options)
+    else:
+        result = verify(args.input_dir, args.output_dir, options)
     if result.ok:
+        what = "header, metadata and tokenizer" if _to_gguf(args) else (
+            "configs and tokenizer files")
         console.print(f"[green]verified[/green] {result.tensors_checked} tensors "
-                      f"({format_size(result.bytes_checked)}), configs and tokenizer files: "
+                      f"({format_size(result.bytes_checked)}), {what}: "
                       f"{escape(str(args.output_dir))} matches {escape(str(args.input_dir))}")
         return 0
     for problem in result.problems[:50]:
@@ -328,6 +373,10 @@ def _main(argv: Sequence[str] | None, console: Console, err_console: Console) ->
     try:
         run = {"convert": _run_convert, "plan": _run_plan, "verify": _run_verify}[args.command]
         return run(args, console)
+    except UsageError as e:
+        err_console.print(f"[red]usage error:[/red] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
+        return EXIT_USAGE
     except Interrupted as e:
         err_console.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED

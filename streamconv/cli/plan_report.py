@@ -80,16 +80,20 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     jobs_per_file = Counter(job.file_idx for job in plan.jobs)
     files = [(f.name, str(len(f.tensors)), format_size(f.total_bytes), str(jobs_per_file[i]))
              for i, f in enumerate(plan.files)]
-    files.append(("model.safetensors.index.json", "", "", "written last"))
-    files.append(("config.json, generation_config.json, tokenizer files", "", "", ""))
-    console.print(_table("Output layout", ("file", "tensors", "bytes", "jobs"), files))
+    if prepared.gguf is None:
+        files.append(("model.safetensors.index.json", "", "", "written last"))
+        files.append(("config.json, generation_config.json, tokenizer files", "", "", ""))
+        console.print(_table("Output layout", ("file", "tensors", "bytes", "jobs"), files))
+    else:
+        _print_gguf(console, prepared, files)
     split = sum(1 for name, n in Counter(j.hf_name for j in plan.jobs).items() if n > 1)
     schedule = [
         ("jobs", f"{len(plan.jobs)} ({split} tensors cut into row ranges to fit the budget)"),
         ("slots", f"{plan.depth} in flight, {format_size(plan.slot_bytes)} each"),
         ("read", format_size(plan.read_bytes)),
         ("write", format_size(plan.output_bytes)),
-        ("dtype", f"{plan.src_label} -> {str(plan.dst_dtype).removeprefix('torch.')}"
+        ("dtype", f"{plan.src_label} -> " + (f"GGUF {prepared.gguf_outtype}" if prepared.gguf
+                                             else str(plan.dst_dtype).removeprefix('torch.'))
                   + (" (fp8 dequantized with its row scales)"
                      if any(job.dequantize for job in plan.jobs) else "")),
         ("baseline RSS", format_size(plan.baseline_bytes)),
@@ -101,3 +105,23 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     console.print(_table("Schedule", ("", ""), schedule))
     for warning in prepared.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def _print_gguf(console: Console, prepared: Prepared,
+                files: Sequence[tuple[str, ...]]) -> None:
+    """The GGUF file, and its tensors by type (llama.cpp's rules: planning/gguf_file.py)."""
+    assert prepared.gguf is not None
+    layout = prepared.gguf
+    name, n_tensors, size, jobs = files[0]
+    n_tensors = str(len(layout.tensors))
+    header = f"{format_size(layout.file.data_start)} header (metadata, tokenizer, tensor infos)"
+    console.print(_table(f"Output: GGUF file (llama.cpp, --outtype {prepared.gguf_outtype})",
+                         ("file", "tensors", "bytes", "jobs"),
+                         [(name, n_tensors, size, jobs), (header, "", "", "")]))
+    by_type: dict[str, list[int]] = {}
+    for tensor in layout.tensors:
+        count = by_type.setdefault(tensor.ggml_type.name, [0, 0])
+        count[0] += 1
+        count[1] += tensor.nbytes
+    rows = [(kind, str(n), format_size(nbytes)) for kind, (n, nbytes) in by_type.items()]
+    console.print(_table("GGUF tensor types", ("type", "tensors", "bytes"), rows))

@@ -85,6 +85,31 @@ class Transform(enum.Enum):
     TRANSPOSE = "transpose"
 
 
+class OutputFormat(enum.Enum):
+    """What the conversion writes: a Hugging Face folder of safetensors shards, or one GGUF file
+    for llama.cpp."""
+
+    SAFETENSORS = "safetensors"
+    GGUF = "gguf"
+
+
+# Which of a table's transforms each output format applies. GGUF keeps Meta's interleaved
+# rotary layout of q and k: llama.cpp rotates interleaved pairs like Meta, and its converter
+# undoes the Hugging Face permute (convert_hf_to_gguf.py, LlamaModel.permute with
+# undo_permute = True), so a Meta tensor goes into the GGUF file unpermuted.
+FORMAT_TRANSFORMS: Mapping[OutputFormat, frozenset[Transform]] = {
+    OutputFormat.SAFETENSORS: frozenset({Transform.ROTARY, Transform.TRANSPOSE}),
+    OutputFormat.GGUF: frozenset({Transform.TRANSPOSE}),
+}
+
+
+def transform_in(entry: TensorEntry, output_format: OutputFormat) -> Transform | None:
+    """The entry's transform where the format applies it, else None."""
+    if entry.transform in FORMAT_TRANSFORMS[output_format]:
+        return entry.transform
+    return None
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     role: str  # streamconv's own name for it, used by code that needs one tensor (e.g. "q")
@@ -267,8 +292,9 @@ def rank_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def rotary_head_dim(entry: TensorEntry, sizes: Sizes) -> int | None:
-    return sizes.head_dim if entry.transform is Transform.ROTARY else None
+def rotary_head_dim(entry: TensorEntry, sizes: Sizes,
+                    output_format: OutputFormat = OutputFormat.SAFETENSORS) -> int | None:
+    return sizes.head_dim if transform_in(entry, output_format) is Transform.ROTARY else None
 
 
 def _layer(role: str, hf_suffix: str, meta_suffix: str, shape: tuple[str, ...], split: Split,

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamconv.errors import Interrupted
-from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
-from streamconv.pipeline.output_checks import check_output_dir, output_dir_error
-from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
+from streamconv.pipeline.output_checks import (
+    check_gguf_output,
+    check_output_dir,
+    output_dir_error,
+)
+from streamconv.pipeline.preparation import ConvertOptions, Prepared, hf_files, prepare
 from streamconv.planning.jobs import Job
 from streamconv.runtime.executor import JobRunner, run_jobs
+from streamconv.runtime.gguf_output import GGUFOutput, gguf_staging
 from streamconv.runtime.journal import (
     JOURNAL_NAME,
     Journal,
@@ -82,18 +86,8 @@ class _Silent:
 
 def extra_files(prepared: Prepared) -> dict[str, bytes]:
     """config, generation config and tokenizer files, as bytes to publish with the shards."""
-    spec, dtype = prepared.spec, prepared.plan.dst_dtype
-    files = {
-        "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
-        "generation_config.json": to_json_bytes(generation_config_dict(spec)),
-    }
-    if prepared.tokenizer_path is not None:
-        from streamconv.tokenizer.files import tokenizer_files
-
-        files.update(tokenizer_files(prepared.tokenizer_path, family=spec.family,
-                                     instruct=spec.instruct,
-                                     model_max_length=spec.max_position_embeddings))
-    return files
+    return hf_files(prepared.spec, dtype=prepared.plan.dst_dtype,
+                    tokenizer_path=prepared.tokenizer_path)
 
 
 # Peak memory of building the tokenizer files, measured as VmHWM over the baseline on Meta's real
@@ -144,10 +138,11 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     first_read_unix: float | None = None
     prepared = prepare(input_dir, options)
     plan = prepared.plan
-    staging = output_dir / STAGING_DIR
+    to_gguf = prepared.gguf is not None  # then output_dir is the .gguf file's path
+    staging = gguf_staging(output_dir) if to_gguf else output_dir / STAGING_DIR
+    check = check_gguf_output if to_gguf else check_output_dir
     try:
-        check_output_dir(input_dir, output_dir, prepared, force=options.force,
-                         resume=options.resume)
+        check(input_dir, output_dir, prepared, force=options.force, resume=options.resume)
     except OSError as e:  # a read-only parent, a dangling link, a file in the path, a long name
         raise output_dir_error(e, output_dir) from e
     resume = options.resume and journal_started(staging / JOURNAL_NAME)
@@ -160,7 +155,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     if not resume:
         shutil.rmtree(staging, ignore_errors=True)
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir.parent if to_gguf else output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise output_dir_error(e, output_dir) from e
     jobs = [job for job in plan.jobs if job.job_idx not in done]
@@ -170,8 +165,11 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     late = DeferredInterrupt()
     try:
         paths = prepared.checkpoint.read_paths  # shards, then FP8 scale files if any
+        output: OutputFolder | GGUFOutput = (
+            GGUFOutput(output_dir, plan.files[0], resume=resume) if to_gguf
+            else OutputFolder(output_dir, plan.files, resume=resume))
         with RankReader(paths, cached_prefix=prefetched_bytes(len(paths))) as reader, \
-                OutputFolder(output_dir, plan.files, resume=resume) as folder:
+                output as folder:
             with Journal(staging / JOURNAL_NAME, fingerprint, fresh=not resume,
                          sync=folder.sync_shards) as journal:
 
@@ -190,7 +188,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
 
                 runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
                                    scales=prepared.checkpoint.scales)
-                extra_builder = _ExtraFiles(prepared)
+                extra_builder = None if to_gguf else _ExtraFiles(prepared)
                 try:
                     run_jobs(plan, jobs, runner, on_done)
                 except BaseException:
@@ -199,9 +197,9 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                     raise
                 journal.flush()
             first_read_unix = reader.first_read_unix
-            extra = extra_builder.result()
+            extra = {} if extra_builder is None else extra_builder.result()
             late.start()  # once publishing starts it finishes (system/interrupts.py)
-            if options.force:
+            if options.force and not to_gguf:
                 _remove_stale_outputs(output_dir, prepared)
             folder.fill(extra)
             folder.sync()

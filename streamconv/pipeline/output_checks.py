@@ -65,3 +65,34 @@ def output_dir_error(e: OSError, output_dir: Path) -> OutputError:
     else:
         why = f"{e.strerror or type(e).__name__}; choose another output folder"
     return OutputError(f"cannot create output folder {output_dir}: {why}")
+
+
+def check_gguf_output(input_dir: Path, out_path: Path, prepared: Prepared, *, force: bool,
+                      resume: bool) -> None:
+    """The same checks for one OUT.gguf file and its staging folder (runtime/gguf_output.py)."""
+    from streamconv.runtime.gguf_output import gguf_staging
+
+    src, dst = input_dir.resolve(), out_path.resolve()
+    if src in dst.parents or dst == src:
+        raise OutputError(f"output {out_path} is inside the input folder {input_dir}; choose an "
+                          "output path outside the input")
+    if dst.is_dir():
+        raise OutputError(f"output {out_path} is a folder; name a .gguf file, e.g. "
+                          f"{out_path / 'model.gguf'}")
+    if dst.exists() and not force:
+        raise OutputError(f"{out_path} already exists; check it with `streamconv verify`, or "
+                          "pass --force to convert again")
+    staged = gguf_staging(dst)
+    if staged.exists() and not (force or resume):
+        raise OutputError(f"{staged} holds an interrupted conversion to {out_path}; pass "
+                          "--resume to continue it or --force to start over")
+    probe = dst.parent
+    while not probe.exists():
+        probe = probe.parent
+    already = sum(p.stat().st_size for p in staged.glob("*.gguf")) if resume else 0
+    needed = prepared.plan.output_bytes + _DISK_MARGIN_BYTES - already
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise OutputError(f"not enough disk space for {out_path}: the file needs "
+                          f"{format_size(needed)}, {format_size(free)} is free; free some space "
+                          "or choose another place")

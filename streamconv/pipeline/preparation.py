@@ -8,14 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamconv.errors import ParamsError, TokenizerError
+from streamconv.errors import OutputError, ParamsError, TokenizerError
 from streamconv.model.detect import detect_model
 from streamconv.model.family import Family
 from streamconv.model.family_rules import instruct_from_folder
+from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
 from streamconv.model.spec import ModelSpec
-from streamconv.model.tensor_table import Split
+from streamconv.model.tensor_table import OutputFormat, Split
+from streamconv.planning.encoding import Encoding
+from streamconv.planning.gguf_file import GGUFLayout, layout_gguf_file
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks
+from streamconv.planning.output_files import OutputFile
 from streamconv.source.params import read_params
 from streamconv.source.rank_files import resolve_input_dir
 from streamconv.source.rank_reader import RankReader
@@ -40,6 +44,10 @@ class ConvertOptions:
     resume: bool = False
     instruct: bool | None = None  # None: from the folder's name (family_rules.py)
     tokenizer: bool = True
+    output_format: OutputFormat = OutputFormat.SAFETENSORS
+    outtype: str = "auto"  # GGUF: f32, f16, bf16, q8_0 or auto (llama.cpp's --outtype)
+    gguf_name: str = "model.gguf"  # GGUF: the output file's name
+    model_name: str | None = None  # GGUF: general.name (None: family and size, gguf_metadata)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class Prepared:
     tokenizer_path: Path | None
     tokenizer_kind: str | None
     warnings: list[str] = field(default_factory=list)
+    gguf: GGUFLayout | None = None  # the GGUF file's layout, when that is the output
+    gguf_outtype: str | None = None  # resolved from auto
 
 
 def find_tokenizer(input_dir: Path) -> Path | None:
@@ -130,6 +140,45 @@ def _max_difference(copies: list[bytes], dtype: DType) -> float:
     return max(float((v - values[0]).abs().max()) for v in values[1:])
 
 
+def hf_files(spec: ModelSpec, *, dtype: DType, tokenizer_path: Path | None) -> dict[str, bytes]:
+    """config, generation config and tokenizer files of the Hugging Face folder, as bytes."""
+    files = {
+        "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
+        "generation_config.json": to_json_bytes(generation_config_dict(spec)),
+    }
+    if tokenizer_path is not None:
+        from streamconv.tokenizer.files import tokenizer_files
+
+        files.update(tokenizer_files(tokenizer_path, family=spec.family,
+                                     instruct=spec.instruct,
+                                     model_max_length=spec.max_position_embeddings))
+    return files
+
+
+def _gguf_layout(spec: ModelSpec, layouts: list[TensorLayout], options: ConvertOptions,
+                 tokenizer_path: Path | None) -> tuple[GGUFLayout, str]:
+    """The GGUF file's layout; its header holds the tokenizer, so that is built first (2-3 s)."""
+    from streamconv.model.gguf_metadata import auto_outtype, gguf_metadata
+
+    if spec.family is Family.LLAMA4:
+        # llama.cpp's llama4 tensors are the experts transposed (conversion/llama.py
+        # Llama4Model.modify_tensors); the executor transposes only whole small tensors.
+        raise OutputError("GGUF output for Llama 4 is not supported yet; convert to a Hugging "
+                          "Face folder (an OUTPUT_DIR without .gguf) and run llama.cpp's "
+                          "convert_hf_to_gguf.py on it")
+    if tokenizer_path is None:
+        raise TokenizerError("a GGUF file needs the tokenizer (llama.cpp reads it from the "
+                             "file); copy Meta's tokenizer.model next to params.json instead "
+                             "of passing --no-tokenizer")
+    outtype = auto_outtype(spec.dtype) if options.outtype == "auto" else options.outtype
+    entries = gguf_metadata(spec, hf_files=hf_files(spec, dtype=spec.dtype,
+                                                    tokenizer_path=tokenizer_path),
+                            outtype=outtype, model_name=options.model_name)
+    layout = layout_gguf_file(spec, layouts, file_name=options.gguf_name, entries=entries,
+                              outtype=outtype, hf_shard_bytes=DEFAULT_MAX_SHARD_BYTES)
+    return layout, outtype
+
+
 def _instruct(input_dir: Path, options: ConvertOptions) -> tuple[bool, str]:
     if options.instruct is not None:
         return options.instruct, "--instruct" if options.instruct else "--base"
@@ -157,20 +206,30 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
                         instruct=_instruct(given_dir, options))
     if tokenizer_path is not None:
         _check_tokenizer_vocab(tokenizer_path, spec)
-    layouts = hf_layouts(spec)
+    layouts = hf_layouts(spec, output_format=options.output_format)
     dst_dtype = spec.dtype if options.dtype == "auto" else DTYPES[options.dtype]
+    encodings = {layout.hf_name: Encoding(dst_dtype) for layout in layouts}
+    files: list[OutputFile] | None = None
+    gguf, outtype = None, None
+    if options.output_format is OutputFormat.GGUF:
+        gguf, outtype = _gguf_layout(spec, layouts, options, tokenizer_path)
+        encodings, files = gguf.encodings, [gguf.file]
     budget = options.max_ram_bytes or default_max_ram_bytes()
-    if any(layout.src_dtype != dst_dtype for layout in layouts):
-        # Casts and FP8 dequantization are arithmetic, done by torch (runtime/executor.py):
-        # imported now, so that the baseline the plan is measured on holds it.
+    if any(layout.src_dtype != encodings[layout.hf_name].values
+           or encodings[layout.hf_name].two_stage for layout in layouts):
+        # Casts, quantization and FP8 dequantization are arithmetic, done by torch
+        # (runtime/executor.py): imported now, so that the baseline the plan is measured on
+        # holds it.
         import torch  # noqa: F401
     plan = plan_conversion(spec, layouts, dst_dtype=dst_dtype, budget_bytes=budget,
                            baseline_bytes=current_rss_bytes(),
-                           max_shard_bytes=options.max_shard_bytes)
+                           max_shard_bytes=options.max_shard_bytes, encodings=encodings,
+                           files=files)
     warnings = [f"params.json has keys streamconv does not use: {', '.join(params.unknown_keys)}"
                 ] if params.unknown_keys else []
     warnings += spec.doubts
     if input_dir != given_dir:
         warnings.append(f"reading Meta's files from {input_dir}")
     warnings += replica_warnings(checkpoint, spec, layouts)
-    return Prepared(input_dir, checkpoint, spec, layouts, plan, tokenizer_path, kind, warnings)
+    return Prepared(input_dir, checkpoint, spec, layouts, plan, tokenizer_path, kind, warnings,
+                    gguf, outtype)

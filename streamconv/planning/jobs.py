@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from streamconv.errors import BudgetError
 from streamconv.model.spec import ModelSpec
+from streamconv.planning.encoding import Encoding
 from streamconv.planning.layout import CopyBlock, TensorLayout, copy_blocks
 from streamconv.planning.output_files import OutputFile, layout_output_files
 from streamconv.source.fp8_scales import (
@@ -72,7 +73,11 @@ class Job:
     n_cols: int
     blocks: tuple[CopyBlock, ...]
     src_dtype: DType  # the rank files' dtype of this tensor
+    encoding: Encoding  # what the blocks produce and how it is stored (encoding.py)
     scratch_bytes: int = 0  # after the staging area: row scales and fp32 scratch (FP8 only)
+    # Two-stage encodings: the rows as the blocks produce them, then the second step's scratch.
+    values_bytes: int = 0
+    encode_scratch_bytes: int = 0
 
     @property
     def dequantize(self) -> bool:
@@ -127,19 +132,26 @@ def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype
     return not same_dtype or rotary is not None or block.n_cols != n_cols or block.transpose
 
 
-def _unit_bytes(layout: TensorLayout, itemsize: int) -> int:
-    return layout.row_unit * layout.n_cols * itemsize
+Encodings = dict[str, Encoding]  # by hf_name
 
 
-def _stage_ratio(layouts: list[TensorLayout], dst_item: int) -> float:
-    """Staging bytes per output byte, at least 1 (a plain copy stages as much as it writes).
-    An FP8 block stages 1 byte per value plus its fp32 row scales."""
+def _unit_bytes(layout: TensorLayout, enc: Encoding) -> int:
+    return layout.row_unit * enc.row_bytes(layout.n_cols)
+
+
+def _stage_ratio(layouts: list[TensorLayout], encodings: Encodings) -> float:
+    """Staging (and values-area) bytes per output byte, at least 1 (a plain copy stages as much
+    as it writes). An FP8 block stages 1 byte per value plus its fp32 row scales; a two-stage
+    encoding adds its values area."""
     ratios = [1.0]
     for t in layouts:
+        enc = encodings[t.hf_name]
+        out_row = enc.row_bytes(t.n_cols)
+        extra = enc.values_row_bytes(t.n_cols)
         if t.src_dtype == FP8_DTYPE:
-            ratios.append((t.n_cols + _scale_bytes_per_row(t)) / (t.n_cols * dst_item))
+            ratios.append((t.n_cols + _scale_bytes_per_row(t) + extra) / out_row)
         else:
-            ratios.append(_itemsize(t.src_dtype) / dst_item)
+            ratios.append((_itemsize(t.src_dtype) * t.n_cols + extra) / out_row)
     return max(ratios)
 
 
@@ -159,9 +171,17 @@ def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: DType) -> int:
     return min(n_rows, chunk_rows(n_cols)) * n_cols * SCALE_DTYPE.itemsize
 
 
-def _slot_extra(layouts: list[TensorLayout], dst_dtype: DType) -> int:
-    """Bytes a slot needs beyond output and staging for the largest FP8 scratch (the scales are
-    in _stage_ratio), with the padding that aligns the scale and scratch areas."""
+def _slot_extra(layouts: list[TensorLayout], encodings: Encodings) -> int:
+    """Bytes a slot needs beyond output, staging and values for the largest FP8 scratch (the
+    scales are in _stage_ratio) and the encodings' scratch (Q8_0), with the padding that aligns
+    those areas."""
+    encode = max((encodings[t.hf_name].scratch_bytes for t in layouts), default=0)
+    encode += 2 * SCRATCH_ALIGN if encode or any(
+        encodings[t.hf_name].two_stage for t in layouts) else 0
+    return encode + _fp8_extra(layouts, encodings)
+
+
+def _fp8_extra(layouts: list[TensorLayout], encodings: Encodings) -> int:
     fp8 = [t for t in layouts if t.src_dtype == FP8_DTYPE]
     if not fp8:
         return 0
@@ -169,17 +189,16 @@ def _slot_extra(layouts: list[TensorLayout], dst_dtype: DType) -> int:
     partial = max((2 * t.n_cols * SCALE_DTYPE.itemsize for t in fp8
                    if any(s.per_column for s in t.scales)), default=0)
     return 2 * SCRATCH_ALIGN + partial + max(
-        _scratch_bytes(t.n_rows, t.n_cols, dst_dtype) for t in fp8)
+        _scratch_bytes(t.n_rows, t.n_cols, encodings[t.hf_name].values) for t in fp8)
 
 
-def _choose_slots(layouts: list[TensorLayout], *, dst_dtype: DType,
+def _choose_slots(layouts: list[TensorLayout], *, encodings: Encodings,
                   avail: int, min_budget: int, budget: int) -> tuple[int, int]:
     """(depth, out_cap): as much overlap as the budget allows without starving piece size."""
-    dst_item = _itemsize(dst_dtype)
-    stage_ratio = _stage_ratio(layouts, dst_item)
-    slack = SLOT_SLACK + _slot_extra(layouts, dst_dtype)
-    widest = max(_unit_bytes(t, dst_item) for t in layouts)
-    largest = max(t.n_rows * t.n_cols * dst_item for t in layouts)
+    stage_ratio = _stage_ratio(layouts, encodings)
+    slack = SLOT_SLACK + _slot_extra(layouts, encodings)
+    widest = max(_unit_bytes(t, encodings[t.hf_name]) for t in layouts)
+    largest = max(t.n_rows * encodings[t.hf_name].row_bytes(t.n_cols) for t in layouts)
     unit = int(widest * (1 + stage_ratio)) + slack
     if avail < unit:
         raise BudgetError(
@@ -198,9 +217,9 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype: DType,
+def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encoding,
               file_idx: int, data_start: int, first_idx: int) -> list[Job]:
-    row_bytes = layout.n_cols * _itemsize(dst_dtype)
+    row_bytes = enc.row_bytes(layout.n_cols)
     src_item = _itemsize(layout.src_dtype)
     rows_per_job = max(out_cap // row_bytes // layout.row_unit, 1) * layout.row_unit
     jobs: list[Job] = []
@@ -214,11 +233,13 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, dst_dtype:
             scale_bytes = max(b.scale.read_bytes(b.src_row_start, b.n_rows, b.n_cols)
                               for b in blocks if b.scale is not None)
             scratch = (_round_up(scale_bytes, SCRATCH_ALIGN)
-                       + _scratch_bytes(block_rows, layout.n_cols, dst_dtype))
+                       + _scratch_bytes(block_rows, layout.n_cols, enc.values))
         jobs.append(Job(first_idx + len(jobs), layout.hf_name, file_idx,
                         data_start + row_start * row_bytes, row_start, row_stop,
                         (row_stop - row_start) * row_bytes, stage, layout.rotary_head_dim,
-                        layout.n_cols, tuple(blocks), layout.src_dtype, scratch))
+                        layout.n_cols, tuple(blocks), layout.src_dtype, enc, scratch,
+                        (row_stop - row_start) * enc.values_row_bytes(layout.n_cols),
+                        enc.scratch_bytes))
     return jobs
 
 
@@ -236,29 +257,51 @@ def scratch_offset(job: Job) -> int:
     return _round_up(slot_layout(job)[1] + job.stage_bytes, SCRATCH_ALIGN)
 
 
-def _job_slot_bytes(job: Job) -> int:
+def _fp8_end(job: Job) -> int:
     if not job.scratch_bytes:
         return slot_layout(job)[1] + job.stage_bytes
     return scratch_offset(job) + job.scratch_bytes
 
 
+def values_offset(job: Job) -> int:
+    """Where a two-stage job's values area starts in its slot."""
+    return _round_up(_fp8_end(job), SCRATCH_ALIGN)
+
+
+def encode_scratch_offset(job: Job) -> int:
+    """Where a two-stage job's second-step scratch (Q8_0) starts in its slot."""
+    return _round_up(values_offset(job) + job.values_bytes, SCRATCH_ALIGN)
+
+
+def _job_slot_bytes(job: Job) -> int:
+    if not job.encoding.two_stage:
+        return _fp8_end(job)
+    return encode_scratch_offset(job) + job.encode_scratch_bytes
+
+
 def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: DType,
-                    budget_bytes: int, baseline_bytes: int, max_shard_bytes: int) -> Plan:
-    dst_item = _itemsize(dst_dtype)
+                    budget_bytes: int, baseline_bytes: int, max_shard_bytes: int,
+                    encodings: Encodings | None = None,
+                    files: list[OutputFile] | None = None) -> Plan:
+    """`encodings` (by hf_name) and `files` are the output format's (GGUF: gguf_file.py);
+    without them every tensor is stored in dst_dtype in safetensors shards."""
+    if encodings is None:
+        encodings = {t.hf_name: Encoding(dst_dtype) for t in layouts}
     reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
-    stage_ratio = _stage_ratio(layouts, dst_item)
-    widest = max(_unit_bytes(t, dst_item) for t in layouts)
+    stage_ratio = _stage_ratio(layouts, encodings)
+    widest = max(_unit_bytes(t, encodings[t.hf_name]) for t in layouts)
     min_budget = (reserved + int(widest * (1 + stage_ratio)) + SLOT_SLACK
-                  + _slot_extra(layouts, dst_dtype))
-    depth, out_cap = _choose_slots(layouts, dst_dtype=dst_dtype,
+                  + _slot_extra(layouts, encodings))
+    depth, out_cap = _choose_slots(layouts, encodings=encodings,
                                    avail=budget_bytes - reserved, min_budget=min_budget,
                                    budget=budget_bytes)
-    files = layout_output_files(layouts, dtype=dst_dtype, max_shard_bytes=max_shard_bytes)
+    if files is None:
+        files = layout_output_files(layouts, dtype=dst_dtype, max_shard_bytes=max_shard_bytes)
     jobs: list[Job] = []
     for file_idx, out_file in enumerate(files):
         for tensor in out_file.tensors:
-            jobs += _jobs_for(tensor.layout, spec, out_cap=out_cap, dst_dtype=dst_dtype,
-                              file_idx=file_idx,
+            jobs += _jobs_for(tensor.layout, spec, out_cap=out_cap,
+                              enc=encodings[tensor.layout.hf_name], file_idx=file_idx,
                               data_start=out_file.data_start + tensor.data_offset,
                               first_idx=len(jobs))
     slot_bytes = max(_job_slot_bytes(j) for j in jobs)

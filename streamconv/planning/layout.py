@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import (
+    OutputFormat,
     Split,
     TensorEntry,
     Transform,
@@ -121,11 +122,12 @@ def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
                  unit_rows, stack, transpose)
 
 
-def hf_layouts(spec: ModelSpec, *,
-               quantized: frozenset[str] | None = None) -> list[TensorLayout]:
+def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
+               output_format: OutputFormat = OutputFormat.SAFETENSORS) -> list[TensorLayout]:
     """All output tensors in the order HF's save_pretrained writes them, entries that fill the
     same tensor merged into its pieces. The Meta tensors stored as fp8 are spec.quantized (or
-    `quantized`, for planner tests); every other one is in spec.dtype."""
+    `quantized`, for planner tests); every other one is in spec.dtype. The transforms are the
+    ones `output_format` applies (tensor_table.FORMAT_TRANSFORMS)."""
     if quantized is None:
         quantized = spec.quantized
     dims = dims_of(spec)
@@ -135,7 +137,7 @@ def hf_layouts(spec: ModelSpec, *,
             continue
         name = hf_name(entry, layer_idx)
         shape, pieces, rotary = found.setdefault(
-            name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec)))
+            name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec, output_format)))
         pieces.append(_piece(entry, layer_idx, spec, dims))
     layouts = []
     for name, (shape, pieces, rotary) in found.items():

@@ -36,6 +36,8 @@ class OutputFile:
     name: str
     tensors: tuple[OutputTensor, ...]
     header: bytes  # length prefix + padded JSON, exactly as written at offset 0
+    # Each tensor's bytes are followed by zeros up to a multiple of this (GGUF: 32).
+    data_align: int = 1
 
     @property
     def data_start(self) -> int:
@@ -43,7 +45,7 @@ class OutputFile:
 
     @property
     def data_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return sum(-(-t.nbytes // self.data_align) * self.data_align for t in self.tensors)
 
     @property
     def total_bytes(self) -> int:
