@@ -34,8 +34,9 @@ BY_ID = {case.case_id: case for case in CASES}
 
 
 @pytest.fixture(scope="session")
-def gguf_builder(tmp_path_factory: pytest.TempPathFactory) -> CaseBuilder:
-    return CaseBuilder(tmp_path_factory.mktemp("gguf-tensor-cases"))
+def gguf_builder(built_case: CaseBuilder) -> CaseBuilder:
+    """conftest's builder: each case is converted once per session for every GGUF module."""
+    return built_case
 
 
 def ours(built: BuiltCase, out: Path, *, outtype: str) -> Path:
@@ -54,9 +55,17 @@ def test_file_equals_llama_cpp(case: GGUFCase, gguf_builder: CaseBuilder,
 
 
 # With CASES, every outtype for SentencePiece (LLaMA 1 f16, LLaMA 2 the rest) and tiktoken
-# (3 f16, 3.1 q8_0 and f32, 3.2 bf16) families: tensors and metadata again.
+# (3 f16, 3.1 q8_0 and f32, 3.2 bf16) families: tensors and metadata again. The rest of the
+# family x outtype matrix runs with `make slow` (about 2 more minutes).
+_DEFAULT_PAIRS = {("llama2-chat", "f32"), ("llama2-chat", "q8_0"), ("llama3.1", "f32")}
+_OUTTYPES = ("bf16", "f16", "f32", "q8_0")
+
+
 @pytest.mark.parametrize("case_id,outtype", [
-    ("llama2-chat", "f32"), ("llama2-chat", "q8_0"), ("llama3.1", "f32"),
+    pytest.param(case.case_id, outtype, id=f"{case.case_id}-{outtype}",
+                 marks=() if (case.case_id, outtype) in _DEFAULT_PAIRS else pytest.mark.slow)
+    for case in CASES if case.family is not Family.LLAMA4
+    for outtype in _OUTTYPES if outtype != case.outtype
 ])
 def test_other_outtypes_equal_llama_cpp(case_id: str, outtype: str, gguf_builder: CaseBuilder,
                                         tmp_path: Path) -> None:
