@@ -225,3 +225,16 @@ def test_llama4_gguf_is_refused_in_one_sentence(tmp_path: Path) -> None:
                     "--max-ram", in_process_budget())
     assert code == 1 and "Llama 4 is not supported yet" in err and "Traceback" not in err
     assert not (tmp_path / "scout.gguf").exists()
+
+
+def test_plan_with_a_gguf_output_plans_that_file_and_writes_nothing(llama3: Path,
+                                                                   tmp_path: Path) -> None:
+    out = io.StringIO()
+    target = tmp_path / "mine-q8.gguf"
+    code = main(["plan", str(llama3), str(target), "--outtype", "q8_0"],
+                console=Console(file=out, width=200), err_console=Console(file=io.StringIO()))
+    text = out.getvalue()
+    assert code == 0
+    assert "GGUF file" in text and "mine-q8.gguf" in text and "Q8_0" in text
+    assert "predicted peak RSS" in text
+    assert list(tmp_path.iterdir()) == []  # plan writes nothing, not even the staging folder

@@ -118,8 +118,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamconv",
-        description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors in "
-                    "one streaming pass, never using more memory than --max-ram. "
+        description="Convert Meta's original LLaMA checkpoints to Hugging Face safetensors (or "
+                    "one GGUF file for llama.cpp) in one streaming pass, never using more "
+                    "memory than --max-ram. "
                     "'convert' is the default command: streamconv --max-ram 8G IN OUT.",
         epilog="examples:\n"
                "  streamconv --max-ram 8G llama-2-7b/ llama-2-7b-hf/\n"
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write time, bytes, peak memory and files as JSON")
     plan = sub.add_parser("plan", help="print what would be converted and how; writes nothing")
     _add_model_options(plan)
+    plan.add_argument("output_dir", type=Path, metavar="OUTPUT", nargs="?",
+                      help="optional: the OUTPUT convert would get (a FILE.gguf plans GGUF "
+                           "output); nothing is written there")
     check = sub.add_parser("verify", help="recompute OUTPUT_DIR from INPUT_DIR and compare every "
                                           "byte, the index, headers, configs and tokenizer files")
     _add_model_options(check)
