@@ -38,19 +38,20 @@ def _embedding(ckpt: Checkpoint, params: MetaParams,
     rows, cols = ckpt.tensors[0][table.name("embedding")].shape
     n = ckpt.n_ranks
     if cols == params.dim and (n == 1 or cols * n != params.dim):
-        return rows * n, 0, "embedding rows x shards"
+        return rows * n, 0, "embedding rows x rank files"
     if cols * n == params.dim:
         return rows, 1, "embedding rows (split by hidden columns)"
-    raise ParamsError(f"{table.name('embedding')} has shape {rows}x{cols} per shard, which fits "
-                      f"neither dim={params.dim} nor dim/{n}; params.json belongs to another model")
+    raise ParamsError(f"{table.name('embedding')} has shape {rows}x{cols} per rank file, which "
+                      f"fits neither dim={params.dim} nor dim/{n}; params.json belongs to another "
+                      "model")
 
 
 def _tied(ckpt: Checkpoint, table: TensorTable) -> bool:
     """Whether output.weight is absent or the embedding itself (sampled, not fully read)."""
-    shard0 = ckpt.tensors[0]
-    if table.name("output") not in shard0:
+    rank0 = ckpt.tensors[0]
+    if table.name("output") not in rank0:
         return True
-    emb, out = shard0[table.name("embedding")], shard0[table.name("output")]
+    emb, out = rank0[table.name("embedding")], rank0[table.name("output")]
     if emb.shape != out.shape or emb.dtype != out.dtype:
         return False
     n = min(_TIE_SAMPLE_BYTES, emb.nbytes)
@@ -156,7 +157,7 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     if ckpt.n_ranks > 1 and split_dim != (0 if family.is_llama3 else 1):
         raise ParamsError(f"{family.label} splits the embedding by "
                           f"{'vocabulary' if family.is_llama3 else 'hidden size'} but these "
-                          "shards split it the other way; check --llama-version")
+                          "rank files split it the other way; check --llama-version")
     n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
     sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
     n_kv, kv_rule = _distinct_kv_heads(ckpt, table, n_kv)

@@ -31,7 +31,7 @@ class ModelSpec:
     rope_scaling: dict[str, Any] | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    embedding_split_dim: int  # 0: vocabulary rows per shard (LLaMA 3), 1: hidden columns
+    embedding_split_dim: int  # 0: vocabulary rows per rank file (LLaMA 3), 1: hidden columns
     bos_token_id: int
     instruct: bool = False
     tensors: TensorTable = field(default=LLAMA_TENSORS, compare=False)

@@ -98,8 +98,8 @@ def check_rank_count(ckpt: Checkpoint, table: TensorTable, merged_rows: int) -> 
         raise missing_ranks_error(ckpt.input_dir, list(range(ckpt.n_ranks, expected)),
                                   ckpt.n_ranks, expected)
     if expected < ckpt.n_ranks:
-        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} shards but their shapes "
-                              f"and params.json make {expected}; remove consolidated files "
+        raise CheckpointError(f"{ckpt.input_dir} holds {ckpt.n_ranks} rank files but their "
+                              f"shapes and params.json make {expected}; remove consolidated files "
                               "that belong to another model")
 
 
@@ -108,11 +108,11 @@ def check_shapes(spec: ModelSpec, ckpt: Checkpoint) -> None:
     splits = {"n_heads": spec.n_heads, "ffn_dim": spec.ffn_dim, "vocab_size": spec.vocab_size}
     for what, size in splits.items():
         if size % n:
-            raise ParamsError(f"{what}={size} does not divide into {n} shards; a shard is "
-                              "missing or extra in the input folder")
+            raise ParamsError(f"{what}={size} does not divide into {n} rank files; a rank file "
+                              "is missing or extra in the input folder")
     if spec.n_kv_heads % n and n % spec.n_kv_heads:
-        raise ParamsError(f"n_kv_heads={spec.n_kv_heads} and {n} shards do not divide either "
-                          "way; a shard is missing or extra in the input folder")
+        raise ParamsError(f"n_kv_heads={spec.n_kv_heads} and {n} rank files do not divide either "
+                          "way; a rank file is missing or extra in the input folder")
     for refs in ckpt.tensors:
         for meta_name, ref in refs.items():
             entry = spec.tensors.lookup(meta_name)
@@ -126,7 +126,7 @@ def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> No
         want = "x".join(map(str, expected))
         raise CheckpointError(f"{ref.meta_name} in {ref.path} has shape {got}, expected {want} "
                               f"for {spec.family.label} with {spec.n_ranks} rank file(s); the file "
-                              "does not belong with params.json and the other shards")
+                              "does not belong with params.json and the other rank files")
 
 
 def source_dtype(ckpt: Checkpoint, table: TensorTable,
@@ -140,6 +140,6 @@ def source_dtype(ckpt: Checkpoint, table: TensorTable,
                 found_dtypes.setdefault(ref.dtype, f"{ref.path.name}:{ref.meta_name}")
     if len(found_dtypes) != 1 or not set(found_dtypes) <= set(dtypes.FLOATS):
         found = ", ".join(f"{d} ({where})" for d, where in found_dtypes.items())
-        raise CheckpointError(f"weights must share one float dtype, found {found}; the shards "
-                              "come from different downloads: fetch them again together")
+        raise CheckpointError(f"weights must share one float dtype, found {found}; the rank "
+                              "files come from different downloads: fetch them again together")
     return next(iter(found_dtypes))

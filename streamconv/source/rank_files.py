@@ -98,7 +98,7 @@ def missing_ranks_error(input_dir: Path, missing: list[int], n_found: int,
                          n_expected: int) -> CheckpointError:
     names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
     return CheckpointError(f"{input_dir} is missing {names} (found {n_found} of {n_expected} "
-                           "shards); download the missing files again")
+                           "rank files); download the missing files again")
 
 
 SCALES_RE = re.compile(r"^fp8_scales_(\d+)\.pt$")

@@ -47,7 +47,7 @@ _MAX_PICKLE_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one shard's tensor lives on disk; no data."""
+    """Where one rank file's tensor lives on disk; no data."""
 
     rank_idx: int
     meta_name: str
@@ -72,8 +72,8 @@ class TensorRef:
 class Checkpoint:
     input_dir: Path
     rank_paths: tuple[Path, ...]
-    tensors: tuple[dict[str, TensorRef], ...]  # one dict per shard, keyed by meta_name
-    # Meta's FP8 release (405B): fp8_scales_N.pt per rank, indexed like the shards; the refs'
+    tensors: tuple[dict[str, TensorRef], ...]  # one dict per rank file, by meta_name
+    # Meta's FP8 release (405B): fp8_scales_N.pt per rank, indexed like the rank files; the refs'
     # rank_idx is n_ranks + rank, their index in read_paths. Empty for every other release.
     scale_paths: tuple[Path, ...] = ()
     scales: tuple[dict[str, TensorRef], ...] = ()
