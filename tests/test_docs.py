@@ -16,6 +16,7 @@ checked:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,7 +33,7 @@ STAGES = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startsw
 OTHER_PROJECTS = ("scripts/get_chat_template.py", "tests/unittest/", "tests/python_tests/")
 # Files of other projects named bare on our own pages.
 OTHER_FILES = {"convert_llama_weights_to_hf.py", "convert_llama4_weights_to_hf.py",
-               "processing_llama4.py", "loader.py"}
+               "processing_llama4.py", "loader.py", "convert_hf_to_gguf.py"}
 # Generated folders and run-time files that the docs name but the tree does not hold.
 NOT_IN_TREE = ("benchmarks/cache", "benchmarks/results/raw", "demo/")
 
@@ -42,7 +43,13 @@ MODULE = re.compile(r"^(streamconv|fixtures|benchmarks)(\.[a-z_0-9]+)+$")
 
 
 def _all_files() -> set[str]:
-    return {p.name for p in REPO.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts}
+    """Names of the repository's own files: the venvs (.venv-gguf holds llama.cpp's sources),
+    .git and other hidden folders are not walked."""
+    names: set[str] = set()
+    for _folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "demo"]
+        names.update(files, subfolders)
+    return names
 
 
 def _candidates(token: str) -> list[str]:
