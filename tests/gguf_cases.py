@@ -40,6 +40,7 @@ class GGUFCase:
     outtype: str
     real_tokenizer: Path | None  # None: the fixture's synthetic tokenizer
     llama4: str | None = None  # "scout" / "maverick": fixtures/llama4_layout.py's shapes
+    ranks: int = 1  # Llama 4: rank files (more than one: the experts' bands come from each)
 
     @property
     def checkpoint_spec(self) -> SyntheticSpec:
@@ -49,6 +50,12 @@ class GGUFCase:
             32016 if self.real_tokenizer == CODE_LLAMA_TOKENIZER else 32000)
         return tiny(self.family, vocab_size=vocab, params_vocab_size=vocab if
                     self.family.is_llama3 else -1, with_tokenizer=False)
+
+    @property
+    def unknown_pre_tokenizer(self) -> str | None:
+        """What llama_cpp_convert must name the pre-tokenizer (a synthetic Llama 4 vocabulary:
+        gguf_oracle.llama_cpp_convert says why)."""
+        return "llama4" if self.family is Family.LLAMA4 and self.real_tokenizer is None else None
 
     @property
     def convert_args(self) -> list[str]:
@@ -79,7 +86,7 @@ CASES = (
     GGUFCase("llama4-scout-instruct", Family.LLAMA4, True, "Llama-4-Scout-17B-16E-Instruct",
              "bf16", LLAMA4_TOKENIZER, llama4="scout"),
     GGUFCase("llama4-maverick", Family.LLAMA4, False, "Llama-4-Maverick-17B-128E", "f16",
-             None, llama4="maverick"),
+             None, llama4="maverick", ranks=2),
 )
 LLAMA4_RANKS = 3000  # + 2048 specials
 
@@ -118,23 +125,23 @@ class CaseBuilder:
         if source is not None and not source.is_file():
             pytest.skip(f"{source} not available (../shared/data, or .venv-meta for Llama 4)")
         if case.llama4 is not None:
-            checkpoint = _write_llama4(case.llama4, folder / "meta", real=source is not None)
+            checkpoint = _write_llama4(case.llama4, folder / "meta", real=source is not None,
+                                       n_shards=case.ranks)
         else:
             checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
         if source is not None:
             shutil.copyfile(source, checkpoint / "tokenizer.model")
-        pre = "llama4" if case.family is Family.LLAMA4 and source is None else None
         hf_dir = folder / case.hf_name
         argv = [str(checkpoint), str(hf_dir), "--quiet", "--max-ram", in_process_budget(),
                 *case.convert_args]
         assert main(argv) == 0
         theirs = llama_cpp_convert(
             hf_dir, folder / f"llama-cpp-{case.outtype}.gguf", outtype=case.outtype,
-            unknown_pre_tokenizer=pre)
+            unknown_pre_tokenizer=case.unknown_pre_tokenizer)
         return BuiltCase(case, checkpoint, hf_dir, theirs)
 
 
-def _write_llama4(shape: str, folder: Path, *, real: bool) -> Path:
+def _write_llama4(shape: str, folder: Path, *, real: bool, n_shards: int) -> Path:
     from llama4_fixture import write_llama4_checkpoint
 
     from fixtures.llama4_layout import VisionSpec, maverick_like, scout_like
@@ -142,7 +149,7 @@ def _write_llama4(shape: str, folder: Path, *, real: bool) -> Path:
 
     like = scout_like if shape == "scout" else maverick_like
     ranks = 200000 if real else LLAMA4_RANKS  # Meta's: 200,000 ranks + 2,048 specials
-    spec = like(vision=VisionSpec(), n_shards=1, vocab_size=ranks + 2048)
+    spec = like(vision=VisionSpec(), n_shards=n_shards, vocab_size=ranks + 2048)
     checkpoint = write_llama4_checkpoint(spec, folder)
     if not real:
         write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",

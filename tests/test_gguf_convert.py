@@ -214,17 +214,36 @@ def test_sigkill_then_resume_is_byte_identical(mid: Path, tmp_path: Path) -> Non
     assert not gguf_staging(out).exists()
 
 
-def test_llama4_gguf_is_refused_in_one_sentence(tmp_path: Path) -> None:
+def test_llama4_gguf_verifies_and_names_a_changed_expert(tmp_path: Path) -> None:
+    """Llama 4's experts are band-transposed on the way (layout.py _band_blocks); verify runs
+    the same jobs and finds a flipped byte in a transposed expert. (The bytes themselves are
+    llama.cpp's: tests/test_gguf_llama_cpp.py.)"""
     from llama4_fixture import write_llama4_checkpoint
 
-    from fixtures.llama4_layout import VisionSpec, scout_like
+    from fixtures.llama4_layout import VisionSpec, maverick_like
+    from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 
-    checkpoint = write_llama4_checkpoint(scout_like(n_shards=1, vision=VisionSpec()),
-                                         tmp_path / "scout")
-    code, err = run(str(checkpoint), str(tmp_path / "scout.gguf"), "--no-tokenizer",
-                    "--max-ram", in_process_budget())
-    assert code == 1 and "Llama 4 is not supported yet" in err and "Traceback" not in err
-    assert not (tmp_path / "scout.gguf").exists()
+    checkpoint = write_llama4_checkpoint(
+        maverick_like(n_shards=2, vision=VisionSpec(), vocab_size=3000 + 2048), tmp_path / "mav")
+    write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken", vocab_size=3000,
+                              style="llama4")
+    out = tmp_path / "mav.gguf"
+    budget = in_process_budget()
+    assert run(str(checkpoint), str(out), "--quiet", "--outtype", "q8_0", "--max-ram",
+               budget)[0] == 0
+    assert run("verify", str(checkpoint), str(out), "--max-ram", budget) == (0, "")
+    reader = gguf.GGUFReader(out)
+    names = [t.name for t in reader.tensors]
+    assert "blk.1.ffn_gate_exps.weight" in names
+    assert not any(n.startswith(("v.", "mm.")) for n in names)  # the vision tower: mmproj
+    target = next(t for t in reader.tensors if t.name == "blk.1.ffn_down_exps.weight")
+    with open(out, "r+b") as f:
+        f.seek(target.data_offset + target.n_bytes - 3)
+        byte = f.read(1)
+        f.seek(target.data_offset + target.n_bytes - 3)
+        f.write(bytes([byte[0] ^ 1]))
+    code, err = run("verify", str(checkpoint), str(out), "--max-ram", budget)
+    assert code == 1 and "does not match" in err and "Traceback" not in err
 
 
 def test_plan_with_a_gguf_output_plans_that_file_and_writes_nothing(llama3: Path,
@@ -238,3 +257,36 @@ def test_plan_with_a_gguf_output_plans_that_file_and_writes_nothing(llama3: Path
     assert "GGUF file" in text and "mine-q8.gguf" in text and "Q8_0" in text
     assert "predicted peak RSS" in text
     assert list(tmp_path.iterdir()) == []  # plan writes nothing, not even the staging folder
+
+
+def test_llama4_real_expert_shape_plans_whole_experts_within_1g(tmp_path: Path) -> None:
+    """Scout's real layer (8 rank files, sparse: no data): a down-projection job holds whole
+    experts (its rank bands are column bands), gate/up jobs whole rank bands, and the plan runs
+    fewer slots rather than predict a peak over --max-ram."""
+    from fixtures.llama4_layout import scout
+    from fixtures.llama4_synthetic import write_llama4_sparse
+    from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+    from streamconv.model.tensor_table import OutputFormat
+    from streamconv.pipeline.preparation import ConvertOptions, prepare
+
+    spec = scout(n_layers=1)
+    checkpoint = write_llama4_sparse(spec, tmp_path / "scout")
+    write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",
+                              vocab_size=spec.vocab_size - 2048, style="llama4")
+    for outtype in ("bf16", "q8_0"):
+        prepared = prepare(checkpoint, ConvertOptions(
+            max_ram_bytes=1 << 30, output_format=OutputFormat.GGUF, outtype=outtype,
+            gguf_name="scout.gguf"))
+        plan = prepared.plan
+        assert plan.predicted_peak_bytes <= 1 << 30
+        down = [j for j in plan.jobs if j.hf_name.endswith("experts.down_proj.weight")]
+        gate = [j for j in plan.jobs if j.hf_name.endswith("experts.gate_proj.weight")]
+        assert down and gate
+        assert all(j.row_start % spec.dim == 0 and j.row_stop % spec.dim == 0 for j in down)
+        assert all(b.transpose for j in down + gate for b in j.blocks)
+        assert prepared.gguf is not None
+        gguf_gate = next(t for t in prepared.gguf.tensors
+                         if t.gguf_name == "blk.0.ffn_gate_exps.weight")
+        moe_ffn = gguf_gate.shape[1]
+        assert gate[0].blocks[0].n_rows * 8 == moe_ffn  # one rank's band of an expert
+        assert all((j.row_stop - j.row_start) % (moe_ffn // 8) == 0 for j in gate)

@@ -27,9 +27,7 @@ from gguf_oracle import (
 from streamconv.cli.main import main
 from streamconv.model.family import Family
 
-# Llama 4 GGUF tensors are not written yet (docs/gguf.md): its cases are gguf_metadata's only.
-CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES
-               if case.family is not Family.LLAMA4]
+CASE_PARAMS = [pytest.param(case, id=case.case_id) for case in CASES]
 BY_ID = {case.case_id: case for case in CASES}
 
 
@@ -57,20 +55,22 @@ def test_file_equals_llama_cpp(case: GGUFCase, gguf_builder: CaseBuilder,
 # With CASES, every outtype for SentencePiece (LLaMA 1 f16, LLaMA 2 the rest) and tiktoken
 # (3 f16, 3.1 q8_0 and f32, 3.2 bf16) families: tensors and metadata again. The rest of the
 # family x outtype matrix runs with `make slow` (about 2 more minutes).
-_DEFAULT_PAIRS = {("llama2-chat", "f32"), ("llama2-chat", "q8_0"), ("llama3.1", "f32")}
+_DEFAULT_PAIRS = {("llama2-chat", "f32"), ("llama2-chat", "q8_0"), ("llama3.1", "f32"),
+                  ("llama4-scout-instruct", "q8_0")}
 _OUTTYPES = ("bf16", "f16", "f32", "q8_0")
 
 
 @pytest.mark.parametrize("case_id,outtype", [
     pytest.param(case.case_id, outtype, id=f"{case.case_id}-{outtype}",
                  marks=() if (case.case_id, outtype) in _DEFAULT_PAIRS else pytest.mark.slow)
-    for case in CASES if case.family is not Family.LLAMA4
+    for case in CASES
     for outtype in _OUTTYPES if outtype != case.outtype
 ])
 def test_other_outtypes_equal_llama_cpp(case_id: str, outtype: str, gguf_builder: CaseBuilder,
                                         tmp_path: Path) -> None:
     built = gguf_builder(BY_ID[case_id])
-    theirs = llama_cpp_convert(built.hf_dir, tmp_path / "theirs.gguf", outtype=outtype)
+    theirs = llama_cpp_convert(built.hf_dir, tmp_path / "theirs.gguf", outtype=outtype,
+                               unknown_pre_tokenizer=built.case.unknown_pre_tokenizer)
     mine = ours(built, tmp_path / "ours.gguf", outtype=outtype)
     assert gguf_differences(mine, theirs) == []
 

@@ -15,7 +15,15 @@ The expert reshapes come from the sizes (experts, moe_ffn, ranks), not from cons
 
 from __future__ import annotations
 
-from streamconv.model.tensor_table import Split, TensorEntry, TensorTable, Transform
+from dataclasses import replace
+
+from streamconv.model.tensor_table import (
+    OutputFormat,
+    Split,
+    TensorEntry,
+    TensorTable,
+    Transform,
+)
 
 _TEXT = "language_model.model."
 _LAYER = _TEXT + "layers.{layer}."
@@ -28,12 +36,17 @@ def _text(role: str, hf_suffix: str, meta_suffix: str, shape: tuple[str, ...], s
           *, layers: str = "all", meta_shape: tuple[str, ...] | None = None,
           part: tuple[str, str] | None = None, col_offset: str | None = None,
           stack: str | None = None, transform: Transform | None = None,
-          fp8: tuple[str, str] | None = None) -> TensorEntry:
+          fp8: tuple[str, str] | None = None,
+          formats: frozenset[OutputFormat] | None = None) -> TensorEntry:
     return TensorEntry(role, _LAYER + hf_suffix, "layers.{layer}." + meta_suffix, shape, split,
                        transform, layers=layers, meta_shape=meta_shape, part=part,
                        col_offset=col_offset, stack=stack,
                        fp8_scale=fp8 and "layers.{layer}.feed_forward.experts." + fp8[0],
-                       fp8_scale_rows=fp8 and fp8[1])
+                       fp8_scale_rows=fp8 and fp8[1], formats=formats)
+
+
+_HF_ONLY = frozenset({OutputFormat.SAFETENSORS})
+_GGUF_ONLY = frozenset({OutputFormat.GGUF})
 
 
 _EXPERTS_IN = ("experts * dim", "moe_ffn")  # each rank: (E*D, F/ranks), F split
@@ -62,15 +75,33 @@ _TEXT_ENTRIES = (
           transform=Transform.TRANSPOSE),
     _text("experts_gate", "feed_forward.experts.gate_up_proj",
           "feed_forward.experts.moe_w_in_eD_F", _GATE_UP, Split.COLS, layers="moe",
-          meta_shape=_EXPERTS_IN, col_offset="0", fp8=("w1", "dim")),
+          meta_shape=_EXPERTS_IN, col_offset="0", fp8=("w1", "dim"), formats=_HF_ONLY),
     _text("experts_up", "feed_forward.experts.gate_up_proj",
           "feed_forward.experts.moe_w_swiglu_eD_F", _GATE_UP, Split.COLS, layers="moe",
-          meta_shape=_EXPERTS_IN, col_offset="moe_ffn", fp8=("w3", "dim")),
+          meta_shape=_EXPERTS_IN, col_offset="moe_ffn", fp8=("w3", "dim"), formats=_HF_ONLY),
     # Each rank: (E*F/ranks, D), every expert's slice of F in turn.
     _text("experts_down", "feed_forward.experts.down_proj",
           "feed_forward.experts.moe_w_out_eF_D", ("experts", "moe_ffn", "dim"), Split.ROWS,
           layers="moe", meta_shape=("experts * moe_ffn", "dim"), stack="experts",
-          fp8=("w2", "moe_ffn // ranks")),
+          fp8=("w2", "moe_ffn // ranks"), formats=_HF_ONLY),
+    # llama.cpp's llama4 experts (conversion/llama.py Llama4Model.modify_tensors): gate_up_proj
+    # transposed and split into gate and up, (experts, moe_ffn, dim) each; down_proj
+    # transposed, (experts, dim, moe_ffn). Named as the converter names them before gguf-py's
+    # table maps them (ffn_gate_exps, ffn_up_exps, ffn_down_exps). A rank's (dim, moe_ffn //
+    # ranks) band of an expert in w1/w3 is that expert's rows of the rank's moe_ffn slice,
+    # transposed; its (moe_ffn // ranks, dim) band in w2 is a column band of the expert.
+    _text("experts_gate_t", "feed_forward.experts.gate_proj.weight",
+          "feed_forward.experts.moe_w_in_eD_F", ("experts", "moe_ffn", "dim"), Split.COLS,
+          layers="moe", meta_shape=_EXPERTS_IN, stack="experts",
+          transform=Transform.BAND_TRANSPOSE, formats=_GGUF_ONLY),
+    _text("experts_up_t", "feed_forward.experts.up_proj.weight",
+          "feed_forward.experts.moe_w_swiglu_eD_F", ("experts", "moe_ffn", "dim"), Split.COLS,
+          layers="moe", meta_shape=_EXPERTS_IN, stack="experts",
+          transform=Transform.BAND_TRANSPOSE, formats=_GGUF_ONLY),
+    _text("experts_down_t", "feed_forward.experts.down_proj.weight",
+          "feed_forward.experts.moe_w_out_eF_D", ("experts", "dim", "moe_ffn"), Split.ROWS,
+          layers="moe", meta_shape=("experts * moe_ffn", "dim"), stack="experts",
+          transform=Transform.BAND_TRANSPOSE, formats=_GGUF_ONLY),
     _text("shared_gate", "feed_forward.shared_expert.gate_proj.weight",
           "feed_forward.w_in_shared_FD.weight", ("moe_ffn", "dim"), Split.ROWS, layers="moe"),
     _text("shared_up", "feed_forward.shared_expert.up_proj.weight",
@@ -163,5 +194,7 @@ _IGNORED = ("rope.freqs", "freq_cis", "layers.{layer}.feed_forward.expert_activa
             "layers.{layer}.feed_forward.running_gate_stats_3E")
 
 # transformers' Llama4ForConditionalGeneration lists vision_model, multi_modal_projector, then
-# language_model.
-LLAMA4_TENSORS = TensorTable(entries=(*_VISION_ENTRIES, *_TEXT_ENTRIES), ignored=_IGNORED)
+# language_model. The vision tower goes to llama.cpp's separate mmproj file, not the text GGUF.
+LLAMA4_TENSORS = TensorTable(
+    entries=(*(replace(e, formats=_HF_ONLY) for e in _VISION_ENTRIES), *_TEXT_ENTRIES),
+    ignored=_IGNORED)

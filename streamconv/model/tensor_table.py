@@ -79,10 +79,15 @@ class Transform(enum.Enum):
     (runtime/transforms.py). Room for the next ones (slices of a fused tensor, stacked experts,
     transposes) is here. TRANSPOSE: the rank tensor is the Hugging Face tensor transposed (Llama
     4's router_DE, a (dim, experts) matrix stored for x @ W); such a tensor is small and is
-    converted in one job."""
+    converted in one job. BAND_TRANSPOSE: a stacked tensor (experts) whose every rank's band of
+    a unit is written transposed (GGUF's expert tensors, stored for W @ x where Meta and Hugging
+    Face store x @ W): each band is one contiguous rank read, transposed into a rectangle of
+    the unit, so jobs are cut at whole bands and a band's staging is counted by the planner
+    like any block's."""
 
     ROTARY = "rotary"
     TRANSPOSE = "transpose"
+    BAND_TRANSPOSE = "band_transpose"
 
 
 class OutputFormat(enum.Enum):
@@ -99,7 +104,7 @@ class OutputFormat(enum.Enum):
 # undo_permute = True), so a Meta tensor goes into the GGUF file unpermuted.
 FORMAT_TRANSFORMS: Mapping[OutputFormat, frozenset[Transform]] = {
     OutputFormat.SAFETENSORS: frozenset({Transform.ROTARY, Transform.TRANSPOSE}),
-    OutputFormat.GGUF: frozenset({Transform.TRANSPOSE}),
+    OutputFormat.GGUF: frozenset({Transform.TRANSPOSE, Transform.BAND_TRANSPOSE}),
 }
 
 
@@ -138,6 +143,12 @@ class TensorEntry:
     # the layer index) and how many stored rows share one vector of column scales.
     fp8_scale: str | None = None
     fp8_scale_rows: str | None = None
+    # The output formats that write this entry (None: all). Llama 4's experts are one Hugging
+    # Face tensor but two transposed GGUF ones; its vision tower is not in the text GGUF.
+    formats: frozenset[OutputFormat] | None = None
+
+    def written_in(self, output_format: OutputFormat) -> bool:
+        return self.formats is None or output_format in self.formats
 
     @property
     def per_layer(self) -> bool:
@@ -150,14 +161,17 @@ class TensorTable:
     # Meta tensors the conversion drops: buffers the model recomputes.
     ignored: tuple[str, ...] = ()
 
-    def entries_in_order(self, layers: int | LayerSets
+    def entries_in_order(self, layers: int | LayerSets,
+                         output_format: OutputFormat = OutputFormat.SAFETENSORS
                          ) -> Iterator[tuple[TensorEntry, int | None]]:
         """(entry, layer index) in the order save_pretrained writes the tensors: entries outside
         the layers as they come; each run of per-layer entries layer by layer (the entries of
-        a layer that exist in it), so a table lists its model's modules in order."""
+        a layer that exist in it), so a table lists its model's modules in order. Only the
+        entries `output_format` writes (the Hugging Face ones by default)."""
         sets = uniform_layers(layers) if isinstance(layers, int) else layers
         run: list[TensorEntry] = []
-        for entry in (*self.entries, None):
+        written = [e for e in self.entries if e.written_in(output_format)]
+        for entry in (*written, None):
             if entry is not None and entry.per_layer:
                 run.append(entry)
                 continue
@@ -178,8 +192,10 @@ class TensorTable:
         return list(dict.fromkeys(names))
 
     def lookup(self, meta_tensor_name: str) -> TensorEntry | None:
+        """The (first Hugging Face) entry reading a Meta tensor."""
         pattern = _pattern_of(meta_tensor_name)
-        return next((e for e in self.entries if e.meta_name == pattern), None)
+        return next((e for e in self.entries if e.meta_name == pattern
+                     and e.written_in(OutputFormat.SAFETENSORS)), None)
 
     def entry(self, role: str) -> TensorEntry:
         return next(e for e in self.entries if e.role == role)

@@ -160,12 +160,12 @@ def _gguf_layout(spec: ModelSpec, layouts: list[TensorLayout], options: ConvertO
     """The GGUF file's layout; its header holds the tokenizer, so that is built first (2-3 s)."""
     from streamconv.model.gguf_metadata import auto_outtype, gguf_metadata
 
-    if spec.family is Family.LLAMA4:
-        # llama.cpp's llama4 tensors are the experts transposed (conversion/llama.py
-        # Llama4Model.modify_tensors); the executor transposes only whole small tensors.
-        raise OutputError("GGUF output for Llama 4 is not supported yet; convert to a Hugging "
-                          "Face folder (an OUTPUT_DIR without .gguf) and run llama.cpp's "
-                          "convert_hf_to_gguf.py on it")
+    if spec.family is Family.LLAMA4 and spec.quantized:
+        # The FP8 experts' column scales are applied to untransposed rows (executor.py); the
+        # GGUF experts are transposed bands of them.
+        raise OutputError("GGUF output for Llama 4's FP8 release is not supported yet; convert "
+                          "to a Hugging Face folder (an OUTPUT_DIR without .gguf) and run "
+                          "llama.cpp's convert_hf_to_gguf.py on it")
     if tokenizer_path is None:
         raise TokenizerError("a GGUF file needs the tokenizer (llama.cpp reads it from the "
                              "file); copy Meta's tokenizer.model next to params.json instead "

@@ -26,16 +26,18 @@ the writer's format (tests/test_gguf_layout.py compares them with GGUFWriter's).
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gguf
 
+from streamconv.model.family import Family
 from streamconv.model.gguf_metadata import GGUFEntry as Entry
 from streamconv.model.spec import ModelSpec
 from streamconv.planning.encoding import Encoding, can_quantize_q8_0, q8_0_row_bytes
-from streamconv.planning.layout import TensorLayout
+from streamconv.planning.layout import TensorLayout, hf_layouts
 from streamconv.planning.output_files import OutputFile, OutputTensor, layout_output_files
 from streamconv.source.fp8_scales import FP8_DTYPE
 from streamconv.system import dtypes
@@ -59,9 +61,32 @@ class GGUFTensor:
     nbytes: int
 
 
-def tensor_type(layout: TensorLayout, gguf_name: str, *, outtype: str) -> GGMLType:
+# Tensors ModelBase.prepare_tensors always keeps in F32 ("Some tensor types are always in
+# float32"), those of its list an architecture can hold (Llama 4's router is FFN_GATE_INP).
+_ALWAYS_F32 = ("FFN_GATE_INP", "FFN_GATE_INP_SHEXP", "POS_EMBD", "TOKEN_TYPES",
+               "SSM_CONV1D", "SHORTCONV_CONV", "TIME_MIX_FIRST", "TIME_MIX_W1", "TIME_MIX_W2",
+               "TIME_MIX_DECAY_W1", "TIME_MIX_DECAY_W2", "TIME_MIX_LERP_FUSED", "POSNET_NORM1",
+               "POSNET_NORM2", "V_ENC_EMBD_POS", "A_ENC_EMBD_POS", "ALTUP_CORRECT_COEF",
+               "ALTUP_PREDICT_COEF", "SSM_CONV1D_Q", "SSM_CONV1D_K", "SSM_CONV1D_V",
+               "INDEXER_PROJ")
+
+
+def _always_f32(gguf_name: str, arch: gguf.MODEL_ARCH) -> bool:
+    for key_name in _ALWAYS_F32:
+        key = getattr(gguf.MODEL_TENSOR, key_name, None)
+        if key is None or key not in gguf.MODEL_TENSORS[arch]:
+            continue
+        pattern = re.escape(gguf.TENSOR_NAMES[key] + ".weight").replace(r"\{bid\}", r"\d+")
+        if re.fullmatch(pattern, gguf_name):
+            return True
+    return False
+
+
+def tensor_type(layout: TensorLayout, gguf_name: str, *, outtype: str,
+                arch: gguf.MODEL_ARCH = gguf.MODEL_ARCH.LLAMA) -> GGMLType:
     """ModelBase.prepare_tensors' choice for one tensor."""
-    if len(layout.shape) <= 1 or gguf_name.endswith("_norm.weight"):
+    if (len(layout.shape) <= 1 or gguf_name.endswith("_norm.weight")
+            or _always_f32(gguf_name, arch)):
         return GGMLType.F32
     chosen = _OUTTYPE_TYPES[outtype]
     if chosen is GGMLType.Q8_0 and not can_quantize_q8_0(layout.n_cols):
@@ -82,25 +107,40 @@ def encoding_for(layout: TensorLayout, ggml_type: GGMLType, *, hf_dtype: DType) 
     return Encoding(stored)
 
 
-def gguf_names(layouts: Sequence[TensorLayout], *, n_layers: int) -> dict[str, str]:
-    """Hugging Face name -> GGUF name, by gguf-py's tensor-name table."""
-    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+def gguf_names(layouts: Sequence[TensorLayout], *, n_layers: int,
+               arch: gguf.MODEL_ARCH = gguf.MODEL_ARCH.LLAMA) -> dict[str, str]:
+    """Hugging Face name -> GGUF name, by gguf-py's tensor-name table (after the converter's
+    ModelBase.filter_tensors drops Llama 4's `language_model.` prefix)."""
+    table = gguf.get_tensor_name_map(arch, n_layers)
     names = {}
     for layout in layouts:
-        name = table.get_name(layout.hf_name, try_suffixes=(".weight", ".bias"))
+        name = table.get_name(layout.hf_name.replace("language_model.", ""),
+                              try_suffixes=(".weight", ".bias"))
         if name is None:
             raise AssertionError(f"gguf-py has no LLaMA name for {layout.hf_name}")
         names[layout.hf_name] = name
     return names
 
 
-def llama_cpp_order(layouts: Sequence[TensorLayout], *, hf_dtype: DType,
-                    hf_shard_bytes: int) -> list[TensorLayout]:
-    """The order llama.cpp's converter meets the tensors of streamconv's Hugging Face folder."""
-    shards = layout_output_files(list(layouts), dtype=hf_dtype, max_shard_bytes=hf_shard_bytes)
-    by_name = {layout.hf_name: layout for layout in layouts}
-    return [by_name[name] for shard in sorted(shards, key=lambda f: f.name)
-            for name in sorted(t.layout.hf_name for t in shard.tensors)]
+def llama_cpp_order(layouts: Sequence[TensorLayout], *, hf_dtype: DType, hf_shard_bytes: int,
+                    hf_tensors: Sequence[TensorLayout] | None = None) -> list[TensorLayout]:
+    """The order llama.cpp's converter meets the tensors of streamconv's Hugging Face folder
+    (`hf_tensors`, when the GGUF tensors are not the folder's own). A GGUF tensor the folder
+    does not hold under its name (Llama 4's transposed experts) comes where the folder's
+    tensor made of its Meta tensor comes, in table order (gate before up, as
+    Llama4Model.modify_tensors yields them); folder tensors the GGUF lacks (the vision tower)
+    are skipped."""
+    folder = list(layouts if hf_tensors is None else hf_tensors)
+    shards = layout_output_files(folder, dtype=hf_dtype, max_shard_bytes=hf_shard_bytes)
+    folder_names = {layout.hf_name for layout in folder}
+    by_source: dict[str, list[TensorLayout]] = {}
+    for layout in layouts:
+        source = layout.hf_name if layout.hf_name in folder_names else next(
+            t.hf_name for t in folder if layout.meta_name in {p.meta_name for p in t.pieces})
+        by_source.setdefault(source, []).append(layout)
+    return [layout for shard in sorted(shards, key=lambda f: f.name)
+            for name in sorted(t.layout.hf_name for t in shard.tensors)
+            for layout in by_source.get(name, [])]
 
 
 def rope_freqs(spec: ModelSpec) -> bytes | None:
@@ -211,8 +251,10 @@ def layout_gguf_file(spec: ModelSpec, layouts: Sequence[TensorLayout], *, file_n
     """The whole file before a byte is written. Generated tensors (rope_freqs) are constants:
     their bytes are part of the file's header area, written with it, so jobs fill only the
     Meta tensors, at offsets relative to OutputFile.data_start."""
-    ordered = llama_cpp_order(layouts, hf_dtype=spec.dtype, hf_shard_bytes=hf_shard_bytes)
-    names = gguf_names(ordered, n_layers=spec.n_layers)
+    ordered = llama_cpp_order(layouts, hf_dtype=spec.dtype, hf_shard_bytes=hf_shard_bytes,
+                              hf_tensors=hf_layouts(spec))
+    arch = gguf.MODEL_ARCH.LLAMA4 if spec.family is Family.LLAMA4 else gguf.MODEL_ARCH.LLAMA
+    names = gguf_names(ordered, n_layers=spec.n_layers, arch=arch)
     tensors: list[GGUFTensor] = []
     constant = b""
     freqs = rope_freqs(spec)
@@ -222,7 +264,7 @@ def layout_gguf_file(spec: ModelSpec, layouts: Sequence[TensorLayout], *, file_n
         constant = freqs + bytes(_pad(len(freqs)) - len(freqs))
     encodings: dict[str, Encoding] = {}
     for layout in ordered:
-        ggml_type = tensor_type(layout, names[layout.hf_name], outtype=outtype)
+        ggml_type = tensor_type(layout, names[layout.hf_name], outtype=outtype, arch=arch)
         encodings[layout.hf_name] = encoding_for(layout, ggml_type, hf_dtype=spec.dtype)
         tensors.append(GGUFTensor(names[layout.hf_name], ggml_type, layout.shape,
                                   _stored_bytes(layout, ggml_type)))

@@ -208,6 +208,10 @@ def _choose_slots(layouts: list[TensorLayout], *, encodings: Encodings,
             f"use --max-ram {format_flag_size(min_budget)} or more")
     for depth in range(MAX_DEPTH, 0, -1):
         out_cap = int((avail - depth * slack) / (depth * (1 + stage_ratio)))
+        if out_cap < widest and depth > 1:
+            # A job is at least one unit (a whole expert of Llama 4's transposed GGUF
+            # experts): fewer slots rather than slots over the budget.
+            continue
         if out_cap >= min(GOOD_PIECE_BYTES, largest) or depth == 1:
             return depth, max(min(out_cap, MAX_PIECE_BYTES), widest)
     raise AssertionError("unreachable")

@@ -28,6 +28,7 @@ from streamconv.model.tensor_table import (
     meta_name,
     rank_shape,
     rotary_head_dim,
+    transform_in,
 )
 from streamconv.source.fp8_scales import FP8_DTYPE, ScaleLayout, row_scale_layout
 from streamconv.system.dtypes import DType
@@ -47,6 +48,9 @@ class Piece:
     unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0 for the other splits)
     stack: int = 1  # ROWS: stacked units (experts), each split across the ranks
     transpose: bool = False  # the rank tensor is this tensor transposed
+    # Each rank's band of a stacked unit is transposed (Transform.BAND_TRANSPOSE): COLS, the
+    # ranks' bands are stacked down the unit's rows; ROWS, side by side across its columns.
+    band_transpose: bool = False
     scale: ScaleLayout | None = None  # fp8 only: where its scales are and what they scale
 
 
@@ -85,7 +89,18 @@ class TensorLayout:
         tensor when it is transposed on the way)."""
         if any(p.transpose for p in self.pieces):
             return self.n_rows
+        bands = [_band_rows(p, self.n_rows) for p in self.pieces if p.band_transpose]
+        if bands:
+            return max(bands)
         return self.rotary_head_dim or 1
+
+
+def _band_rows(piece: Piece, n_rows: int) -> int:
+    """Output rows one rank band of a band-transposed piece fills: the rank's columns (COLS),
+    or a whole unit (ROWS: each band is a column band of the unit's rows)."""
+    if piece.split is Split.COLS:
+        return piece.src_shape[-1]
+    return n_rows // piece.stack
 
 
 @dataclass(frozen=True)
@@ -105,21 +120,24 @@ class CopyBlock:
 
 
 def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
-           dims: dict[str, int]) -> Piece:
+           dims: dict[str, int], output_format: OutputFormat) -> Piece:
     src_shape = rank_shape(entry, spec)
     split = effective_split(entry, spec)
     stack = evaluate(entry.stack, dims) if entry.stack else 1
     row_offset, unit_rows = 0, 0
+    transform = transform_in(entry, output_format)
+    band = transform is Transform.BAND_TRANSPOSE
     if entry.part is not None:
         row_offset, unit_rows = (evaluate(e, dims) for e in entry.part)
-    elif split is Split.ROWS:
+    elif split is Split.ROWS or band:
         unit_rows = src_shape[0] // stack
     meta_cols = meta_full_shape(entry, spec)[-1]
-    transpose = entry.transform is Transform.TRANSPOSE
-    n_cols = full_shape(entry, spec)[-1] if split is Split.ROWS or transpose else meta_cols
+    transpose = transform is Transform.TRANSPOSE
+    n_cols = (full_shape(entry, spec)[-1] if split is Split.ROWS or transpose or band
+              else meta_cols)
     col_offset = evaluate(entry.col_offset, dims) if entry.col_offset else 0
     return Piece(meta_name(entry, layer_idx), split, src_shape, n_cols, col_offset, row_offset,
-                 unit_rows, stack, transpose)
+                 unit_rows, stack, transpose, band)
 
 
 def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
@@ -132,13 +150,13 @@ def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
         quantized = spec.quantized
     dims = dims_of(spec)
     found: dict[str, tuple[tuple[int, ...], list[Piece], int | None]] = {}
-    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets):
+    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets, output_format):
         if entry.unless_tied and spec.tie_word_embeddings:
             continue
         name = hf_name(entry, layer_idx)
         shape, pieces, rotary = found.setdefault(
             name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec, output_format)))
-        pieces.append(_piece(entry, layer_idx, spec, dims))
+        pieces.append(_piece(entry, layer_idx, spec, dims, output_format))
     layouts = []
     for name, (shape, pieces, rotary) in found.items():
         if pieces[0].meta_name not in quantized:
@@ -159,6 +177,8 @@ def _replicas(piece: Piece, layout: TensorLayout, n_ranks: int) -> int:
 def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
                   row_stop: int) -> list[CopyBlock]:
     n_rows = row_stop - row_start
+    if piece.band_transpose:
+        return _band_blocks(piece, layout, n_ranks, row_start, row_stop)
     if piece.transpose:
         assert (row_start, row_stop) == (0, layout.n_rows), "a transposed tensor is one job"
         return [CopyBlock(0, piece.meta_name, 0, n_rows, 0, piece.col_offset, piece.n_cols,
@@ -187,6 +207,27 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
     return blocks
 
 
+def _band_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
+                 row_stop: int) -> list[CopyBlock]:
+    """One transposed block per rank band: the rank's rows of one unit (unit_rows of them, a
+    contiguous read) become a rectangle of the unit, unit_rows wide."""
+    unit = layout.n_rows // piece.stack
+    band = _band_rows(piece, layout.n_rows)
+    assert row_start % band == 0 and row_stop % band == 0, "jobs cut at whole bands"
+    blocks = []
+    for row in range(row_start, row_stop, band):
+        stacked, within = divmod(row, unit)
+        src_row = stacked * piece.unit_rows
+        if piece.split is Split.COLS:
+            blocks.append(CopyBlock(within // band, piece.meta_name, src_row, band, row,
+                                    piece.col_offset, piece.unit_rows, transpose=True))
+            continue
+        blocks += [CopyBlock(rank, piece.meta_name, src_row, band, row,
+                             piece.col_offset + rank * piece.unit_rows, piece.unit_rows,
+                             transpose=True) for rank in range(n_ranks)]
+    return blocks
+
+
 def copy_blocks(layout: TensorLayout, spec: ModelSpec, row_start: int,
                 row_stop: int) -> list[CopyBlock]:
     """The rank reads that produce rows [row_start, row_stop) of one output tensor.
@@ -202,7 +243,7 @@ def replica_ranks(piece: Piece, layout: TensorLayout, spec: ModelSpec) -> list[l
     """For each distinct row group of a piece, every rank holding a copy (agreement checks)."""
     if piece.split is Split.REPLICATED:
         return [list(range(spec.n_ranks))]
-    if piece.split is Split.COLS:
+    if piece.split is Split.COLS or piece.band_transpose:
         return [[s] for s in range(spec.n_ranks)]
     replicas = _replicas(piece, layout, spec.n_ranks)
     return [list(range(g, g + replicas)) for g in range(0, spec.n_ranks, replicas)]
