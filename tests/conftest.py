@@ -7,6 +7,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -55,6 +57,31 @@ def cached_writer(tmp_path_factory: pytest.TempPathFactory,
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], Path]:
     """spec -> folder with that checkpoint, written once per session."""
     return cached_writer(tmp_path_factory, write_checkpoint)
+
+
+# Runs argv[1:] and prints the peak RSS of that process alone. A child forked from pytest carries
+# pytest's own RSS in its ru_maxrss (Linux keeps the forked copy's high-water mark across exec),
+# so a fork of a large test process reported 589 MiB for a command that used less than 200. The
+# launcher is small when it forks, so its child's ru_maxrss is the command's own.
+_PEAK_LAUNCHER = """
+import resource, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+code = subprocess.call(sys.argv[1:])
+sys.stdout.write("%d\\n" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def start_measured(argv: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """Popen of argv through the peak-RSS launcher, SIGINT at its default; stdout is the
+    launcher's (read it with measured_peak), stderr as popen says."""
+    return subprocess.Popen([sys.executable, "-c", _PEAK_LAUNCHER, *argv], text=True,
+                            stdout=subprocess.PIPE, preexec_fn=restore_sigint, **popen)
+
+
+def measured_peak(stdout: str) -> int:
+    """The command's own peak RSS in bytes, from the launcher's last line."""
+    return int(stdout.strip().splitlines()[-1])
 
 
 def restore_sigint() -> None:

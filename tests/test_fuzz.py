@@ -41,7 +41,7 @@ from unittest import mock
 
 import psutil
 import torch
-from conftest import restore_sigint
+from conftest import measured_peak, start_measured
 from pickle_craft import glob, num, read_data_pkl, replace_data_pkl, text
 from rich.console import Console
 from test_convert import expected_tensors, load_output
@@ -267,20 +267,17 @@ def run_in_process(*argv: str | Path) -> tuple[int | None, str, str | None]:
 
 
 def run_in_child(src: Path, out: Path) -> tuple[int | None, str, str | None]:
-    proc = subprocess.Popen([sys.executable, "-m", "streamconv", str(src), str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=restore_sigint)
-    assert proc.stderr is not None
-    timer = threading.Timer(CASE_SECONDS, proc.kill)
-    timer.start()
-    with proc.stderr:
-        err = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    timer.cancel()
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss * 1024
+    proc = start_measured([sys.executable, "-m", "streamconv", str(src), str(out), *ARGS],
+                          stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, err = proc.communicate(timeout=CASE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the command under it
+        proc.communicate()
+        return None, "", f"child still running after {CASE_SECONDS} s"
+    peak = measured_peak(stdout)
     tripped = f"child peak RSS {peak >> 20} MiB" if peak > CHILD_PEAK_LIMIT else None
-    return code, err, tripped
+    return proc.returncode, err, tripped
 
 
 def complete_looking(out: Path) -> list[str]:

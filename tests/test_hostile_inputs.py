@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digests, restore_sigint
+from conftest import digests, measured_peak, restore_sigint, start_measured
 from pickle_craft import (
     call,
     glob,
@@ -272,21 +272,16 @@ def test_5_norm_eps_and_rope_theta_out_of_range_are_refused(key: str, literal: s
 @pytest.mark.parametrize("n_layers", [1_000_000_000, 1_000_000, 4000])
 def test_6_huge_n_layers_fails_fast_in_little_memory(n_layers: int, make_checkpoint: MakeCkpt,
                                                      tmp_path: Path) -> None:
-    """In a child process, whose peak RSS (VmHWM, from wait4) is its own."""
+    """In a child process, whose peak RSS (ru_maxrss through conftest's launcher) is its own."""
     src = fresh_copy(make_checkpoint, tmp_path)
     edit_params(src, n_layers=n_layers)
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "streamconv", str(src), str(tmp_path / "out"),
-                             *ARGS], stderr=subprocess.PIPE, text=True,
-                            preexec_fn=restore_sigint)
-    assert proc.stderr is not None
-    with proc.stderr:
-        stderr = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = start_measured([sys.executable, "-m", "streamconv", str(src), str(tmp_path / "out"),
+                           *ARGS], stderr=subprocess.PIPE)
+    stdout, stderr = proc.communicate(timeout=120)
     assert time.monotonic() - start < 30
     assert proc.returncode == 1 and "Traceback" not in stderr and "n_layers" in stderr, stderr
-    peak = usage.ru_maxrss * 1024  # KiB on Linux
+    peak = measured_peak(stdout)
     assert peak < 512 << 20, f"peak RSS {peak >> 20} MiB"
     assert_nothing_written(tmp_path / "out")
 
