@@ -96,3 +96,52 @@ def test_fixtures_are_not_shipped() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'include = ["streamconv", "streamconv.*"]' in pyproject
     assert not list(PACKAGE.rglob("synthetic*.py"))
+
+
+# Plan data built with keyword arguments only (issue 21, "A plan that is data"). The package
+# still supports Python 3.9, where @dataclass has no kw_only, so the rule is checked here.
+KEYWORD_ONLY = frozenset({"Job", "CopyBlock", "Piece", "FamilyFacts"})
+SCANNED = ("streamconv", "fixtures", "tests", "benchmarks", "scripts")
+
+
+def _positional_constructions(source: str) -> tuple[list[tuple[str, int]], set[str]]:
+    """(class, line) of every call of a KEYWORD_ONLY class with positional arguments, and the
+    classes constructed at all. Names imported under another name are followed."""
+    tree = ast.parse(source)
+    names = {cls: cls for cls in KEYWORD_ONLY}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.update({a.asname: a.name for a in node.names
+                          if a.name in KEYWORD_ONLY and a.asname})
+    bad, seen = [], set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = (func.id if isinstance(func, ast.Name)
+                  else func.attr if isinstance(func, ast.Attribute) else None)
+        if called not in names:
+            continue
+        seen.add(names[called])
+        if node.args:
+            bad.append((names[called], node.lineno))
+    return bad, seen
+
+
+def test_positional_construction_is_caught() -> None:
+    source = ("from streamconv.planning.jobs import Job as J\n"
+              "import streamconv.planning.layout as layout\n"
+              "J(1, hf_name='x')\nlayout.CopyBlock(*args)\nPiece(meta_name='x')\n")
+    assert _positional_constructions(source) == ([("Job", 3), ("CopyBlock", 4)],
+                                                 {"Job", "CopyBlock", "Piece"})
+
+
+def test_plan_data_is_built_with_keywords() -> None:
+    bad, seen = [], set()
+    for folder in SCANNED:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            found, classes = _positional_constructions(path.read_text())
+            bad += [f"{path.relative_to(REPO)}:{line}: {cls}(...)" for cls, line in found]
+            seen |= classes
+    assert seen == KEYWORD_ONLY, f"constructions not found (renamed?): {KEYWORD_ONLY - seen}"
+    assert not bad, "positional arguments: " + ", ".join(bad)

@@ -83,23 +83,35 @@ _LLAMA31_CHAT_EOS = (128001, 128008, 128009)  # <|end_of_text|>, <|eom_id|>, <|e
 FACTS: dict[Family, FamilyFacts] = {
     # LLaMA 1 has no Meta Hugging Face repo: transformers' convert script's values (context 2048)
     # and the minimal generation config GenerationConfig.from_model_config gives.
-    Family.LLAMA1: FamilyFacts(2048, 1, 2, (), ()),
-    Family.LLAMA2: FamilyFacts(4096, 1, 2, _LLAMA2_GENERATION, _LLAMA2_GENERATION),
+    Family.LLAMA1: FamilyFacts(context_length=2048, bos_token_id=1, eos_token_id=2,
+                               base_generation=(), instruct_generation=()),
+    Family.LLAMA2: FamilyFacts(context_length=4096, bos_token_id=1, eos_token_id=2,
+                               base_generation=_LLAMA2_GENERATION,
+                               instruct_generation=_LLAMA2_GENERATION),
     # 16384 for rope_theta 1e6, else 4096: see context_length().
-    Family.CODE_LLAMA: FamilyFacts(16384, 1, 2, (), ()),
-    Family.LLAMA3: FamilyFacts(8192, 128000, 128001, (), _LLAMA3_CHAT_GENERATION,
+    Family.CODE_LLAMA: FamilyFacts(context_length=16384, bos_token_id=1, eos_token_id=2,
+                                   base_generation=(), instruct_generation=()),
+    Family.LLAMA3: FamilyFacts(context_length=8192, bos_token_id=128000, eos_token_id=128001,
+                               base_generation=(), instruct_generation=_LLAMA3_CHAT_GENERATION,
                                instruct_eos=(128001, 128009), instruct_config_eos=128009),
-    Family.LLAMA3_1: FamilyFacts(131072, 128000, 128001, _LLAMA31_GENERATION, _LLAMA31_GENERATION,
+    Family.LLAMA3_1: FamilyFacts(context_length=131072, bos_token_id=128000,
+                                 eos_token_id=128001, base_generation=_LLAMA31_GENERATION,
+                                 instruct_generation=_LLAMA31_GENERATION,
                                  instruct_eos=_LLAMA31_CHAT_EOS, rope_scaling_factor=8.0),
-    Family.LLAMA3_2: FamilyFacts(131072, 128000, 128001, _LLAMA31_GENERATION, _LLAMA31_GENERATION,
+    Family.LLAMA3_2: FamilyFacts(context_length=131072, bos_token_id=128000,
+                                 eos_token_id=128001, base_generation=_LLAMA31_GENERATION,
+                                 instruct_generation=_LLAMA31_GENERATION,
                                  instruct_eos=_LLAMA31_CHAT_EOS, rope_scaling_factor=32.0),
-    Family.LLAMA3_3: FamilyFacts(131072, 128000, 128001, _LLAMA31_GENERATION, _LLAMA31_GENERATION,
+    Family.LLAMA3_3: FamilyFacts(context_length=131072, bos_token_id=128000,
+                                 eos_token_id=128001, base_generation=_LLAMA31_GENERATION,
+                                 instruct_generation=_LLAMA31_GENERATION,
                                  instruct_eos=_LLAMA31_CHAT_EOS, rope_scaling_factor=8.0),
     # transformers' convert_llama4_weights_to_hf.py: base context 256K, bos 200000, eos 200001;
     # Instruct generation_config do_sample/temperature 0.6/top_p 0.9 and the three stop tokens
     # of llama-models' llama4/tokenizer.py (docs/llama4_facts.md sections 4 and 5). The
     # variant-specific values (Instruct context) are in model/llama4.py.
-    Family.LLAMA4: FamilyFacts(262144, 200000, 200001, (), _LLAMA31_GENERATION,
+    Family.LLAMA4: FamilyFacts(context_length=262144, bos_token_id=200000, eos_token_id=200001,
+                               base_generation=(), instruct_generation=_LLAMA31_GENERATION,
                                instruct_eos=(200001, 200007, 200008)),
 }
 

@@ -238,12 +238,15 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encod
                               for b in blocks if b.scale is not None)
             scratch = (_round_up(scale_bytes, SCRATCH_ALIGN)
                        + _scratch_bytes(block_rows, layout.n_cols, enc.values))
-        jobs.append(Job(first_idx + len(jobs), layout.hf_name, file_idx,
-                        data_start + row_start * row_bytes, row_start, row_stop,
-                        (row_stop - row_start) * row_bytes, stage, layout.rotary_head_dim,
-                        layout.n_cols, tuple(blocks), layout.src_dtype, enc, scratch,
-                        (row_stop - row_start) * enc.values_row_bytes(layout.n_cols),
-                        enc.scratch_bytes))
+        jobs.append(Job(job_idx=first_idx + len(jobs), hf_name=layout.hf_name,
+                        file_idx=file_idx, file_offset=data_start + row_start * row_bytes,
+                        row_start=row_start, row_stop=row_stop,
+                        out_bytes=(row_stop - row_start) * row_bytes, stage_bytes=stage,
+                        rotary_head_dim=layout.rotary_head_dim, n_cols=layout.n_cols,
+                        blocks=tuple(blocks), src_dtype=layout.src_dtype, encoding=enc,
+                        scratch_bytes=scratch,
+                        values_bytes=(row_stop - row_start) * enc.values_row_bytes(layout.n_cols),
+                        encode_scratch_bytes=enc.scratch_bytes))
     return jobs
 
 

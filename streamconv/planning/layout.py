@@ -136,8 +136,9 @@ def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
     n_cols = (full_shape(entry, spec)[-1] if split is Split.ROWS or transpose or band
               else meta_cols)
     col_offset = evaluate(entry.col_offset, dims) if entry.col_offset else 0
-    return Piece(meta_name(entry, layer_idx), split, src_shape, n_cols, col_offset, row_offset,
-                 unit_rows, stack, transpose, band)
+    return Piece(meta_name=meta_name(entry, layer_idx), split=split, src_shape=src_shape,
+                 n_cols=n_cols, col_offset=col_offset, row_offset=row_offset,
+                 unit_rows=unit_rows, stack=stack, transpose=transpose, band_transpose=band)
 
 
 def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
@@ -181,15 +182,20 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
         return _band_blocks(piece, layout, n_ranks, row_start, row_stop)
     if piece.transpose:
         assert (row_start, row_stop) == (0, layout.n_rows), "a transposed tensor is one job"
-        return [CopyBlock(0, piece.meta_name, 0, n_rows, 0, piece.col_offset, piece.n_cols,
-                          transpose=True, scale=piece.scale)]
+        return [CopyBlock(rank_idx=0, meta_name=piece.meta_name, src_row_start=0,
+                          n_rows=n_rows, dst_row_start=0, dst_col_start=piece.col_offset,
+                          n_cols=piece.n_cols, transpose=True, scale=piece.scale)]
     if piece.split is Split.REPLICATED:
-        return [CopyBlock(0, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
-                          piece.col_offset, piece.n_cols, scale=piece.scale)]
+        return [CopyBlock(rank_idx=0, meta_name=piece.meta_name,
+                          src_row_start=piece.row_offset + row_start, n_rows=n_rows,
+                          dst_row_start=row_start, dst_col_start=piece.col_offset,
+                          n_cols=piece.n_cols, scale=piece.scale)]
     if piece.split is Split.COLS:
         width = piece.src_shape[-1]
-        return [CopyBlock(s, piece.meta_name, piece.row_offset + row_start, n_rows, row_start,
-                          piece.col_offset + s * width, width, scale=piece.scale)
+        return [CopyBlock(rank_idx=s, meta_name=piece.meta_name,
+                          src_row_start=piece.row_offset + row_start, n_rows=n_rows,
+                          dst_row_start=row_start, dst_col_start=piece.col_offset + s * width,
+                          n_cols=width, scale=piece.scale)
                 for s in range(n_ranks)]
     unit = layout.n_rows // piece.stack  # output rows of one stacked unit
     per_rank = piece.unit_rows
@@ -200,9 +206,11 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
         stacked, within = divmod(row, unit)
         group, offset = divmod(within, per_rank)
         stop = min(row_stop, stacked * unit + (group + 1) * per_rank)
-        blocks.append(CopyBlock(group * replicas, piece.meta_name,
-                                piece.row_offset + stacked * per_rank + offset, stop - row, row,
-                                piece.col_offset, piece.n_cols, scale=piece.scale))
+        blocks.append(CopyBlock(rank_idx=group * replicas, meta_name=piece.meta_name,
+                                src_row_start=piece.row_offset + stacked * per_rank + offset,
+                                n_rows=stop - row, dst_row_start=row,
+                                dst_col_start=piece.col_offset, n_cols=piece.n_cols,
+                                scale=piece.scale))
         row = stop
     return blocks
 
@@ -219,12 +227,16 @@ def _band_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: in
         stacked, within = divmod(row, unit)
         src_row = stacked * piece.unit_rows
         if piece.split is Split.COLS:
-            blocks.append(CopyBlock(within // band, piece.meta_name, src_row, band, row,
-                                    piece.col_offset, piece.unit_rows, transpose=True))
+            blocks.append(CopyBlock(rank_idx=within // band, meta_name=piece.meta_name,
+                                    src_row_start=src_row, n_rows=band, dst_row_start=row,
+                                    dst_col_start=piece.col_offset, n_cols=piece.unit_rows,
+                                    transpose=True))
             continue
-        blocks += [CopyBlock(rank, piece.meta_name, src_row, band, row,
-                             piece.col_offset + rank * piece.unit_rows, piece.unit_rows,
-                             transpose=True) for rank in range(n_ranks)]
+        blocks += [CopyBlock(rank_idx=rank, meta_name=piece.meta_name, src_row_start=src_row,
+                             n_rows=band, dst_row_start=row,
+                             dst_col_start=piece.col_offset + rank * piece.unit_rows,
+                             n_cols=piece.unit_rows, transpose=True)
+                   for rank in range(n_ranks)]
     return blocks
 
 
