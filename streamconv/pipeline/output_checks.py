@@ -39,16 +39,9 @@ def check_output_dir(input_dir: Path, output_dir: Path, prepared: Prepared, *, f
     if staged.exists() and not (force or resume):
         raise OutputError(f"{output_dir} holds an interrupted conversion; pass --resume to "
                           "continue it or --force to start over")
-    probe = dst
-    while not probe.exists():
-        probe = probe.parent
-    already = sum(p.stat().st_size for p in staged.glob("*.safetensors")) if resume else 0
-    needed = prepared.plan.output_bytes + _DISK_MARGIN_BYTES - already
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise OutputError(f"not enough disk space for {output_dir}: the output needs "
-                          f"{format_size(needed)}, {format_size(free)} is free; free some space "
-                          "or choose another output folder")
+    _check_disk_space(dst, staged=staged if resume else None, pattern="*.safetensors",
+                      prepared=prepared, what=f"{output_dir}: the output",
+                      fix="choose another output folder")
 
 
 def output_dir_error(e: OSError, output_dir: Path) -> OutputError:
@@ -86,13 +79,20 @@ def check_gguf_output(input_dir: Path, out_path: Path, prepared: Prepared, *, fo
     if staged.exists() and not (force or resume):
         raise OutputError(f"{staged} holds an interrupted conversion to {out_path}; pass "
                           "--resume to continue it or --force to start over")
-    probe = dst.parent
+    _check_disk_space(dst.parent, staged=staged if resume else None, pattern="*.gguf",
+                      prepared=prepared, what=f"{out_path}: the file", fix="choose another place")
+
+
+def _check_disk_space(target: Path, *, staged: Path | None, pattern: str, prepared: Prepared,
+                      what: str, fix: str) -> None:
+    """The plan's output bytes (less what a resumed run already staged) against the free space
+    of the file system that will hold target (its nearest existing ancestor)."""
+    probe = target
     while not probe.exists():
         probe = probe.parent
-    already = sum(p.stat().st_size for p in staged.glob("*.gguf")) if resume else 0
+    already = sum(p.stat().st_size for p in staged.glob(pattern)) if staged is not None else 0
     needed = prepared.plan.output_bytes + _DISK_MARGIN_BYTES - already
     free = shutil.disk_usage(probe).free
     if free < needed:
-        raise OutputError(f"not enough disk space for {out_path}: the file needs "
-                          f"{format_size(needed)}, {format_size(free)} is free; free some space "
-                          "or choose another place")
+        raise OutputError(f"not enough disk space for {what} needs {format_size(needed)}, "
+                          f"{format_size(free)} is free; free some space or {fix}")
