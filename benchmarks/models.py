@@ -54,13 +54,13 @@ class BenchModel:
 
     @property
     def n_ranks(self) -> int:
-        return self.spec.n_shards if isinstance(self.spec, Llama4Spec) else self.spec.n_ranks
+        return self.spec.n_ranks
 
     @property
     def shard_bytes(self) -> list[int]:
         """Tensor bytes of each consolidated.NN.pth (the pickle and zip headers add ~100 KB)."""
         if isinstance(self.spec, Llama4Spec):
-            return [rank_file_bytes(self.spec)] * self.spec.n_shards
+            return [rank_file_bytes(self.spec)] * self.spec.n_ranks
         itemsize = torch.empty((), dtype=getattr(torch, self.spec.dtype)).element_size()
         per_shard = sum(math.prod(s) for s in rank_shapes(self.spec).values()) * itemsize
         return [per_shard] * self.spec.n_ranks

@@ -126,7 +126,7 @@ class CaseBuilder:
             pytest.skip(f"{source} not available (../shared/data, or .venv-meta for Llama 4)")
         if case.llama4 is not None:
             checkpoint = _write_llama4(case.llama4, folder / "meta", real=source is not None,
-                                       n_shards=case.ranks)
+                                       n_ranks=case.ranks)
         else:
             checkpoint = write_checkpoint(case.checkpoint_spec, folder / "meta")
         if source is not None:
@@ -141,15 +141,14 @@ class CaseBuilder:
         return BuiltCase(case, checkpoint, hf_dir, theirs)
 
 
-def _write_llama4(shape: str, folder: Path, *, real: bool, n_shards: int) -> Path:
-    from llama4_fixture import write_llama4_checkpoint
-
+def _write_llama4(shape: str, folder: Path, *, real: bool, n_ranks: int) -> Path:
+    from fixtures.llama4_checkpoint import write_llama4_checkpoint
     from fixtures.llama4_layout import VisionSpec, maverick_like, scout_like
     from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 
     like = scout_like if shape == "scout" else maverick_like
     ranks = 200000 if real else LLAMA4_RANKS  # Meta's: 200,000 ranks + 2,048 specials
-    spec = like(vision=VisionSpec(), n_shards=n_shards, vocab_size=ranks + 2048)
+    spec = like(vision=VisionSpec(), n_ranks=n_ranks, vocab_size=ranks + 2048)
     checkpoint = write_llama4_checkpoint(spec, folder)
     if not real:
         write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken",

@@ -1,5 +1,5 @@
-"""Meta's Llama 3.1 405B FP8 release (tests/fp8_fixture.py), converted with no flags, must come
-out as bf16 equal to Meta's dequantization formula applied rank by rank, load in transformers
+"""Meta's Llama 3.1 405B FP8 release (fixtures/fp8_checkpoint.py), converted with no flags, must
+come out as bf16 equal to Meta's dequantization formula applied rank by rank, load in transformers
 with the logits of Meta's architecture on the dequantized weights, verify, and fail with one
 sentence when a scale file, a scale or the fp8 dtype is wrong.
 """
@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from fp8_fixture import dequantized_shards, write_dequantized_checkpoint, write_fp8_checkpoint
 from meta_reference import merge_shards, meta_logits, read_params
 from safetensors.torch import load_file
 from test_bad_inputs import assert_nothing_written, assert_one_error, run_cli
 
+from fixtures.fp8_checkpoint import (
+    dequantized_ranks,
+    write_dequantized_checkpoint,
+    write_fp8_checkpoint,
+)
 from fixtures.synthetic import SyntheticSpec, tiny
 from streamconv.model.family import Family
 from streamconv.pipeline.preparation import ConvertOptions, prepare
@@ -53,7 +57,7 @@ def expected_hf_tensors(fp8_dir: Path, *,
                         dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """HF tensors in float32 holding exactly the values of dtype (fp8 dequantized to dtype)."""
     params = read_params(fp8_dir)
-    merged = merge_shards(dequantized_shards(fp8_dir, dtype=dtype), params)
+    merged = merge_shards(dequantized_ranks(fp8_dir, dtype=dtype), params)
     expected: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": merged.pop("tok_embeddings.weight"),
         "model.norm.weight": merged.pop("norm.weight"),

@@ -218,13 +218,12 @@ def test_llama4_gguf_verifies_and_names_a_changed_expert(tmp_path: Path) -> None
     """Llama 4's experts are band-transposed on the way (layout.py _band_blocks); verify runs
     the same jobs and finds a flipped byte in a transposed expert. (The bytes themselves are
     llama.cpp's: tests/test_gguf_llama_cpp.py.)"""
-    from llama4_fixture import write_llama4_checkpoint
-
+    from fixtures.llama4_checkpoint import write_llama4_checkpoint
     from fixtures.llama4_layout import VisionSpec, maverick_like
     from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 
     checkpoint = write_llama4_checkpoint(
-        maverick_like(n_shards=2, vision=VisionSpec(), vocab_size=3000 + 2048), tmp_path / "mav")
+        maverick_like(n_ranks=2, vision=VisionSpec(), vocab_size=3000 + 2048), tmp_path / "mav")
     write_synthetic_tokenizer(checkpoint / "tokenizer.model", kind="tiktoken", vocab_size=3000,
                               style="llama4")
     out = tmp_path / "mav.gguf"

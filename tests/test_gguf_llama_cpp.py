@@ -92,12 +92,11 @@ def test_llama_cpp_runs_both_files_alike(case_id: str, gguf_builder: CaseBuilder
 
 @pytest.fixture(scope="module")
 def fp8_mp8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Meta's FP8 405B release in miniature (tests/fp8_fixture.py: row-scaled fp8 feed-forward
+    """Meta's FP8 405B release in miniature (fixtures/fp8_checkpoint.py: row-scaled fp8 feed-forward
     weights in the middle layers) in 8 rank files holding 2 kv heads (each kv head on 4 ranks,
     as 405B's 8 kv heads in its 16 rank files), with Meta's real LLaMA 3 tokenizer; and
     streamconv's Hugging Face folder of it, which llama.cpp converts."""
-    from fp8_fixture import write_fp8_checkpoint
-
+    from fixtures.fp8_checkpoint import write_fp8_checkpoint
     from fixtures.synthetic import tiny
 
     tokenizer = LLAMA3_TOKENIZER

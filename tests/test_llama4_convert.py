@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import in_process_budget
-from llama4_fixture import (
+from llama4_hf_mapping import hf_state_dict
+from safetensors import safe_open
+
+import streamconv
+from fixtures.llama4_checkpoint import (
     Llama4Spec,
     VisionSpec,
     maverick_like,
@@ -26,10 +30,6 @@ from llama4_fixture import (
     scout_like,
     write_llama4_checkpoint,
 )
-from llama4_hf_mapping import hf_state_dict
-from safetensors import safe_open
-
-import streamconv
 from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 from streamconv.planning import jobs
 
@@ -66,12 +66,12 @@ def assert_same_tensors(folder: Path, spec: Llama4Spec) -> None:
 
 
 SPECS = {
-    "scout-mp8-vision": scout_like(vision=VisionSpec(), n_shards=8, extra_state=True),
-    "maverick-mp8-nested": maverick_like(vision=VisionSpec(), n_shards=8, nest_under_model=True),
+    "scout-mp8-vision": scout_like(vision=VisionSpec(), n_ranks=8, extra_state=True),
+    "maverick-mp8-nested": maverick_like(vision=VisionSpec(), n_ranks=8, nest_under_model=True),
     "scout-mp1": scout_like(vision=VisionSpec()),
-    "maverick-mp2-fp16": maverick_like(vision=VisionSpec(), n_shards=2, dtype="float16"),
+    "maverick-mp2-fp16": maverick_like(vision=VisionSpec(), n_ranks=2, dtype="float16"),
     # Llama Guard 4's shape: no experts, every layer dense, no chunked attention.
-    "dense-mp8": scout_like(vision=VisionSpec(), n_shards=8, num_experts=0,
+    "dense-mp8": scout_like(vision=VisionSpec(), n_ranks=8, num_experts=0,
                             attention_chunk_size=None),
 }
 
@@ -90,7 +90,7 @@ def test_tensors_cut_into_single_rows_still_equal(tmp_path: Path,
     job's blocks start mid-expert, mid-rank and mid-part."""
     monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
     monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
-    spec = maverick_like(vision=VisionSpec(), n_shards=8)
+    spec = maverick_like(vision=VisionSpec(), n_ranks=8)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     plan = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
         max_ram_bytes=int(in_process_budget()), tokenizer=False)).plan
@@ -101,7 +101,7 @@ def test_tensors_cut_into_single_rows_still_equal(tmp_path: Path,
 
 
 def test_config_follows_the_published_layout(tmp_path: Path) -> None:
-    spec = scout_like(vision=VisionSpec(), n_shards=8)
+    spec = scout_like(vision=VisionSpec(), n_ranks=8)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "Llama-4-Scout-Instruct")
     convert(meta_dir, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -138,7 +138,7 @@ def test_dense_config_is_the_converters_dense_branch(tmp_path: Path) -> None:
 
 
 def test_plan_names_llama4_and_refuses_a_version_flag(tmp_path: Path) -> None:
-    meta_dir = write_llama4_checkpoint(maverick_like(vision=VisionSpec(), n_shards=8),
+    meta_dir = write_llama4_checkpoint(maverick_like(vision=VisionSpec(), n_ranks=8),
                                        tmp_path / "meta")
     prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
         max_ram_bytes=int(in_process_budget()), tokenizer=False))
@@ -155,7 +155,7 @@ def test_command_line_writes_a_folder_transformers_loads(tmp_path: Path) -> None
     and transformers loading model, config and tokenizer with no missing or unexpected key."""
     transformers = pytest.importorskip("transformers")
     n_ranks = 3000
-    spec = scout_like(vision=VisionSpec(), n_shards=8, vocab_size=n_ranks + 2048)
+    spec = scout_like(vision=VisionSpec(), n_ranks=8, vocab_size=n_ranks + 2048)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "Llama-4-Scout-17B-16E-Instruct")
     write_synthetic_tokenizer(meta_dir / "tokenizer.model", kind="tiktoken",
                               vocab_size=n_ranks, style="llama4")
@@ -178,7 +178,7 @@ def test_command_line_writes_a_folder_transformers_loads(tmp_path: Path) -> None
 
 
 def test_missing_rank_file_is_named(tmp_path: Path) -> None:
-    meta_dir = write_llama4_checkpoint(scout_like(vision=VisionSpec(), n_shards=8),
+    meta_dir = write_llama4_checkpoint(scout_like(vision=VisionSpec(), n_ranks=8),
                                        tmp_path / "meta")
     (meta_dir / "consolidated.07.pth").unlink()
     done = subprocess.run([sys.executable, "-m", "streamconv", str(meta_dir),
@@ -201,7 +201,7 @@ def _fp8_experts(meta_dir: Path, spec: Llama4Spec, bf16_dir: Path) -> None:
     experts = spec.num_experts
     quantized = [i for i in range(1, spec.n_layers - 1) if spec.is_moe_layer(i)]
     assert quantized
-    for rank in range(spec.n_shards):
+    for rank in range(spec.n_ranks):
         path = meta_dir / f"consolidated.{rank:02d}.pth"
         state = torch.load(path, weights_only=True)
         plain = dict(state)
@@ -230,7 +230,7 @@ def _fp8_experts(meta_dir: Path, spec: Llama4Spec, bf16_dir: Path) -> None:
 def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> None:
     """The FP8 folder converts to what the same model dequantized in bf16 converts to, bit for
     bit, with one-row jobs too (blocks that start and end inside an expert)."""
-    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=6)
+    spec = maverick_like(vision=VisionSpec(), n_ranks=2, n_layers=6)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")
     prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
@@ -252,7 +252,7 @@ def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> 
 def test_fp8_release_in_one_row_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
     monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
-    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=4)
+    spec = maverick_like(vision=VisionSpec(), n_ranks=2, n_layers=4)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")
     convert(meta_dir, tmp_path / "hf")
@@ -262,7 +262,7 @@ def test_fp8_release_in_one_row_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_fp8_scale_file_missing_is_named(tmp_path: Path) -> None:
-    spec = maverick_like(vision=VisionSpec(), n_shards=2, n_layers=4)
+    spec = maverick_like(vision=VisionSpec(), n_ranks=2, n_layers=4)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")
     scales = torch.load(meta_dir / "fp8_scales_1.pt", weights_only=True)

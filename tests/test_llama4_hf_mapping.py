@@ -23,7 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import in_process_budget
-from llama4_fixture import (
+from llama4_hf_mapping import write_hf_folder
+from llama4_reference import MetaRun, missing_reason, run_meta_reference
+
+import streamconv
+from fixtures.llama4_checkpoint import (
     BATCH,
     Llama4Spec,
     VisionSpec,
@@ -34,10 +38,6 @@ from llama4_fixture import (
     scout_like,
     write_llama4_checkpoint,
 )
-from llama4_hf_mapping import write_hf_folder
-from llama4_reference import MetaRun, missing_reason, run_meta_reference
-
-import streamconv
 
 ATOL = 1e-4  # fp32 both sides; measured ~3e-6 on logits of magnitude ~0.8
 
@@ -68,8 +68,8 @@ WRITERS = {"mapping": (1, write_hf_folder), "streamconv": (8, _streamconv_folder
 
 def _meta_and_hf(spec: Llama4Spec, tmp_path: Path,
                  writer: str = "mapping") -> tuple[MetaRun, torch.nn.Module]:
-    n_shards, write = WRITERS[writer]
-    spec = replace(spec, n_shards=n_shards)
+    n_ranks, write = WRITERS[writer]
+    spec = replace(spec, n_ranks=n_ranks)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     kwargs = {}
     if spec.vision is not None:

@@ -1,6 +1,6 @@
 """config.json of real Scout and Maverick shapes against the published files.
 
-The Meta checkpoints are described by their per-rank shapes only (tests/llama4_fixture.py's
+The Meta checkpoints are described by their per-rank shapes only (fixtures/llama4_checkpoint.py's
 rank_shapes on the meta device, real dimensions, all 48 layers and 34 vision layers, 8 ranks),
 so detection runs on the real sizes without the 200-800 GB of data; its config.json is compared
 field by field with what docs/llama4_published.json records as seen in the published
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from llama4_fixture import Llama4Spec, VisionSpec, params_json, rank_shapes
 
+from fixtures.llama4_checkpoint import Llama4Spec, VisionSpec, params_json, rank_shapes
 from streamconv.model.hf_config import config_dict
 from streamconv.model.llama4 import detect_llama4
 from streamconv.source.params import read_params
@@ -31,7 +31,7 @@ NOT_WRITTEN = {"_attn_implementation_autoset", "transformers_version"}
 
 _SCOUT = Llama4Spec(dim=5120, n_layers=48, n_heads=40, n_kv_heads=8, vocab_size=202048,
                     multiple_of=2048, ffn_dim_multiplier=1.2, ffn_exp=4.0, num_experts=16,
-                    attention_chunk_size=8192, n_shards=8,
+                    attention_chunk_size=8192, n_ranks=8,
                     vision=VisionSpec(image_size=336, patch_size=14, dim=1408, n_layers=34,
                                       n_heads=16, mlp_ratio=4.0, output_dim=4096))
 _MAVERICK = replace(_SCOUT, num_experts=128, interleave_moe_layer_step=2, use_qk_norm=False,
@@ -43,9 +43,9 @@ def _checkpoint(spec: Llama4Spec, folder: Path) -> Checkpoint:
     folder.mkdir(parents=True)
     (folder / "params.json").write_text(json.dumps(params_json(spec)))
     shapes = rank_shapes(spec)
-    paths = tuple(folder / f"consolidated.{i:02d}.pth" for i in range(spec.n_shards))
+    paths = tuple(folder / f"consolidated.{i:02d}.pth" for i in range(spec.n_ranks))
     tensors = tuple({name: TensorRef(rank, name, paths[rank], dtypes.BFLOAT16, shape, 0)
-                     for name, shape in shapes.items()} for rank in range(spec.n_shards))
+                     for name, shape in shapes.items()} for rank in range(spec.n_ranks))
     return Checkpoint(folder, paths, tensors, (), ())
 
 

@@ -1,5 +1,5 @@
 """Meta's own Llama 4 code (llama-models 0.3.0) runs on the tiny checkpoints of
-tests/llama4_fixture.py, and the fixture shards like Meta's release.
+fixtures/llama4_checkpoint.py, and the fixture shards like Meta's release.
 
 The MP1 vs MP8 comparison is the proof of the second claim: the MP8 files go through Meta's
 `checkpoint.maybe_reshard_state_dict` (its merge of the 8 release files), the MP1 file is loaded
@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import llama4_fixture
 import pytest
 import torch
-from llama4_fixture import (
+from llama4_reference import missing_reason, run_meta_reference
+
+from fixtures import llama4_checkpoint
+from fixtures.llama4_checkpoint import (
     BATCH,
     SEQ_LEN,
     Llama4Spec,
@@ -37,7 +39,6 @@ from llama4_fixture import (
     scout_like,
     write_llama4_checkpoint,
 )
-from llama4_reference import missing_reason, run_meta_reference
 
 needs_meta = pytest.mark.oracle(missing_reason())
 
@@ -62,7 +63,7 @@ CASES = {
 def test_mp1_and_mp8_give_the_same_logits(case_id: str, tmp_path: Path) -> None:
     spec = CASES[case_id]
     mp1 = write_llama4_checkpoint(spec, tmp_path / "mp1")
-    mp8 = write_llama4_checkpoint(replace(spec, n_shards=8), tmp_path / "mp8")
+    mp8 = write_llama4_checkpoint(replace(spec, n_ranks=8), tmp_path / "mp8")
     tokens = fixed_tokens(spec.vocab_size)
     kwargs = {}
     if spec.vision is not None:
@@ -93,7 +94,7 @@ def test_mp1_and_mp8_give_the_same_logits(case_id: str, tmp_path: Path) -> None:
 
 @needs_meta
 def test_reference_is_deterministic(tmp_path: Path) -> None:
-    ckpt = write_llama4_checkpoint(scout_like(n_shards=8), tmp_path / "mp8")
+    ckpt = write_llama4_checkpoint(scout_like(n_ranks=8), tmp_path / "mp8")
     tokens = fixed_tokens(scout_like().vocab_size)
     first = run_meta_reference(ckpt, tokens)
     second = run_meta_reference(ckpt, tokens)
@@ -106,7 +107,7 @@ def test_nested_params_and_extra_state_load_like_the_plain_form(tmp_path: Path) 
     release (both handled by transformers' converter) give the same model."""
     plain = write_llama4_checkpoint(scout_like(), tmp_path / "plain")
     odd = write_llama4_checkpoint(
-        scout_like(n_shards=8, nest_under_model=True, extra_state=True), tmp_path / "odd")
+        scout_like(n_ranks=8, nest_under_model=True, extra_state=True), tmp_path / "odd")
     tokens = fixed_tokens(scout_like().vocab_size)
     torch.testing.assert_close(run_meta_reference(odd, tokens).logits,
                                run_meta_reference(plain, tokens).logits, rtol=0, atol=1e-6)
@@ -118,16 +119,16 @@ def test_wrong_split_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     each rank holding its own q, k and v rows) give other logits through Meta's merge."""
     spec = scout_like()
     right = write_llama4_checkpoint(spec, tmp_path / "mp1")
-    real_rank_slice = llama4_fixture.rank_slice
+    real_rank_slice = llama4_checkpoint.rank_slice
 
     def plain_wqkv(spec: Llama4Spec, tensor: MetaTensor, full: torch.Tensor,
-                   shard_idx: int) -> torch.Tensor:
+                   rank_idx: int) -> torch.Tensor:
         if tensor.layout == "wqkv":
-            return full.chunk(spec.n_shards, dim=0)[shard_idx]
-        return real_rank_slice(spec, tensor, full, shard_idx)
+            return full.chunk(spec.n_ranks, dim=0)[rank_idx]
+        return real_rank_slice(spec, tensor, full, rank_idx)
 
-    monkeypatch.setattr(llama4_fixture, "rank_slice", plain_wqkv)
-    wrong = write_llama4_checkpoint(replace(spec, n_shards=8), tmp_path / "mp8")
+    monkeypatch.setattr(llama4_checkpoint, "rank_slice", plain_wqkv)
+    wrong = write_llama4_checkpoint(replace(spec, n_ranks=8), tmp_path / "mp8")
     tokens = fixed_tokens(spec.vocab_size)
     diff = (run_meta_reference(wrong, tokens).logits
             - run_meta_reference(right, tokens).logits).abs().max()
@@ -158,7 +159,7 @@ def test_feature_changes_the_logits(changes: dict[str, object], tmp_path: Path) 
 # ffn_dim_multiplier 1.2, 16 experts.
 _SCOUT = Llama4Spec(dim=5120, n_layers=1, n_heads=40, n_kv_heads=8, vocab_size=202048,
                     multiple_of=2048, ffn_dim_multiplier=1.2, ffn_exp=4.0, num_experts=16,
-                    n_shards=8,
+                    n_ranks=8,
                     vision=VisionSpec(image_size=336, patch_size=14, dim=1408, n_layers=1,
                                       n_heads=16, mlp_ratio=4.0, output_dim=4096))
 

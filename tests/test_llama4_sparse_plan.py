@@ -23,8 +23,8 @@ from streamconv.cli.main import main
 
 SPECS = {
     # Maverick's structure (dense layer 0, 128-expert-like MoE layer 1), tiny dims, 8 ranks.
-    "maverick": maverick_like(n_layers=2, num_experts=16, n_shards=8, vision=VisionSpec()),
-    "scout": scout_like(n_layers=2, n_shards=8, vision=VisionSpec()),
+    "maverick": maverick_like(n_layers=2, num_experts=16, n_ranks=8, vision=VisionSpec()),
+    "scout": scout_like(n_layers=2, n_ranks=8, vision=VisionSpec()),
 }
 
 
@@ -48,9 +48,9 @@ def test_sparse_folder_plans_like_the_real_one(name: str, tmp_path: Path) -> Non
     sparse_plan = _plan_text(sparse)
     assert "Llama 4" in sparse_plan and "Schedule" in sparse_plan
     assert sparse_plan == _plan_text(real)
-    for shard_idx in range(spec.n_shards):
-        sparse_file = sparse / f"consolidated.{shard_idx:02d}.pth"
-        real_file = real / f"consolidated.{shard_idx:02d}.pth"
+    for rank_idx in range(spec.n_ranks):
+        sparse_file = sparse / f"consolidated.{rank_idx:02d}.pth"
+        real_file = real / f"consolidated.{rank_idx:02d}.pth"
         assert sparse_file.stat().st_size == real_file.stat().st_size
         assert sparse_file.stat().st_size >= rank_file_bytes(spec)
 
@@ -58,7 +58,7 @@ def test_sparse_folder_plans_like_the_real_one(name: str, tmp_path: Path) -> Non
 def test_sparse_rank_files_hold_holes_not_data(tmp_path: Path) -> None:
     """A rank file of ~30 MiB of tensors takes a few blocks: only the zip and pickle are written."""
     spec = maverick_like(n_layers=2, dim=1024, n_heads=8, n_kv_heads=8, vocab_size=8192,
-                         multiple_of=256, num_experts=16, n_shards=8,
+                         multiple_of=256, num_experts=16, n_ranks=8,
                          vision=VisionSpec())
     folder = write_llama4_sparse(spec, tmp_path / "sparse")
     rank = os.stat(folder / "consolidated.00.pth")
@@ -87,7 +87,7 @@ def test_rank_files_larger_than_memory_are_indexed_without_mapping(tmp_path: Pat
     Here: a 2 GiB sparse rank file read by a process allowed 1 GiB more address space than it
     already has."""
     spec = maverick_like(n_layers=2, dim=2048, n_heads=16, n_kv_heads=8, vocab_size=16384,
-                         multiple_of=256, num_experts=128, n_shards=1)
+                         multiple_of=256, num_experts=128, n_ranks=1)
     folder = write_llama4_sparse(spec, tmp_path / "sparse")
     rank = folder / "consolidated.00.pth"
     assert rank.stat().st_size > 2 << 30

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 from conftest import REPO, cached_writer
-from fp8_fixture import write_fp8_checkpoint
 
+from fixtures.fp8_checkpoint import write_fp8_checkpoint
 from fixtures.synthetic import SyntheticSpec
 from streamconv.cli.main import main
 from streamconv.model.family import Family
@@ -103,7 +103,7 @@ def _same(got: Any, want: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def make_fp8_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Checkpoints laid out like Meta's FP8 405B (tests/fp8_fixture.py), once per spec."""
+    """Checkpoints laid out like Meta's FP8 405B (fixtures/fp8_checkpoint.py), once per spec."""
     return cached_writer(tmp_path_factory, write_fp8_checkpoint)
 
 
