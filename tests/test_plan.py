@@ -22,7 +22,8 @@ from streamconv.planning.jobs import (
     slot_layout,
 )
 from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
-from streamconv.planning.output_files import DATA_ALIGN, layout_output_files
+from streamconv.planning.output_files import layout_output_files
+from streamconv.planning.safetensors_format import DATA_ALIGN
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
 from streamconv.system import dtypes

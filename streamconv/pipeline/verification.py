@@ -20,8 +20,8 @@ from streamconv.pipeline.conversion import extra_files
 from streamconv.pipeline.preparation import ConvertOptions, Prepared, prepare
 from streamconv.planning.jobs import Job
 from streamconv.planning.output_files import INDEX_NAME
+from streamconv.planning.safetensors_format import HeaderProblem, SafetensorsHeader, read_header
 from streamconv.runtime.executor import JobRunner, run_jobs
-from streamconv.runtime.safetensors_header import HeaderProblem, SafetensorsHeader, read_header
 from streamconv.source.rank_reader import RankReader
 
 _DTYPE_OPTION = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}

@@ -1,27 +1,15 @@
-"""The output files: which tensor goes in which safetensors shard, at which offset, and the header.
-
-Format facts (safetensors' spec and transformers' loader): 8-byte little-endian header length,
-then a JSON header that may end in spaces, then the tensor bytes, contiguous from offset 0 with
-no gaps, in the order the header's offsets give. transformers refuses a shard whose header lacks
-``__metadata__: {"format": "pt"}``.
-
-The header is padded so that the tensor bytes start on a DATA_ALIGN boundary (safetensors itself
-pads to 8): real models' tensors are multiples of 4 KiB, so every job's bytes then sit at
-block-aligned file offsets and the writer can send them straight to the disk (O_DIRECT) instead
-of copying them through the page cache.
-"""
+"""The output files: which tensor goes in which safetensors file, at which offset, with which
+header (planning/safetensors_format.py holds the format itself)."""
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 
 from streamconv.planning.layout import TensorLayout
+from streamconv.planning.safetensors_format import encode_header
 from streamconv.system.dtypes import DType
 
 INDEX_NAME = "model.safetensors.index.json"
-DATA_ALIGN = 4096  # a multiple of 8 (safetensors) and of every common disk block size
 
 
 @dataclass(frozen=True)
@@ -53,16 +41,8 @@ class OutputFile:
 
 
 def safetensors_header(tensors: list[OutputTensor], dtype: DType) -> bytes:
-    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    for tensor in tensors:
-        entries[tensor.layout.hf_name] = {
-            "dtype": dtype.safetensors,
-            "shape": list(tensor.layout.shape),
-            "data_offsets": [tensor.data_offset, tensor.data_offset + tensor.nbytes],
-        }
-    text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % DATA_ALIGN)
-    return struct.pack("<Q", len(text)) + text
+    return encode_header((t.layout.hf_name, dtype.safetensors, t.layout.shape, t.data_offset,
+                          t.data_offset + t.nbytes) for t in tensors)
 
 
 def shard_name(file_idx: int, n_files: int) -> str:

@@ -1,12 +1,22 @@
-"""Reading a safetensors header that another tool wrote, trusting nothing in it.
+"""The safetensors file format, both ways: the header streamconv writes and the header it reads.
 
-verify locates tensors through OUT's own headers, which may come from any tool (or be damaged),
-so every field is checked before it is used: the header is a JSON object; each tensor's dtype is
-a known name; its shape a list of non-negative integers; its data_offsets two integers
-[begin, end] inside the file's data section, with end - begin = product(shape) * itemsize; no two
-tensors overlap; __metadata__, if present, maps strings to strings. Rules from the safetensors
-format description (huggingface/safetensors README, "Format") and its Rust reader's checks
-(safetensors/src/tensor.rs: validate, InvalidOffset, TensorInvalidInfo, MetadataIncompleteBuffer).
+Format facts (huggingface/safetensors README, "Format", and transformers' loader): 8-byte
+little-endian header length, then a JSON header that may end in spaces, then the tensor bytes,
+contiguous from offset 0 with no gaps, in the order the header's offsets give. transformers
+refuses a file whose header lacks ``__metadata__: {"format": "pt"}``.
+
+Writing: the header is padded so that the tensor bytes start on a DATA_ALIGN boundary
+(safetensors itself pads to 8): real models' tensors are multiples of 4 KiB, so every job's bytes
+then sit at block-aligned file offsets and the writer can send them straight to the disk
+(O_DIRECT) instead of copying them through the page cache.
+
+Reading trusts nothing: verify locates tensors through OUT's own headers, which may come from any
+tool (or be damaged), so every field is checked before it is used: the header is a JSON object;
+each tensor's dtype is a known name; its shape a list of non-negative integers; its data_offsets
+two integers [begin, end] inside the file's data section, with end - begin = product(shape) *
+itemsize; no two tensors overlap; __metadata__, if present, maps strings to strings. Rules from
+the format description and its Rust reader's checks (safetensors/src/tensor.rs: validate,
+InvalidOffset, TensorInvalidInfo, MetadataIncompleteBuffer).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +35,20 @@ ITEM_BYTES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }
+DATA_ALIGN = 4096  # a multiple of 8 (safetensors) and of every common disk block size
 # The reference reader refuses headers over 100 MB (safetensors MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
+
+
+def encode_header(tensors: Iterable[tuple[str, str, Sequence[int], int, int]]) -> bytes:
+    """The header bytes for (name, dtype name, shape, begin, end) entries, exactly as written at
+    offset 0: length prefix, JSON, and spaces up to the next DATA_ALIGN boundary."""
+    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    for name, dtype, shape, begin, end in tensors:
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % DATA_ALIGN)
+    return struct.pack("<Q", len(text)) + text
 
 
 class HeaderProblem(ValueError):

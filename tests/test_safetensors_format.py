@@ -1,4 +1,4 @@
-"""runtime/safetensors_header.py: files written by the safetensors library (the oracle for the
+"""planning/safetensors_format.py: files written by the safetensors library (the oracle for the
 format) parse to what safe_open reports, and headers the format forbids are refused by name."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from streamconv.runtime.safetensors_header import (
+from streamconv.planning.safetensors_format import (
+    DATA_ALIGN,
     ITEM_BYTES,
     HeaderProblem,
+    encode_header,
     parse_header,
     read_header,
 )
@@ -130,3 +132,31 @@ def test_short_file_and_oversized_length_are_refused(tmp_path: Path) -> None:
     path.write_bytes(whole[:8 + n - 1])  # cut inside the header
     with pytest.raises(HeaderProblem, match="does not fit"):
         read_header(path)
+
+
+def test_written_header_round_trips_through_safetensors_and_our_reader(tmp_path: Path) -> None:
+    """encode_header's bytes, followed by the tensors' data, are a file the safetensors library
+    opens with the same names, shapes and values, and read_header reads back; the data starts on
+    a DATA_ALIGN boundary."""
+    tensors = {"b.weight": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3),
+               "a.weight": torch.arange(5, dtype=torch.float32)}
+    entries, data, offset = [], b"", 0
+    for name, tensor in tensors.items():
+        raw = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+        dtype = "BF16" if tensor.dtype is torch.bfloat16 else "F32"
+        entries.append((name, dtype, tuple(tensor.shape), offset, offset + len(raw)))
+        data += raw
+        offset += len(raw)
+    header = encode_header(entries)
+    assert len(header) % DATA_ALIGN == 0
+    path = tmp_path / "written.safetensors"
+    path.write_bytes(header + data)
+
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(tensors)
+        for name, tensor in tensors.items():
+            assert torch.equal(f.get_tensor(name), tensor)
+    parsed = read_header(path)
+    assert parsed.metadata == {"format": "pt"}
+    assert parsed.data_start == len(header)
+    assert parsed.tensors["a.weight"].shape == (5,)
