@@ -66,6 +66,15 @@ print(log.getvalue()[-2000:])
 """
 
 
+# The script itself cannot be imported there (PIL, see above): check it ships and runs' deps.
+_PROBE_CODE = """
+from pathlib import Path
+import transformers.models.mllama as pkg
+from transformers import MllamaForConditionalGeneration
+assert (Path(pkg.__file__).parent / "convert_mllama_weights_to_hf.py").exists(), "no script"
+"""
+
+
 def peer_python() -> Path | None:
     """.venv-peer's interpreter (or $STREAMCONV_PEER_PYTHON), None when missing."""
     configured = os.environ.get(PEER_PYTHON_ENV)
@@ -79,7 +88,7 @@ def missing_reason() -> str | None:
     if python is None:
         return f"no .venv-peer: run scripts/make_peer_env.sh or set {PEER_PYTHON_ENV}"
     probe = subprocess.run(
-        [str(python), "-c", "import transformers.models.mllama.convert_mllama_weights_to_hf"],
+        [str(python), "-c", _PROBE_CODE],
         capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
