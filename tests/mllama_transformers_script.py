@@ -18,9 +18,9 @@ transforms, `learnable_embedding` appended to `embed_tokens`) is the script's ow
 
 Three more things it needs: `image_processing_mllama` imports PIL, absent from .venv-peer, and
 the script uses only its pure `get_all_supported_aspect_ratios`, so that one function's source
-is loaded (ast) into a stand-in module; it opens `consolidated.pth` when num_shards == 1 (Meta's runner writes
-`consolidated.00.pth`, so a folder of symlinks is given), and it writes bf16 (lossless here: the
-runner's weights are bf16 values).
+is loaded (ast) into a stand-in module; it opens `consolidated.pth` when num_shards == 1
+(Meta's runner writes `consolidated.00.pth`, so a folder of symlinks is given); and it writes
+bf16 (lossless here: the runner's weights are bf16 values).
 """
 
 from __future__ import annotations
