@@ -9,6 +9,14 @@
 # .venv's (see scripts/setup.sh for pointing pip at CPU wheels). The pin is repeated on every
 # later install so the resolver cannot replace it.
 #
+# Llama 3.2 Vision (tests/vision_reference_runner.py) uses the same venv. Its
+# llama3/multimodal/model.py imports torchvision, but only for the PIL image transform, which the
+# oracle does not run (it feeds normalized tiles), so torchvision is deliberately NOT installed:
+# the only torchvision 0.28.0 (the torch 2.13 pair) these indexes offer is PyPI's
+# manylinux_2_28 wheel, whose _C.so links libtorch_cuda.so / libc10_cuda.so; beside the CPU torch
+# `import torchvision` fails ("operator torchvision::nms does not exist"), and the CUDA torch it
+# needs is what this script must never pull. The runner stubs the import instead (its docstring).
+#
 # Idempotent: a venv that already imports the pinned versions is left alone. Exits 0 with a
 # warning when the venv cannot be built (the tests that need it then skip and say why).
 set -uo pipefail
