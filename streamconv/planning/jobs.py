@@ -21,6 +21,7 @@ output they are dequantized in place and need no scratch. Both are counted in sl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from streamconv.errors import BudgetError
 from streamconv.model.spec import ModelSpec
@@ -104,6 +105,9 @@ class Plan:
     baseline_bytes: int
     predicted_peak_bytes: int
     min_budget_bytes: int
+    # The input files the blocks' byte ranges index (Checkpoint.read_paths), once the plan is
+    # located against the tensor index (source_ranges.locate_reads); empty before.
+    read_paths: tuple[Path, ...] = ()
 
     @property
     def output_bytes(self) -> int:
