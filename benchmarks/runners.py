@@ -283,7 +283,7 @@ def run_floor_cp(session: Session, model: BenchModel, ckpt: Path, *, warm: bool 
                    output_bytes=written, cp_s=cp.wall_s, fsync_s=sync.wall_s)
 
 
-COPY_THREADS = 3  # streamconv's plan.MAX_DEPTH: as many I/Os in flight as its slots
+COPY_THREADS = 3  # streamconv's slots.MAX_DEPTH: as many I/Os in flight as its slots
 
 
 def run_floor_rw(session: Session, model: BenchModel, ckpt: Path, *,

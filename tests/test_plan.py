@@ -14,8 +14,6 @@ from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import (
-    RUNTIME_ALLOWANCE_BYTES,
-    SCRATCH_ALIGN,
     Plan,
     plan_conversion,
     scratch_offset,
@@ -23,6 +21,7 @@ from streamconv.planning.jobs import (
 )
 from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
 from streamconv.planning.output_files import DATA_ALIGN, layout_output_files
+from streamconv.planning.slots import RUNTIME_ALLOWANCE_BYTES, SCRATCH_ALIGN
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
 from streamconv.system import dtypes

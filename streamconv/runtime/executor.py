@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from streamconv.planning.jobs import (
-    SCRATCH_ALIGN,
     Job,
     Plan,
     encode_scratch_offset,
@@ -33,6 +32,7 @@ from streamconv.planning.jobs import (
     values_offset,
 )
 from streamconv.planning.layout import CopyBlock
+from streamconv.planning.slots import SCRATCH_ALIGN
 from streamconv.runtime.in_place_read import read_in_place
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import SCALE_DTYPE, ScaleLayout
