@@ -31,6 +31,7 @@ from safetensors import safe_open
 
 import streamconv
 from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
+from streamconv.cli.dtype_label import source_dtype_label
 from streamconv.planning import slots
 
 
@@ -235,7 +236,7 @@ def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> 
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")
     prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
         max_ram_bytes=int(in_process_budget()), tokenizer=False))
-    assert "float8_e4m3fn (feed-forward of layers 1, 3)" in prepared.plan.src_label
+    assert "float8_e4m3fn (feed-forward of layers 1, 3)" in source_dtype_label(prepared.plan)
     convert(meta_dir, tmp_path / "hf", dtype=dst)
     convert(tmp_path / "bf16", tmp_path / "hf-bf16", dtype=dst)
     got, want = converted_tensors(tmp_path / "hf"), converted_tensors(tmp_path / "hf-bf16")

@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 import torch
 
+from streamconv.cli.dtype_label import source_dtype_label
 from streamconv.errors import BudgetError
 from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
@@ -21,9 +22,13 @@ from streamconv.planning.jobs import (
 )
 from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
 from streamconv.planning.output_files import DATA_ALIGN, layout_output_files
-from streamconv.planning.slots import RUNTIME_ALLOWANCE_BYTES, SCRATCH_ALIGN
+from streamconv.planning.slots import (
+    CHUNK_BYTES,
+    RUNTIME_ALLOWANCE_BYTES,
+    SCRATCH_ALIGN,
+    chunk_rows,
+)
 from streamconv.runtime.transforms import permute_rotary_into
-from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
 from streamconv.system import dtypes
 from streamconv.system.direct_io import SPAN_SLACK
 from streamconv.system.dtypes import DType
@@ -268,5 +273,5 @@ def test_fp8_read_bytes_and_label() -> None:
     scales = 2 * 4 * (2 * ffn + 8 * dim)
     assert plan.read_bytes == bf16.read_bytes - saved + scales
     assert plan.output_bytes == bf16.output_bytes
-    assert plan.src_label == "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16"
-    assert bf16.src_label == "bfloat16"
+    assert source_dtype_label(plan) == "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16"
+    assert source_dtype_label(bf16) == "bfloat16"

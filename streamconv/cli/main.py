@@ -210,12 +210,14 @@ class RichProgress:
         self.n_layers = 0
 
     def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
+        from streamconv.cli.dtype_label import source_dtype_label
+
         spec, plan = prepared.spec, prepared.plan
         for warning in prepared.warnings:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
             f"{spec.family.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
-            f"{plan.src_label} -> {_dtype_name(plan.dst_dtype)}; "
+            f"{source_dtype_label(plan)} -> {_dtype_name(plan.dst_dtype)}; "
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
         self.console.print(f"  family: {spec.sources['family']}", style="dim")

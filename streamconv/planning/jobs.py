@@ -26,7 +26,7 @@ from streamconv.planning.slots import (
     scratch_bytes,
     smallest_budget,
 )
-from streamconv.source.fp8_scales import FP8_DTYPE, describe_dtypes, layer_of
+from streamconv.source.fp8_scales import FP8_DTYPE
 from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from streamconv.system.dtypes import DType
 
@@ -89,13 +89,6 @@ class Plan:
     @property
     def read_bytes(self) -> int:
         return sum(job.read_bytes for job in self.jobs)
-
-    @property
-    def src_label(self) -> str:
-        """The input dtypes as `plan` shows them, e.g. `float8_e4m3fn (feed-forward of layers
-        1-124) + bfloat16` for Meta's FP8 405B."""
-        quantized = [layer_of(job.blocks[0].meta_name) for job in self.jobs if job.dequantize]
-        return describe_dtypes(quantized, self.src_dtype)
 
 
 def _itemsize(dtype: DType) -> int:

@@ -9,7 +9,7 @@ budget decides the slot size: a tensor bigger than a slot is cut into row ranges
 q/k), so the smallest workable budget depends on the widest row, not on the model's size.
 
 FP8 weights (Meta's 405B, source/fp8_scales.py) stage 1 byte per value; after the staging area their
-slot holds the block's row scales (fp32) and a scratch of at most its CHUNK_BYTES (or one fp32
+slot holds the block's row scales (fp32) and a scratch of at most CHUNK_BYTES (or one fp32
 row) where rows are dequantized in fp32 before they are rounded into the output; with fp32
 output they are dequantized in place and need no scratch. Both are counted in slot_bytes.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from streamconv.errors import BudgetError
 from streamconv.planning.encoding import Encoding
 from streamconv.planning.layout import TensorLayout
-from streamconv.source.fp8_scales import FP8_DTYPE, SCALE_DTYPE, chunk_rows
+from streamconv.source.fp8_scales import FP8_DTYPE, SCALE_DTYPE
 from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from streamconv.system.dtypes import DType
 from streamconv.system.memory import format_flag_size, format_size
@@ -43,6 +43,10 @@ SLOT_SLACK = 2 * ALIGN + SPAN_SLACK + HUGE_PAGE
 # Alignment of the scale and scratch areas of an FP8 job inside its slot (fp32 views need 4;
 # 64 is what torch gives its own allocations).
 SCRATCH_ALIGN = 64
+# fp32 rows dequantized at a time when the output is not fp32: a fixed scratch per slot, so a
+# piece's size does not decide the temporary memory (torch would allocate fp32 copies of the
+# whole piece for a mixed-dtype multiply on CPU).
+CHUNK_BYTES = 4 << 20
 
 
 Encodings = dict[str, Encoding]  # by hf_name
@@ -74,6 +78,11 @@ def _scale_bytes_per_row(layout: TensorLayout) -> int:
     return max([SCALE_DTYPE.itemsize] + [-(-layout.n_cols * SCALE_DTYPE.itemsize
                                            // s.group_rows)
                                          for s in layout.scales if s.per_column])
+
+
+def chunk_rows(n_cols: int) -> int:
+    """Rows dequantized per fp32 scratch chunk (at least one)."""
+    return max(1, CHUNK_BYTES // (n_cols * SCALE_DTYPE.itemsize))
 
 
 def scratch_bytes(n_rows: int, n_cols: int, dst_dtype: DType) -> int:
