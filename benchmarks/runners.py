@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from fixtures.llama4_layout import Llama4Spec
-from streamconv.system.memory import parse_size
+from streamconv.cli.sizes import parse_size
 
 from .cache import WORK_DIR, cached_bytes, evict_from_page_cache, input_files, tree_bytes
 from .models import BenchModel

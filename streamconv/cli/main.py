@@ -32,16 +32,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from streamconv.cli.sizes import SIZE_UNITS_HELP, parse_size
 from streamconv.errors import Interrupted, StreamconvError
 from streamconv.model.family import Family
 from streamconv.source.prefetch import start_prefetch
-from streamconv.system.memory import (
-    SIZE_UNITS_HELP,
-    current_rss_bytes,
-    default_max_ram_bytes,
-    format_size,
-    parse_size,
-)
+from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes, format_size
 
 if TYPE_CHECKING:  # the modules that import torch load only once a command runs
     from streamconv.pipeline.conversion import ConvertOptions, Prepared, Report
