@@ -11,7 +11,6 @@ data").
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from streamconv.planning.jobs import Job, Plan
 from streamconv.planning.layout import ByteRange, CopyBlock
@@ -60,19 +59,3 @@ def locate_reads(plan: Plan, checkpoint: Checkpoint) -> Plan:
     jobs = tuple(_locate_job(job, tensors=checkpoint.tensors, scales=checkpoint.scales)
                  for job in plan.jobs)
     return replace(plan, jobs=jobs, read_paths=checkpoint.read_paths)
-
-
-def plan_reads(plan: Plan) -> list[ByteRange]:
-    """Every read the executor issues for the plan's tensor data and scales, in job order."""
-    reads: list[ByteRange] = []
-    for job in plan.jobs:
-        for block in job.blocks:
-            assert block.read is not None, "the plan's reads are not located (locate_reads)"
-            reads.append(block.read)
-            if block.scale_read is not None:
-                reads.append(block.scale_read)
-    return reads
-
-
-def read_path(plan: Plan, source: ByteRange) -> Path:
-    return plan.read_paths[source.file_idx]
