@@ -37,7 +37,7 @@ CHUNK_BYTES = 64 << 20  # I/O calls this large run at full speed, as the convert
 
 BLOCK = 4096
 DIRECT = 0  # os.O_DIRECT with --direct
-PIECE_BYTES = 32 << 20  # streamconv's plan.MAX_PIECE_BYTES
+PIECE_BYTES = 32 << 20  # streamconv's slots.MAX_PIECE_BYTES
 
 
 def io_buffer(n_bytes: int) -> memoryview:

@@ -59,8 +59,8 @@ if "no-crc" in variant:
     import streamconv.runtime.executor as executor
     executor.zlib = types.SimpleNamespace(crc32=lambda data, value=0: 0)
 if variant.startswith("depth"):
-    import streamconv.planning.jobs as plan
-    plan.MAX_DEPTH = int(variant[len("depth"):])  # job threads / slots in flight
+    import streamconv.planning.slots as slots
+    slots.MAX_DEPTH = int(variant[len("depth"):])  # job threads / slots in flight
 from streamconv.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """

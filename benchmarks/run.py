@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from streamconv.system.memory import parse_size
+from streamconv.cli.sizes import parse_size
 
 from . import cache
 from .cache import CACHE_DIR, WORK_DIR, DiskError, gib

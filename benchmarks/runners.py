@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from fixtures.llama4_layout import Llama4Spec
-from streamconv.system.memory import parse_size
+from streamconv.cli.sizes import parse_size
 
 from .cache import WORK_DIR, cached_bytes, evict_from_page_cache, input_files, tree_bytes
 from .models import BenchModel
@@ -283,7 +283,7 @@ def run_floor_cp(session: Session, model: BenchModel, ckpt: Path, *, warm: bool 
                    output_bytes=written, cp_s=cp.wall_s, fsync_s=sync.wall_s)
 
 
-COPY_THREADS = 3  # streamconv's plan.MAX_DEPTH: as many I/Os in flight as its slots
+COPY_THREADS = 3  # streamconv's slots.MAX_DEPTH: as many I/Os in flight as its slots
 
 
 def run_floor_rw(session: Session, model: BenchModel, ckpt: Path, *,

@@ -109,7 +109,7 @@ def test_output_dtypes_and_chunked_dequantization(dtype_flag: str, dtype: torch.
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """--dtype fp32 writes the exact fp32 products (dequantized in place, no bf16 rounding);
     fp16/bf16 round them once from fp32. A tiny scratch makes every block several chunks."""
-    monkeypatch.setattr("streamconv.source.fp8_scales.CHUNK_BYTES", 256)  # 1-2 rows of these widths
+    monkeypatch.setattr("streamconv.planning.slots.CHUNK_BYTES", 256)  # 1-2 rows of these widths
     dst = tmp_path / "hf"
     result = run_cli("convert", fp8_8shards, dst, "--no-tokenizer", "--dtype", dtype_flag)
     assert result.code == 0, result.err
@@ -125,7 +125,7 @@ def test_chunks_fit_the_scratch_when_a_rank_block_is_narrower_than_the_output(
     """w2 of 2 ranks: output rows of 192 columns, rank blocks of 96. A chunk of 300 fp32 values
     is 1 output row but 3 block rows; the scratch the planner gives must hold what the executor
     puts in it (found converting an 8-rank checkpoint with 896-wide blocks)."""
-    monkeypatch.setattr("streamconv.source.fp8_scales.CHUNK_BYTES", 1200)
+    monkeypatch.setattr("streamconv.planning.slots.CHUNK_BYTES", 1200)
     src = write_fp8_checkpoint(_spec(2), tmp_path / "fp8")
     dst = tmp_path / "hf"
     result = run_cli("convert", src, dst, "--no-tokenizer")

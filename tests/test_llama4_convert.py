@@ -31,7 +31,8 @@ from fixtures.llama4_checkpoint import (
     write_llama4_checkpoint,
 )
 from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
-from streamconv.planning import jobs
+from streamconv.cli.dtype_label import source_dtype_label
+from streamconv.planning import slots
 
 
 def convert(meta_dir: Path, out_dir: Path, **options: object) -> streamconv.Report:
@@ -88,8 +89,8 @@ def test_tensors_cut_into_single_rows_still_equal(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Pieces of one row: every expert, fused and stacked tensor is cut at every row, so each
     job's blocks start mid-expert, mid-rank and mid-part."""
-    monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
-    monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
+    monkeypatch.setattr(slots, "MAX_PIECE_BYTES", 1)
+    monkeypatch.setattr(slots, "GOOD_PIECE_BYTES", 1)
     spec = maverick_like(vision=VisionSpec(), n_ranks=8)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     plan = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
@@ -235,7 +236,7 @@ def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> 
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")
     prepared = streamconv.prepare(meta_dir, streamconv.ConvertOptions(
         max_ram_bytes=int(in_process_budget()), tokenizer=False))
-    assert "float8_e4m3fn (feed-forward of layers 1, 3)" in prepared.plan.src_label
+    assert "float8_e4m3fn (feed-forward of layers 1, 3)" in source_dtype_label(prepared.plan)
     convert(meta_dir, tmp_path / "hf", dtype=dst)
     convert(tmp_path / "bf16", tmp_path / "hf-bf16", dtype=dst)
     got, want = converted_tensors(tmp_path / "hf"), converted_tensors(tmp_path / "hf-bf16")
@@ -250,8 +251,8 @@ def test_fp8_release_dequantizes_like_metas_loader(tmp_path: Path, dst: str) -> 
 
 
 def test_fp8_release_in_one_row_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "MAX_PIECE_BYTES", 1)
-    monkeypatch.setattr(jobs, "GOOD_PIECE_BYTES", 1)
+    monkeypatch.setattr(slots, "MAX_PIECE_BYTES", 1)
+    monkeypatch.setattr(slots, "GOOD_PIECE_BYTES", 1)
     spec = maverick_like(vision=VisionSpec(), n_ranks=2, n_layers=4)
     meta_dir = write_llama4_checkpoint(spec, tmp_path / "meta")
     _fp8_experts(meta_dir, spec, tmp_path / "bf16")

@@ -21,8 +21,8 @@ import pytest
 from conftest import restore_sigint
 
 from fixtures.synthetic import PRESETS, SyntheticSpec
+from streamconv.cli.sizes import parse_size
 from streamconv.model.family import Family
-from streamconv.system.memory import parse_size
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads VmHWM from /proc (Linux)")

@@ -9,13 +9,13 @@ from collections import defaultdict
 import pytest
 import torch
 
+from streamconv.cli.dtype_label import source_dtype_label
+from streamconv.cli.sizes import parse_size
 from streamconv.errors import BudgetError
 from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import Split
 from streamconv.planning.jobs import (
-    RUNTIME_ALLOWANCE_BYTES,
-    SCRATCH_ALIGN,
     Plan,
     plan_conversion,
     scratch_offset,
@@ -24,12 +24,16 @@ from streamconv.planning.jobs import (
 from streamconv.planning.layout import TensorLayout, copy_blocks, hf_layouts
 from streamconv.planning.output_files import layout_output_files
 from streamconv.planning.safetensors_format import DATA_ALIGN
+from streamconv.planning.slots import (
+    CHUNK_BYTES,
+    RUNTIME_ALLOWANCE_BYTES,
+    SCRATCH_ALIGN,
+    chunk_rows,
+)
 from streamconv.runtime.transforms import permute_rotary_into
-from streamconv.source.fp8_scales import CHUNK_BYTES, chunk_rows
 from streamconv.system import dtypes
 from streamconv.system.direct_io import SPAN_SLACK
 from streamconv.system.dtypes import DType
-from streamconv.system.memory import parse_size
 
 MiB = 1 << 20
 
@@ -43,37 +47,6 @@ def spec_of(*, family: Family = Family.LLAMA2, dim: int = 4096, n_layers: int = 
         rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
         tie_word_embeddings=False, embedding_split_dim=0 if family.is_llama3 else 1,
         bos_token_id=1)
-
-
-@pytest.mark.parametrize("text,expected", [
-    # bare letters: binary, as before GB became decimal
-    ("8G", 8 << 30), ("512M", 512 << 20), ("1.5g", 3 << 29), ("64k", 64 << 10),
-    # Hugging Face's units: GB decimal (huggingface_hub parse_size_to_int: "5GB" -> 5 * 10**9,
-    # case-insensitive), GiB binary
-    ("5GB", 5 * 10**9), ("5gb", 5 * 10**9), ("500MB", 500 * 10**6), ("10KB", 10**4),
-    ("1TB", 10**12), ("8GiB", 8 << 30), ("8gib", 8 << 30), ("512MiB", 512 << 20),
-    ("8Gi", 8 << 30), ("1.5 GiB", 3 << 29),
-    ("1073741824", 1 << 30), ("100b", 100)])
-def test_parse_size(text: str, expected: int) -> None:
-    assert parse_size(text) == expected
-
-
-def test_sizes_mean_what_hugging_face_means() -> None:
-    """The oracles: huggingface_hub's parser (GB decimal, case-insensitive) and transformers'
-    (GB decimal, GiB binary; it reads a lowercase "Gb" as gigabits, which we do not follow)."""
-    from huggingface_hub.serialization._base import parse_size_to_int
-    from transformers.utils.hub import convert_file_size_to_int
-
-    for text in ("5GB", "5gb", "500MB", "10KB", "1TB", "1.5GB"):
-        assert parse_size(text) == parse_size_to_int(text), text
-    for text in ("5GB", "500MB", "10KB", "4GiB", "512MiB", "64KiB"):
-        assert parse_size(text) == convert_file_size_to_int(text), text
-
-
-@pytest.mark.parametrize("text", ["", "G", "8X", "-1G", "eight", "8i", "8iB", "GB", "8 GiBs"])
-def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_size(text)
 
 
 @pytest.mark.parametrize("budget", ["400M", "1G", "8G"])
@@ -270,5 +243,5 @@ def test_fp8_read_bytes_and_label() -> None:
     scales = 2 * 4 * (2 * ffn + 8 * dim)
     assert plan.read_bytes == bf16.read_bytes - saved + scales
     assert plan.output_bytes == bf16.output_bytes
-    assert plan.src_label == "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16"
-    assert bf16.src_label == "bfloat16"
+    assert source_dtype_label(plan) == "float8_e4m3fn (feed-forward of layers 1-2) + bfloat16"
+    assert source_dtype_label(bf16) == "bfloat16"

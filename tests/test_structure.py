@@ -100,7 +100,7 @@ def test_fixtures_are_not_shipped() -> None:
 
 # Plan data built with keyword arguments only (issue 21, "A plan that is data"). The package
 # still supports Python 3.9, where @dataclass has no kw_only, so the rule is checked here.
-KEYWORD_ONLY = frozenset({"Job", "CopyBlock", "Piece", "FamilyFacts"})
+KEYWORD_ONLY = frozenset({"Job", "CopyBlock", "Piece", "FamilyFacts", "ByteRange"})
 SCANNED = ("streamconv", "fixtures", "tests", "benchmarks", "scripts")
 
 

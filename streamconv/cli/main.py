@@ -32,16 +32,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from streamconv.cli.sizes import SIZE_UNITS_HELP, parse_size
 from streamconv.errors import Interrupted, StreamconvError
 from streamconv.model.family import Family
 from streamconv.source.prefetch import start_prefetch
-from streamconv.system.memory import (
-    SIZE_UNITS_HELP,
-    current_rss_bytes,
-    default_max_ram_bytes,
-    format_size,
-    parse_size,
-)
+from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes, format_size
 
 if TYPE_CHECKING:  # the modules that import torch load only once a command runs
     from streamconv.pipeline.conversion import ConvertOptions, Prepared, Report
@@ -125,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  streamconv --max-ram 8G llama-2-7b/ llama-2-7b-hf/\n"
                "  streamconv plan llama-3.1-70b/ --max-ram 4G\n"
+               "  streamconv plan --json llama-2-7b/ > plan.json   # every job's byte ranges\n"
                "  streamconv llama-2-7b/ llama-2-7b-hf/ --resume     # after Ctrl-C or a crash\n"
                "  streamconv verify llama-2-7b/ llama-2-7b-hf/\n"
                "  streamconv llama-3.1-8b/ llama-3.1-8b-q8_0.gguf --outtype q8_0\n"
@@ -151,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("output_dir", type=Path, metavar="OUTPUT", nargs="?",
                       help="optional: the OUTPUT convert would get (a FILE.gguf plans GGUF "
                            "output); nothing is written there")
+    plan.add_argument("--json", action="store_true",
+                      help="print the whole plan as JSON instead of tables: output files, "
+                           "every job with the input byte ranges (file, offset, length) its "
+                           "copy blocks read, its destination, transform and cast, the "
+                           "budget and the predicted peak")
     check = sub.add_parser("verify", help="recompute OUTPUT_DIR from INPUT_DIR and compare every "
                                           "byte, the index, headers, configs and tokenizer files")
     _add_model_options(check)
@@ -204,12 +205,14 @@ class RichProgress:
         self.n_layers = 0
 
     def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
+        from streamconv.cli.dtype_label import source_dtype_label
+
         spec, plan = prepared.spec, prepared.plan
         for warning in prepared.warnings:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
             f"{spec.family.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
-            f"{plan.src_label} -> {_dtype_name(plan.dst_dtype)}; "
+            f"{source_dtype_label(plan)} -> {_dtype_name(plan.dst_dtype)}; "
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
         self.console.print(f"  family: {spec.sources['family']}", style="dim")
@@ -283,7 +286,13 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
     from streamconv.cli.plan_report import print_plan
     from streamconv.pipeline.conversion import prepare
 
-    print_plan(console, prepare(args.input_dir, _options(args)))
+    prepared = prepare(args.input_dir, _options(args))
+    if args.json:
+        from streamconv.cli.plan_json import print_plan_json
+
+        print_plan_json(console, prepared)
+    else:
+        print_plan(console, prepared)
     return 0
 
 

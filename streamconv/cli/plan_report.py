@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from streamconv.cli.dtype_label import source_dtype_label
 from streamconv.model.family import Family
 from streamconv.model.spec import ModelSpec
 from streamconv.pipeline.preparation import Prepared
@@ -58,7 +59,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),
         ("rank files", str(spec.n_ranks), "consolidated.NN.pth files found"),
-        ("dtype", plan.src_label, "tensor dtypes" + (", fp8_scales_N.pt files"
+        ("dtype", source_dtype_label(plan), "tensor dtypes" + (", fp8_scales_N.pt files"
                                                      if prepared.checkpoint.scales else "")),
         ("dim", str(spec.dim), "params.json"),
         ("n_layers", str(spec.n_layers), "params.json"),
@@ -92,8 +93,9 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("slots", f"{plan.depth} in flight, {format_size(plan.slot_bytes)} each"),
         ("read", format_size(plan.read_bytes)),
         ("write", format_size(plan.output_bytes)),
-        ("dtype", f"{plan.src_label} -> " + (f"GGUF {prepared.gguf_outtype}" if prepared.gguf
-                                             else str(plan.dst_dtype).removeprefix('torch.'))
+        ("dtype", f"{source_dtype_label(plan)} -> "
+                  + (f"GGUF {prepared.gguf_outtype}" if prepared.gguf
+                     else str(plan.dst_dtype).removeprefix('torch.'))
                   + (" (fp8 dequantized with its row scales)"
                      if any(job.dequantize for job in plan.jobs) else "")),
         ("baseline RSS", format_size(plan.baseline_bytes)),

@@ -186,8 +186,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
                                    crcs.pop(job.job_idx))
                     progress.job_done(job, bytes_read=n_read)
 
-                runner = JobRunner(plan, prepared.checkpoint.tensors, reader, write,
-                                   scales=prepared.checkpoint.scales)
+                runner = JobRunner(plan, reader, write)
                 extra_builder = None if to_gguf else _ExtraFiles(prepared)
                 try:
                     run_jobs(plan, jobs, runner, on_done)

@@ -140,8 +140,7 @@ def verify_gguf(input_dir: Path, out_path: Path, options: ConvertOptions) -> Ver
         def on_done(job: Job, n_read: int) -> None:
             result.bytes_checked += job.out_bytes
 
-        runner = JobRunner(prepared.plan, prepared.checkpoint.tensors, reader, compare,
-                           scales=prepared.checkpoint.scales)
+        runner = JobRunner(prepared.plan, reader, compare)
         run_jobs(prepared.plan, prepared.plan.jobs, runner, on_done)
     names = {t.layout.hf_name: g.gguf_name
              for t, g in zip(out_file.tensors, prepared.gguf.tensors[-len(out_file.tensors):],

@@ -20,6 +20,7 @@ from streamconv.planning.gguf_file import GGUFLayout, layout_gguf_file
 from streamconv.planning.jobs import Plan, plan_conversion
 from streamconv.planning.layout import Piece, TensorLayout, hf_layouts, replica_ranks
 from streamconv.planning.output_files import OutputFile
+from streamconv.planning.source_ranges import locate_reads
 from streamconv.source.params import read_params
 from streamconv.source.rank_files import resolve_input_dir
 from streamconv.source.rank_reader import RankReader
@@ -225,6 +226,7 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
                            baseline_bytes=current_rss_bytes(),
                            max_shard_bytes=options.max_shard_bytes, encodings=encodings,
                            files=files)
+    plan = locate_reads(plan, checkpoint)  # every block's byte ranges (source_ranges.py)
     warnings = [f"params.json has keys streamconv does not use: {', '.join(params.unknown_keys)}"
                 ] if params.unknown_keys else []
     warnings += spec.doubts

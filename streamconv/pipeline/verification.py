@@ -186,8 +186,7 @@ def verify(input_dir: Path, output_dir: Path, options: ConvertOptions) -> Verify
         result.problems.append(f"{hf_name} has dtype {where.dtype} shape {list(where.shape)}, "
                                "not what the input gives")
     with RankReader(prepared.checkpoint.read_paths) as reader, comparer.reader:
-        runner = JobRunner(prepared.plan, prepared.checkpoint.tensors, reader, comparer,
-                           scales=prepared.checkpoint.scales)
+        runner = JobRunner(prepared.plan, reader, comparer)
 
         def on_done(job: Job, n_read: int) -> None:
             result.bytes_checked += job.out_bytes

@@ -4,57 +4,31 @@ plan_conversion() is pure: it takes the model's tensor layouts, the dtypes, the 
 memory the process already uses, and returns the output files (with their headers), the jobs in
 write order, and the memory schedule. `streamconv plan` prints it; convert runs it.
 
-Memory model. Jobs run in `depth` slots; a slot is one buffer, allocated once and reused, that
-holds a job's output rows (in the output dtype) followed by a staging area for the shard bytes
-of one copy block: they are read there (with O_DIRECT, in whole disk blocks, hence SPAN_SLACK)
-and then copied, cast or permuted into place. Resident
-memory is therefore the baseline (interpreter, torch, metadata) plus depth x slot_bytes, and the
-budget decides the slot size: a tensor bigger than a slot is cut into row ranges (whole heads for
-q/k), so the smallest workable budget depends on the widest row, not on the model's size.
-
-FP8 weights (Meta's 405B, source/fp8_scales.py) stage 1 byte per value; after the staging area their
-slot holds the block's row scales (fp32) and a scratch of at most its CHUNK_BYTES (or one fp32
-row) where rows are dequantized in fp32 before they are rounded into the output; with fp32
-output they are dequantized in place and need no scratch. Both are counted in slot_bytes.
+Memory model: jobs run in `depth` reusable slots, sized from the budget by slots.py (which
+explains what a slot holds); a tensor bigger than a slot is cut into row ranges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from streamconv.errors import BudgetError
 from streamconv.model.spec import ModelSpec
 from streamconv.planning.encoding import Encoding
 from streamconv.planning.layout import CopyBlock, TensorLayout, copy_blocks
 from streamconv.planning.output_files import OutputFile, layout_output_files
-from streamconv.source.fp8_scales import (
-    FP8_DTYPE,
-    SCALE_DTYPE,
-    chunk_rows,
-    describe_dtypes,
-    layer_of,
+from streamconv.planning.slots import (
+    RUNTIME_ALLOWANCE_BYTES,
+    SCRATCH_ALIGN,
+    Encodings,
+    choose_slots,
+    round_up,
+    scratch_bytes,
+    smallest_budget,
 )
+from streamconv.source.fp8_scales import FP8_DTYPE
 from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from streamconv.system.dtypes import DType
-from streamconv.system.memory import format_flag_size, format_size
-
-# Pieces larger than this do not read or write faster (O_DIRECT on this machine's disk: the same
-# speed from 8 to 64 MiB per call), they only cost memory.
-MAX_PIECE_BYTES = 32 << 20
-# Pieces smaller than this make I/O calls too small to reach disk speed; below it, trade
-# overlap (depth) for size first.
-GOOD_PIECE_BYTES = 16 << 20
-MAX_DEPTH = 3
-# Interpreter growth during the run (thread stacks, job objects, allocator slack), measured on
-# Linux with the memory tests; kept as an allowance so peak RSS stays under --max-ram.
-RUNTIME_ALLOWANCE_BYTES = 48 << 20
-# A slot's bytes beyond its output rows and staged block: the output rows start up to a block
-# in (at their file offset's position within a block), the staging area starts on the next
-# block boundary and holds whole blocks, and the slot's last huge page counts whole in RSS.
-SLOT_SLACK = 2 * ALIGN + SPAN_SLACK + HUGE_PAGE
-# Alignment of the scale and scratch areas of an FP8 job inside its slot (fp32 views need 4;
-# 64 is what torch gives its own allocations).
-SCRATCH_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -104,6 +78,9 @@ class Plan:
     baseline_bytes: int
     predicted_peak_bytes: int
     min_budget_bytes: int
+    # The input files the blocks' byte ranges index (Checkpoint.read_paths), once the plan is
+    # located against the tensor index (source_ranges.locate_reads); empty before.
+    read_paths: tuple[Path, ...] = ()
 
     @property
     def output_bytes(self) -> int:
@@ -112,13 +89,6 @@ class Plan:
     @property
     def read_bytes(self) -> int:
         return sum(job.read_bytes for job in self.jobs)
-
-    @property
-    def src_label(self) -> str:
-        """The input dtypes as `plan` shows them, e.g. `float8_e4m3fn (feed-forward of layers
-        1-124) + bfloat16` for Meta's FP8 405B."""
-        quantized = [layer_of(job.blocks[0].meta_name) for job in self.jobs if job.dequantize]
-        return describe_dtypes(quantized, self.src_dtype)
 
 
 def _itemsize(dtype: DType) -> int:
@@ -130,95 +100,6 @@ def needs_stage(block: CopyBlock, *, n_cols: int, rotary: int | None, same_dtype
     transpose, or a block that is only some of the output's columns); otherwise they are a
     plain copy, which can be read straight into place when O_DIRECT is not available."""
     return not same_dtype or rotary is not None or block.n_cols != n_cols or block.transpose
-
-
-Encodings = dict[str, Encoding]  # by hf_name
-
-
-def _unit_bytes(layout: TensorLayout, enc: Encoding) -> int:
-    return layout.row_unit * enc.row_bytes(layout.n_cols)
-
-
-def _stage_ratio(layouts: list[TensorLayout], encodings: Encodings) -> float:
-    """Staging (and values-area) bytes per output byte, at least 1 (a plain copy stages as much
-    as it writes). An FP8 block stages 1 byte per value plus its fp32 row scales; a two-stage
-    encoding adds its values area."""
-    ratios = [1.0]
-    for t in layouts:
-        enc = encodings[t.hf_name]
-        out_row = enc.row_bytes(t.n_cols)
-        extra = enc.values_row_bytes(t.n_cols)
-        if t.src_dtype == FP8_DTYPE:
-            ratios.append((t.n_cols + _scale_bytes_per_row(t) + extra) / out_row)
-        else:
-            ratios.append((_itemsize(t.src_dtype) * t.n_cols + extra) / out_row)
-    return max(ratios)
-
-
-def _scale_bytes_per_row(layout: TensorLayout) -> int:
-    """fp32 scale bytes per stored row: one value (405B), or an expert's column vector shared
-    by its group_rows rows (Llama 4)."""
-    return max([SCALE_DTYPE.itemsize] + [-(-layout.n_cols * SCALE_DTYPE.itemsize
-                                           // s.group_rows)
-                                         for s in layout.scales if s.per_column])
-
-
-def _scratch_bytes(n_rows: int, n_cols: int, dst_dtype: DType) -> int:
-    """fp32 rows for dequantizing an FP8 block of n_rows (none when the output is fp32: the
-    output rows themselves are the fp32 scratch)."""
-    if dst_dtype == SCALE_DTYPE:
-        return 0
-    return min(n_rows, chunk_rows(n_cols)) * n_cols * SCALE_DTYPE.itemsize
-
-
-def _slot_extra(layouts: list[TensorLayout], encodings: Encodings) -> int:
-    """Bytes a slot needs beyond output, staging and values for the largest FP8 scratch (the
-    scales are in _stage_ratio) and the encodings' scratch (Q8_0), with the padding that aligns
-    those areas."""
-    encode = max((encodings[t.hf_name].scratch_bytes for t in layouts), default=0)
-    encode += 2 * SCRATCH_ALIGN if encode or any(
-        encodings[t.hf_name].two_stage for t in layouts) else 0
-    return encode + _fp8_extra(layouts, encodings)
-
-
-def _fp8_extra(layouts: list[TensorLayout], encodings: Encodings) -> int:
-    fp8 = [t for t in layouts if t.src_dtype == FP8_DTYPE]
-    if not fp8:
-        return 0
-    # A block of an expert tensor can start and end inside an expert: two more scale vectors.
-    partial = max((2 * t.n_cols * SCALE_DTYPE.itemsize for t in fp8
-                   if any(s.per_column for s in t.scales)), default=0)
-    return 2 * SCRATCH_ALIGN + partial + max(
-        _scratch_bytes(t.n_rows, t.n_cols, encodings[t.hf_name].values) for t in fp8)
-
-
-def _choose_slots(layouts: list[TensorLayout], *, encodings: Encodings,
-                  avail: int, min_budget: int, budget: int) -> tuple[int, int]:
-    """(depth, out_cap): as much overlap as the budget allows without starving piece size."""
-    stage_ratio = _stage_ratio(layouts, encodings)
-    slack = SLOT_SLACK + _slot_extra(layouts, encodings)
-    widest = max(_unit_bytes(t, encodings[t.hf_name]) for t in layouts)
-    largest = max(t.n_rows * encodings[t.hf_name].row_bytes(t.n_cols) for t in layouts)
-    unit = int(widest * (1 + stage_ratio)) + slack
-    if avail < unit:
-        raise BudgetError(
-            f"--max-ram {format_size(budget)} is too small: one unit of work needs "
-            f"{format_size(unit)} on top of the "
-            f"{format_size(min_budget - unit)} the process itself uses; "
-            f"use --max-ram {format_flag_size(min_budget)} or more")
-    for depth in range(MAX_DEPTH, 0, -1):
-        out_cap = int((avail - depth * slack) / (depth * (1 + stage_ratio)))
-        if out_cap < widest and depth > 1:
-            # A job is at least one unit (a whole expert of Llama 4's transposed GGUF
-            # experts): fewer slots rather than slots over the budget.
-            continue
-        if out_cap >= min(GOOD_PIECE_BYTES, largest) or depth == 1:
-            return depth, max(min(out_cap, MAX_PIECE_BYTES), widest)
-    raise AssertionError("unreachable")
-
-
-def _round_up(n: int, align: int) -> int:
-    return -(-n // align) * align
 
 
 def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encoding,
@@ -236,8 +117,8 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encod
             block_rows = max(b.n_rows for b in blocks)
             scale_bytes = max(b.scale.read_bytes(b.src_row_start, b.n_rows, b.n_cols)
                               for b in blocks if b.scale is not None)
-            scratch = (_round_up(scale_bytes, SCRATCH_ALIGN)
-                       + _scratch_bytes(block_rows, layout.n_cols, enc.values))
+            scratch = (round_up(scale_bytes, SCRATCH_ALIGN)
+                       + scratch_bytes(block_rows, layout.n_cols, enc.values))
         jobs.append(Job(job_idx=first_idx + len(jobs), hf_name=layout.hf_name,
                         file_idx=file_idx, file_offset=data_start + row_start * row_bytes,
                         row_start=row_start, row_stop=row_stop,
@@ -261,7 +142,7 @@ def slot_layout(job: Job) -> tuple[int, int]:
 
 def scratch_offset(job: Job) -> int:
     """Where an FP8 job's row scales start in its slot (its fp32 scratch follows them)."""
-    return _round_up(slot_layout(job)[1] + job.stage_bytes, SCRATCH_ALIGN)
+    return round_up(slot_layout(job)[1] + job.stage_bytes, SCRATCH_ALIGN)
 
 
 def _fp8_end(job: Job) -> int:
@@ -272,12 +153,12 @@ def _fp8_end(job: Job) -> int:
 
 def values_offset(job: Job) -> int:
     """Where a two-stage job's values area starts in its slot."""
-    return _round_up(_fp8_end(job), SCRATCH_ALIGN)
+    return round_up(_fp8_end(job), SCRATCH_ALIGN)
 
 
 def encode_scratch_offset(job: Job) -> int:
     """Where a two-stage job's second-step scratch (Q8_0) starts in its slot."""
-    return _round_up(values_offset(job) + job.values_bytes, SCRATCH_ALIGN)
+    return round_up(values_offset(job) + job.values_bytes, SCRATCH_ALIGN)
 
 
 def _job_slot_bytes(job: Job) -> int:
@@ -295,13 +176,9 @@ def plan_conversion(spec: ModelSpec, layouts: list[TensorLayout], *, dst_dtype: 
     if encodings is None:
         encodings = {t.hf_name: Encoding(dst_dtype) for t in layouts}
     reserved = baseline_bytes + RUNTIME_ALLOWANCE_BYTES
-    stage_ratio = _stage_ratio(layouts, encodings)
-    widest = max(_unit_bytes(t, encodings[t.hf_name]) for t in layouts)
-    min_budget = (reserved + int(widest * (1 + stage_ratio)) + SLOT_SLACK
-                  + _slot_extra(layouts, encodings))
-    depth, out_cap = _choose_slots(layouts, encodings=encodings,
-                                   avail=budget_bytes - reserved, min_budget=min_budget,
-                                   budget=budget_bytes)
+    min_budget = smallest_budget(layouts, encodings=encodings, baseline_bytes=baseline_bytes)
+    depth, out_cap = choose_slots(layouts, encodings=encodings, baseline_bytes=baseline_bytes,
+                                  budget=budget_bytes)
     if files is None:
         files = layout_output_files(layouts, dtype=dst_dtype, max_shard_bytes=max_shard_bytes)
     jobs: list[Job] = []

@@ -104,6 +104,17 @@ def _band_rows(piece: Piece, n_rows: int) -> int:
 
 
 @dataclass(frozen=True)
+class ByteRange:
+    """One positioned read: `n_bytes` at `offset_bytes` of input file `file_idx`, an index into
+    Checkpoint.read_paths (the rank files, then the FP8 scale files), which is how RankReader
+    numbers the files it opens."""
+
+    file_idx: int
+    offset_bytes: int
+    n_bytes: int
+
+
+@dataclass(frozen=True)
 class CopyBlock:
     """Rows of one rank file's tensor -> a rectangle of the output tensor (with `transpose`,
     the rank's rows are the rectangle's columns)."""
@@ -117,6 +128,10 @@ class CopyBlock:
     n_cols: int
     transpose: bool = False
     scale: ScaleLayout | None = None  # the piece's, for fp8 blocks
+    # Where its bytes are, and its scales' (fp8 blocks), once the plan is located against the
+    # tensor index (source_ranges.locate_reads); None in a plan of shapes alone.
+    read: ByteRange | None = None
+    scale_read: ByteRange | None = None
 
 
 def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from streamconv.planning.jobs import (
-    SCRATCH_ALIGN,
     Job,
     Plan,
     encode_scratch_offset,
@@ -33,11 +32,11 @@ from streamconv.planning.jobs import (
     values_offset,
 )
 from streamconv.planning.layout import CopyBlock
+from streamconv.planning.slots import SCRATCH_ALIGN
 from streamconv.runtime.in_place_read import read_in_place
 from streamconv.runtime.transforms import permute_rotary_into
 from streamconv.source.fp8_scales import SCALE_DTYPE, ScaleLayout
 from streamconv.source.rank_reader import RankReader
-from streamconv.source.tensor_index import TensorRef
 from streamconv.system import dtypes
 from streamconv.system.direct_io import ALIGN, huge_page_memory
 from streamconv.system.dtypes import DType
@@ -84,15 +83,14 @@ def _tensor(raw: Slot, dtype: DType, n_rows: int, n_cols: int) -> Any:
 class JobRunner:
     """Fills one slot with one job's output rows and hands them to the sink.
 
-    `scales` are the FP8 release's scale files (Checkpoint.scales), read through the same
-    reader, which must then have been opened on Checkpoint.read_paths.
+    The plan must be located (planning/source_ranges.locate_reads): every block carries the
+    byte range it reads, and its scales' for FP8 blocks, so nothing is looked up by name here.
+    `reader` is opened on the plan's read_paths (Checkpoint.read_paths: the rank files, then
+    the FP8 release's scale files).
     """
 
-    def __init__(self, plan: Plan, refs: tuple[dict[str, TensorRef], ...], reader: RankReader,
-                 sink: Sink, *, scales: tuple[dict[str, TensorRef], ...] = ()) -> None:
+    def __init__(self, plan: Plan, reader: RankReader, sink: Sink) -> None:
         self.plan = plan
-        self.refs = refs
-        self.scales = scales
         self.reader = reader
         self.sink = sink
         if any(job.encoding.quantized for job in plan.jobs):
@@ -103,10 +101,6 @@ class JobRunner:
 
             torch.set_num_threads(1)
 
-    def source_offset(self, block: CopyBlock) -> int:
-        ref = self.refs[block.rank_idx][block.meta_name]
-        return ref.offset_bytes + block.src_row_start * ref.shape[-1] * ref.itemsize
-
     def dequantize_into(self, dst: Any, src: Any, block: CopyBlock, scratch_raw: Slot,
                         layout: ScaleLayout) -> int:
         """dst = (src.float() * scale).to(dst.dtype) with the block's rank's scales (fp8_scales.py:
@@ -116,12 +110,14 @@ class JobRunner:
         The multiply runs in fp32 in `scratch`, a few rows at a time, so no temporary of the
         block's size is ever allocated; with fp32 output it runs in dst itself.
         """
-        ref = self.scales[block.rank_idx][layout.key_for(block.rank_idx)]
+        source = block.scale_read
+        assert source is not None, "the plan's reads are not located (locate_reads)"
         first, n_groups = layout.groups(block.src_row_start, block.n_rows)
         width = block.n_cols if layout.per_column else 1
         n_bytes = n_groups * width * SCALE_DTYPE.itemsize
-        self.reader.read_into(ref.rank_idx, ref.offset_bytes + first * width
-                              * SCALE_DTYPE.itemsize, as_buffer(scratch_raw[:n_bytes]))
+        assert source.n_bytes == n_bytes, (block, source)
+        self.reader.read_into(source.file_idx, source.offset_bytes,
+                              as_buffer(scratch_raw[:n_bytes]))
         scratch = _tensor(scratch_raw, dtypes.UINT8, 1, len(scratch_raw))[0]
         scale = scratch[:n_bytes].view(SCALE_DTYPE.torch).view(n_groups, width)
         in_place = dst.dtype == SCALE_DTYPE.torch
@@ -200,17 +196,19 @@ class JobRunner:
         row_bytes = job.n_cols * value_dtype.itemsize
         bytes_read = 0
         for block in job.blocks:
-            file_offset = self.source_offset(block)
-            n_bytes = block.n_rows * block.n_cols * src_item
+            source = block.read
+            assert source is not None, "the plan's reads are not located (locate_reads)"
+            file_idx, file_offset, n_bytes = source.file_idx, source.offset_bytes, source.n_bytes
+            assert n_bytes == block.n_rows * block.n_cols * src_item, (block, source)
             first = block.dst_row_start - job.row_start
             plain = not needs_stage(block, n_cols=job.n_cols, rotary=job.rotary_head_dim,
                                     same_dtype=same)
             target = values_raw[first * row_bytes:(first + block.n_rows) * row_bytes]
-            if plain and self._read_plain(block.rank_idx, file_offset, slot, target):
+            if plain and self._read_plain(file_idx, file_offset, slot, target):
                 bytes_read += n_bytes
                 continue
             stage_area = slot[stage_offset:stage_offset + job.stage_bytes]
-            start = self.reader.read_span(block.rank_idx, file_offset, n_bytes,
+            start = self.reader.read_span(file_idx, file_offset, n_bytes,
                                           as_buffer(stage_area))
             stage_raw = stage_area[start:start + n_bytes]
             if plain:

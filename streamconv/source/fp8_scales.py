@@ -36,11 +36,6 @@ SCALE_DTYPE = dtypes.FLOAT32
 _FLOAT_DTYPES = dtypes.FLOATS
 # A per-layer weight: the scale key is made of its layer index and the part after it.
 _LAYER_WEIGHT_RE = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
-_LAYER_RE = re.compile(r"^layers\.(\d+)\.")
-# fp32 rows dequantized at a time when the output is not fp32: a fixed scratch per slot, so a
-# piece's size does not decide the temporary memory (torch would allocate fp32 copies of the
-# whole piece for a mixed-dtype multiply on CPU).
-CHUNK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -80,40 +75,8 @@ def row_scale_layout(meta_name: str) -> ScaleLayout | None:
     return ScaleLayout(f"{match.group(1)}_{match.group(2)}_{{rank}}")
 
 
-def chunk_rows(n_cols: int) -> int:
-    """Rows dequantized per fp32 scratch chunk (at least one)."""
-    return max(1, CHUNK_BYTES // (n_cols * SCALE_DTYPE.itemsize))
-
-
 def _name(dtype: DType) -> str:
     return dtype.name
-
-
-def _layer_label(layer_ids: list[int]) -> str:
-    runs: list[str] = []
-    start = prev = layer_ids[0]
-    for layer_idx in [*layer_ids[1:], None]:
-        if layer_idx is not None and layer_idx == prev + 1:
-            prev = layer_idx
-            continue
-        runs.append(str(start) if start == prev else f"{start}-{prev}")
-        if layer_idx is not None:
-            start = prev = layer_idx
-    return ", ".join(runs)
-
-
-def describe_dtypes(quantized_layers: list[int], other: DType) -> str:
-    """`float8_e4m3fn (feed-forward of layers 1-124) + bfloat16`, or just `bfloat16`."""
-    if not quantized_layers:
-        return _name(other)
-    return (f"{_name(FP8_DTYPE)} (feed-forward of layers "
-            f"{_layer_label(sorted(set(quantized_layers)))}) + {_name(other)}")
-
-
-def layer_of(meta_name: str) -> int:
-    match = _LAYER_RE.match(meta_name)
-    assert match, meta_name
-    return int(match.group(1))
 
 
 def _check_scale(ckpt: Checkpoint, ref: TensorRef, layout: ScaleLayout) -> None:

@@ -1,4 +1,5 @@
-"""Sizes as users write them, and memory as the OS reports it.
+"""Memory as the OS reports it, and sizes as messages show them (reading the sizes users
+write is the command line's: cli/sizes.py).
 
 The budget is about resident memory as the OS counts it (VmHWM on Linux, ru_maxrss elsewhere),
 mapped file pages included, so every figure here comes from the OS, never from our own tally.
@@ -7,36 +8,10 @@ mapped file pages included, so every figure here comes from the OS, never from o
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 from pathlib import Path
 
 import psutil
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-SIZE_UNITS_HELP = ("sizes: 5GB = 5*10^9 bytes and 500MB = 500*10^6 (decimal, as in Hugging "
-                   "Face); 8GiB = 8*2^30 and 512MiB = 512*2^20 (binary); a bare 8G or 512M is "
-                   "binary too, as in earlier versions")
-
-
-def parse_size(text: str) -> int:
-    """'5GB', '8GiB', '8G', '512M', '1.5g' or plain bytes -> bytes.
-
-    The units Hugging Face uses: "GB", "MB", "KB", "TB" are decimal (5GB = 5 * 10^9 bytes, as in
-    huggingface_hub's parse_size_to_int, so --max-shard-size 5GB splits where save_pretrained's
-    max_shard_size="5GB" does), "GiB", "MiB", "KiB", "TiB" binary. A bare letter ("8G", "512M",
-    any case) stays binary, as it was before streamconv read GB as decimal: a user who types 8G
-    for --max-ram means 8 GiB of RAM. Letters are case-insensitive, like huggingface_hub's.
-    """
-    match = _SIZE_RE.match(text)
-    if not match or (match.group(3) and not match.group(2)):
-        raise ValueError(f"cannot read size {text!r}: use a number with an optional unit, "
-                         "like 8G or 8GiB (binary), 5GB (decimal), 512M or 1073741824")
-    number, prefix, binary, byte = match.groups()
-    power = _POWER[prefix.lower()]
-    base = 1024 if binary or not byte else 1000
-    return int(float(number) * base**power)
 
 
 def format_size(n_bytes: float) -> str:
