@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamconv.errors import CheckpointError, ParamsError
-from streamconv.model.family import Family
+from streamconv.model.families.description import FamilyFacts
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
@@ -163,7 +163,7 @@ def _check_vision_layer_count(ckpt: Checkpoint, table: TensorTable, n_layers: in
                               "file or params.json belongs to another model")
 
 
-def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
+def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
                   instruct: tuple[bool, str]) -> ModelSpec:
     """The Llama 4 ModelSpec, every tensor checked against the table before anything is
     written."""
@@ -222,7 +222,7 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
     sources["vocab_size"] = f"{table.name('embedding')} rows x {n}"
     theta = params.rope_theta if params.rope_theta is not None else 500000.0
     spec = ModelSpec(
-        family=Family.LLAMA4, n_ranks=n, dtype=dtype, dim=params.dim,
+        family=family, n_ranks=n, dtype=dtype, dim=params.dim,
         n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
         ffn_dim=dims["dense_ffn"], norm_eps=params.norm_eps, rope_theta=theta,
         rope_scaling=_rope_scaling(raw), max_position_embeddings=context,
@@ -352,3 +352,61 @@ def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
     if spec.instruct:
         return {**ids, "do_sample": True, "temperature": 0.6, "top_p": 0.9}
     return ids
+
+
+def plan_rows(spec: ModelSpec, src: Callable[[str], str]) -> list[tuple[str, str, str]]:
+    """What `plan` prints for Llama 4's FFN: experts, their width, the dense width, which
+    layers are which, and the vision tower."""
+    dims, layers = spec.extra_dims, spec.extra_layers
+    return [
+        ("experts", str(dims["experts"]), "moe_args in params.json"),
+        ("expert ffn (intermediate_size)", str(dims["moe_ffn"]), src("intermediate_size")),
+        ("dense ffn (intermediate_size_mlp)", str(dims["dense_ffn"]),
+         src("intermediate_size_mlp")),
+        ("MoE layers", _layer_list(layers["moe"]), "moe_args.interleave_moe_layer_step"),
+        ("dense layers", _layer_list(layers["dense"]), "the other layers"),
+        ("vision", f"{len(layers['vision'])} layers, dim {dims['vision_dim']}",
+         "vision_args in params.json"),
+    ]
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    shown = ", ".join(map(str, layers[:8]))
+    return f"{len(layers)}: {shown}{', ...' if len(layers) > 8 else ''}" if layers else "none"
+
+
+def gguf_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What llama.cpp's Llama4Model reads: intermediate_size is the dense FFN's
+    (Llama4Model.__init__) and layer_types is filled in as transformers' Llama4TextConfig
+    (4.57) does when config.json has none: chunked attention where no_rope_layers says 1,
+    no_rope_layers defaulting to every 4th layer 0."""
+    hparams["intermediate_size_moe"] = hparams["intermediate_size"]
+    hparams["intermediate_size"] = hparams["intermediate_size_mlp"]
+    if hparams.get("layer_types") is None:
+        no_rope = hparams.get("no_rope_layers") or [
+            int((layer_idx + 1) % hparams.get("no_rope_layer_interval", 4) != 0)
+            for layer_idx in range(hparams["num_hidden_layers"])]
+        hparams["layer_types"] = ["chunked_attention" if flag else "full_attention"
+                                  for flag in no_rope]
+    return hparams
+
+
+def gguf_refusal(spec: ModelSpec) -> str | None:
+    """The FP8 experts' column scales are applied to untransposed rows (executor.py); the
+    GGUF experts are transposed bands of them."""
+    if not spec.quantized:
+        return None
+    return ("GGUF output for Llama 4's FP8 release is not supported yet; convert to a Hugging "
+            "Face folder (an OUTPUT_DIR without .gguf) and run llama.cpp's convert_hf_to_gguf.py "
+            "on it")
+
+
+# transformers' convert_llama4_weights_to_hf.py: base context 256K, bos 200000, eos 200001;
+# Instruct generation_config do_sample/temperature 0.6/top_p 0.9 and the three stop tokens
+# of llama-models' llama4/tokenizer.py (docs/llama4_facts.md sections 4 and 5). The
+# variant-specific values (Instruct context) are the constants at the top of this module.
+FACTS = FamilyFacts(context_length=_BASE_CONTEXT, bos_token_id=200000, eos_token_id=200001,
+                    base_generation=(), instruct_generation=(("do_sample", True),
+                                                             ("temperature", 0.6),
+                                                             ("top_p", 0.9)),
+                    instruct_eos=(200001, 200007, 200008))
