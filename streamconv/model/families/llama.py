@@ -69,7 +69,7 @@ def ffn_rows(spec: ModelSpec, src: Callable[[str], str]) -> Sequence[PlanRow]:
     return [("ffn_dim", str(spec.ffn_dim), src("ffn_dim"))]
 
 
-def _sentencepiece(key: Family, label: str, facts: FamilyFacts, rank: int,
+def _sentencepiece(key: Family, *, label: str, facts: FamilyFacts, rank: int,
                    template: str | None) -> FamilyDescription:
     return FamilyDescription(
         key=key, label=label, facts=facts, tensors=LLAMA_TENSORS,
@@ -78,7 +78,7 @@ def _sentencepiece(key: Family, label: str, facts: FamilyFacts, rank: int,
         evidence=llama_rules, evidence_rank=rank, embedding_split_dim=1, plan_rows=ffn_rows)
 
 
-def _tiktoken(key: Family, label: str, facts: FamilyFacts, rank: int, *, specials: str,
+def _tiktoken(key: Family, *, label: str, facts: FamilyFacts, rank: int, specials: str,
               template: str, ties_output: bool = False,
               same_config_as: str | None = None) -> FamilyDescription:
     return FamilyDescription(
@@ -95,16 +95,18 @@ def _tiktoken(key: Family, label: str, facts: FamilyFacts, rank: int, *, special
 # published text, LLaMA 3.3 publishes 3.1's (tokenizer/templates/SOURCES.md); LLaMA 1 has no
 # chat model. Only LLaMA 3.2 ties its output to the embedding (docs/releases.md).
 DESCRIPTIONS = (
-    _sentencepiece(Family.LLAMA1, "LLaMA 1", LLAMA1_FACTS, 2, None),
-    _sentencepiece(Family.LLAMA2, "LLaMA 2", LLAMA2_FACTS, 0, "llama2_chat.jinja"),
-    _sentencepiece(Family.CODE_LLAMA, "Code Llama", CODE_LLAMA_FACTS, 1,
-                   "code_llama_instruct.jinja"),
-    _tiktoken(Family.LLAMA3, "LLaMA 3", LLAMA3_FACTS, 5, specials="llama3.0",
+    _sentencepiece(Family.LLAMA1, label="LLaMA 1", facts=LLAMA1_FACTS, rank=2, template=None),
+    _sentencepiece(Family.LLAMA2, label="LLaMA 2", facts=LLAMA2_FACTS, rank=0,
+                   template="llama2_chat.jinja"),
+    _sentencepiece(Family.CODE_LLAMA, label="Code Llama", facts=CODE_LLAMA_FACTS, rank=1,
+                   template="code_llama_instruct.jinja"),
+    _tiktoken(Family.LLAMA3, label="LLaMA 3", facts=LLAMA3_FACTS, rank=5, specials="llama3.0",
               template="llama3_instruct.jinja"),
-    _tiktoken(Family.LLAMA3_1, "LLaMA 3.1", LLAMA3_1_FACTS, 3, specials="llama3.1",
-              template="llama3_1_instruct.jinja"),
-    _tiktoken(Family.LLAMA3_2, "LLaMA 3.2", LLAMA3_2_FACTS, 4, specials="llama3.1",
-              template="llama3_2_instruct.jinja", ties_output=True),
-    _tiktoken(Family.LLAMA3_3, "LLaMA 3.3", LLAMA3_3_FACTS, 6, specials="llama3.1",
-              template="llama3_1_instruct.jinja", same_config_as=Family.LLAMA3_1),
+    _tiktoken(Family.LLAMA3_1, label="LLaMA 3.1", facts=LLAMA3_1_FACTS, rank=3,
+              specials="llama3.1", template="llama3_1_instruct.jinja"),
+    _tiktoken(Family.LLAMA3_2, label="LLaMA 3.2", facts=LLAMA3_2_FACTS, rank=4,
+              specials="llama3.1", template="llama3_2_instruct.jinja", ties_output=True),
+    _tiktoken(Family.LLAMA3_3, label="LLaMA 3.3", facts=LLAMA3_3_FACTS, rank=6,
+              specials="llama3.1", template="llama3_1_instruct.jinja",
+              same_config_as=Family.LLAMA3_1),
 )
