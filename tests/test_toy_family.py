@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import in_process_budget
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -87,6 +88,10 @@ TOY = FamilyDescription(
     recognise=lambda params, ckpt: "toy_args" in params.raw)
 
 
+def _options() -> ConvertOptions:
+    return ConvertOptions(tokenizer=False, max_ram_bytes=int(in_process_budget()))
+
+
 def _toy_checkpoint(make_checkpoint: MakeCkpt, tmp_path: Path) -> Path:
     """A 2-rank LLaMA 2 fixture, its tensors renamed to the toy's and toy_args added."""
     src = make_checkpoint(tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False))
@@ -134,7 +139,7 @@ def test_a_toy_family_registered_in_a_test_converts(make_checkpoint: MakeCkpt,
     src = _toy_checkpoint(make_checkpoint, tmp_path)
     out = tmp_path / "out"
     with registered(TOY):
-        report = convert(src, out, ConvertOptions(tokenizer=False, max_ram_bytes=1 << 30))
+        report = convert(src, out, _options())
     assert report.family == "Toy"
     config = json.loads((out / "config.json").read_text())
     assert config == {"architectures": ["ToyForCausalLM"], "model_type": "toy", "width": 64,
@@ -155,14 +160,14 @@ def test_the_cli_reads_the_registry(make_checkpoint: MakeCkpt, tmp_path: Path) -
     src = _toy_checkpoint(make_checkpoint, tmp_path)
     buffer = io.StringIO()
     with registered(TOY):
-        code = main(["plan", str(src), "--no-tokenizer", "--max-ram", "1G"],
+        code = main(["plan", str(src), "--no-tokenizer", "--max-ram", in_process_budget()],
                     console=Console(file=buffer, width=200))
     assert code == 0, buffer.getvalue()
     assert "Toy" in buffer.getvalue()
     with pytest.raises(ValueError, match="no family 'toy'"):
         describe("toy")
     with pytest.raises(StreamconvError, match="lacks layers.0"):
-        convert(src, tmp_path / "out2", ConvertOptions(tokenizer=False, max_ram_bytes=1 << 30))
+        convert(src, tmp_path / "out2", _options())
 
 
 def test_a_key_is_registered_once() -> None:

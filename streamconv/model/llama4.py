@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamconv.errors import CheckpointError, ParamsError
-from streamconv.model.families.description import FamilyFacts
+from streamconv.model.families.llama4_facts import LLAMA4
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
@@ -28,25 +28,6 @@ from streamconv.model.tensor_table import TensorTable, evaluate, layer_index
 from streamconv.source.fp8_scales import ScaleLayout, quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
-
-# llama-models' llama4/tokenizer.py: 2,048 special tokens after the ranks (ids 200000-202047
-# for the real 200,000 ranks); the published configs' ids, relative to <|begin_of_text|>.
-N_SPECIAL_TOKENS = 2048
-_EOS_OFFSETS = (1, 7, 8)  # <|end_of_text|>, <|eom|>, <|eot|>
-_PAD_OFFSET = 18  # <|finetune_right_pad|>
-_BOI_OFFSET, _EOI_OFFSET, _IMAGE_OFFSET = 80, 81, 92  # <|image_start|>, <|image_end|>, <|patch|>
-
-# Context lengths (transformers' convert_llama4_weights_to_hf.py max_context_length; the
-# published Scout base 262144 and Maverick base 262144 in docs/llama4_published.json).
-_BASE_CONTEXT = 262144
-_SCOUT_INSTRUCT_CONTEXT = 10485760  # 16 experts
-_MAVERICK_INSTRUCT_CONTEXT = 1048576
-_DENSE_INSTRUCT_CONTEXT = 8192  # no moe_args (Llama Guard 4)
-
-# llama-models' llama4/args.py (PR #322, "Only Llama-4-Scout uses scaled rope"): the defaults
-# when params.json sets use_scaled_rope without the factors; the published Scout config.json
-# has these (factor 16.0, high_freq_factor 1.0).
-_ROPE_FACTOR, _ROPE_HIGH_FREQ_FACTOR = 16.0, 1.0
 
 
 def is_llama4(params: MetaParams, ckpt: Checkpoint) -> bool:
@@ -123,19 +104,20 @@ def _vision_dims(vision: Mapping[str, Any]) -> dict[str, int]:
 
 def _context_length(*, instruct: bool, n_experts: int) -> tuple[int, str]:
     if not instruct:
-        return _BASE_CONTEXT, "Llama 4 base context (256K)"
+        return LLAMA4.base_context, "Llama 4 base context (256K)"
     if not n_experts:
-        return _DENSE_INSTRUCT_CONTEXT, "Llama 4 dense Instruct context (8K)"
+        return LLAMA4.dense_instruct_context, "Llama 4 dense Instruct context (8K)"
     if n_experts == 16:
-        return _SCOUT_INSTRUCT_CONTEXT, "Llama 4 Scout Instruct context (10M)"
-    return _MAVERICK_INSTRUCT_CONTEXT, "Llama 4 Instruct context (1M)"
+        return LLAMA4.scout_instruct_context, "Llama 4 Scout Instruct context (10M)"
+    return LLAMA4.maverick_instruct_context, "Llama 4 Instruct context (1M)"
 
 
 def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     if not raw.get("use_scaled_rope"):
         return None
-    return {"factor": float(raw.get("rope_scaling_factor") or _ROPE_FACTOR),
-            "high_freq_factor": float(raw.get("rope_high_freq_factor") or _ROPE_HIGH_FREQ_FACTOR),
+    return {"factor": float(raw.get("rope_scaling_factor") or LLAMA4.rope_factor),
+            "high_freq_factor": float(raw.get("rope_high_freq_factor")
+                                      or LLAMA4.rope_high_freq_factor),
             "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
             "rope_type": "llama3"}
 
@@ -198,9 +180,10 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
         raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
                           f"{table.name('embedding')} gives {vocab}; params.json belongs to "
                           "another model")
-    if vocab <= N_SPECIAL_TOKENS:
+    if vocab <= LLAMA4.n_special_tokens:
         raise ParamsError(f"{table.name('embedding')} has {vocab} rows, fewer than Llama 4's "
-                          f"{N_SPECIAL_TOKENS} special tokens; the files belong to another model")
+                          f"{LLAMA4.n_special_tokens} special tokens; the files belong to "
+                          "another model")
     dims = {"experts": n_experts, **_vision_dims(vision)}
     if moe_idx:
         dims["moe_ffn"] = shard0[table.name("experts_gate", moe_idx[0])].shape[-1] * n
@@ -227,7 +210,7 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
         ffn_dim=dims["dense_ffn"], norm_eps=params.norm_eps, rope_theta=theta,
         rope_scaling=_rope_scaling(raw), max_position_embeddings=context,
         tie_word_embeddings=False, embedding_split_dim=0,
-        bos_token_id=vocab - N_SPECIAL_TOKENS, instruct=instruct[0], tensors=table,
+        bos_token_id=vocab - LLAMA4.n_special_tokens, instruct=instruct[0], tensors=table,
         sources=sources, extra_dims=dims, extra_layers=layers, raw_params=dict(raw),
         quantized=frozenset(scales), scale_layouts=scales)
     check_shapes(spec, ckpt)
@@ -236,8 +219,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
 
 def _token_ids(spec: ModelSpec) -> dict[str, Any]:
     bos = spec.bos_token_id
-    return {"bos_token_id": bos, "eos_token_id": [bos + k for k in _EOS_OFFSETS],
-            "pad_token_id": bos + _PAD_OFFSET}
+    return {"bos_token_id": bos, "eos_token_id": [bos + k for k in LLAMA4.eos_offsets],
+            "pad_token_id": bos + LLAMA4.pad_offset}
 
 
 def _no_rope_layers(spec: ModelSpec) -> list[int]:
@@ -335,9 +318,9 @@ def config_dict(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
     bos = spec.bos_token_id
     return {
         "architectures": ["Llama4ForConditionalGeneration"],
-        "boi_token_index": bos + _BOI_OFFSET,
-        "eoi_token_index": bos + _EOI_OFFSET,
-        "image_token_index": bos + _IMAGE_OFFSET,
+        "boi_token_index": bos + LLAMA4.boi_offset,
+        "eoi_token_index": bos + LLAMA4.eoi_offset,
+        "image_token_index": bos + LLAMA4.image_offset,
         "model_type": "llama4",
         "text_config": text_config(spec, dtype_name=dtype_name),
         "torch_dtype": dtype_name,
@@ -399,14 +382,3 @@ def gguf_refusal(spec: ModelSpec) -> str | None:
     return ("GGUF output for Llama 4's FP8 release is not supported yet; convert to a Hugging "
             "Face folder (an OUTPUT_DIR without .gguf) and run llama.cpp's convert_hf_to_gguf.py "
             "on it")
-
-
-# transformers' convert_llama4_weights_to_hf.py: base context 256K, bos 200000, eos 200001;
-# Instruct generation_config do_sample/temperature 0.6/top_p 0.9 and the three stop tokens
-# of llama-models' llama4/tokenizer.py (docs/llama4_facts.md sections 4 and 5). The
-# variant-specific values (Instruct context) are the constants at the top of this module.
-FACTS = FamilyFacts(context_length=_BASE_CONTEXT, bos_token_id=200000, eos_token_id=200001,
-                    base_generation=(), instruct_generation=(("do_sample", True),
-                                                             ("temperature", 0.6),
-                                                             ("top_p", 0.9)),
-                    instruct_eos=(200001, 200007, 200008))

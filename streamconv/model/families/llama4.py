@@ -9,6 +9,7 @@ from typing import Any
 
 from streamconv.model import llama4
 from streamconv.model.families.description import FamilyDescription, TokenizerScheme
+from streamconv.model.families.llama4_facts import FACTS, LLAMA4
 from streamconv.model.families.names import Family
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
@@ -25,12 +26,12 @@ def _detect(params: MetaParams, ckpt: Checkpoint, instruct: tuple[bool, str]) ->
 
 
 DESCRIPTION = FamilyDescription(
-    key=Family.LLAMA4, label="Llama 4", facts=llama4.FACTS, tensors=LLAMA4_TENSORS,
+    key=Family.LLAMA4, label="Llama 4", facts=FACTS, tensors=LLAMA4_TENSORS,
     tokenizer=TokenizerScheme(kind="tiktoken", specials="llama4",
                               chat_template="llama4_instruct.jinja"),
     config=_config, generation_config=llama4.generation_config_dict,
     recognise=llama4.is_llama4, detect=_detect, embedding_split_dim=0,
-    bos_below_vocab_end=llama4.N_SPECIAL_TOKENS, plan_rows=llama4.plan_rows,
+    bos_below_vocab_end=LLAMA4.n_special_tokens, plan_rows=llama4.plan_rows,
     gguf_arch="LLAMA4", gguf_pre_tokenizer="llama4", gguf_bpe_only=True,
     gguf_hparams=llama4.gguf_hparams, gguf_refusal=llama4.gguf_refusal)
 
