@@ -191,6 +191,16 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
                           model_name=args.model_name)
 
 
+def progress_label(hf_name: str, *, layer_prefix: str, n_layers: int) -> str:
+    """"layer 4/32" for a decoder layer's tensor (its prefix comes from the family's table, so
+    Llama 4's language_model.model.layers.N count too), else the module's name."""
+    rest = hf_name.removeprefix(layer_prefix)
+    head = rest.split(".")[0]
+    if layer_prefix and rest != hf_name and head.isdigit():
+        return f"layer {int(head) + 1}/{n_layers}"
+    return hf_name.split(".")[-2]
+
+
 class RichProgress:
     """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
 
@@ -234,10 +244,8 @@ class RichProgress:
 
     def job_done(self, job: Job, *, bytes_read: int) -> None:
         if self.task is not None:
-            rest = job.hf_name.removeprefix(self.layer_prefix)
-            head = rest.split(".")[0]
-            where = (f"layer {int(head) + 1}/{self.n_layers}"
-                     if rest != job.hf_name and head.isdigit() else job.hf_name.split(".")[-2])
+            where = progress_label(job.hf_name, layer_prefix=self.layer_prefix,
+                                   n_layers=self.n_layers)
             self.bar.update(self.task, advance=job.out_bytes, rss=self._rss(), description=where)
 
     def stop(self) -> None:
