@@ -53,8 +53,9 @@ from test_bad_inputs import (
 )
 
 from fixtures.synthetic import tiny
+from streamconv.model.families.registry import evidence_candidates, recognisers
 from streamconv.model.family import Family
-from streamconv.model.family_rules import _PREFERENCE, Facts, decide_family
+from streamconv.model.family_rules import Facts, _ordered, decide_family
 
 GQA = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False, n_kv_heads=2)
 ONE_RANK = tiny(Family.LLAMA2, n_ranks=1, with_tokenizer=False)
@@ -114,7 +115,13 @@ def test_1_params_nested_100000_deep_is_one_error(make_checkpoint: MakeCkpt,
 # --- 2. the _PREFERENCE crash ------------------------------------------------------------------
 
 def test_2_preference_lists_every_family() -> None:
-    assert set(_PREFERENCE) == set(Family)
+    """Every family is found one way or the other, and every evidence candidate has a place
+    in the preference order (a missing one crashed _ordered with a ValueError)."""
+    candidates = {d.key for d in evidence_candidates()}
+    assert candidates | {d.key for d in recognisers()} == set(Family)
+    assert all(isinstance(d.evidence_rank, int) for d in evidence_candidates())
+    assert sorted(_ordered(candidates)) == sorted(candidates)
+    assert _ordered(candidates)[0] is Family.LLAMA2
 
 
 def test_2_rope_theta_20000_on_llama2_without_tokenizer_converts(make_checkpoint: MakeCkpt,

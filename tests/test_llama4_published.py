@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 
 from fixtures.llama4_checkpoint import Llama4Spec, VisionSpec, params_json, rank_shapes
+from streamconv.model.family import Family
 from streamconv.model.hf_config import config_dict
 from streamconv.model.llama4 import detect_llama4
 from streamconv.source.params import read_params
@@ -51,7 +52,8 @@ def _checkpoint(spec: Llama4Spec, folder: Path) -> Checkpoint:
 
 def _written(spec: Llama4Spec, tmp_path: Path, *, instruct: bool) -> dict[str, Any]:
     ckpt = _checkpoint(spec, tmp_path / "meta")
-    model = detect_llama4(read_params(ckpt.input_dir), ckpt, instruct=(instruct, "test"))
+    model = detect_llama4(read_params(ckpt.input_dir), ckpt, family=Family.LLAMA4,
+                          instruct=(instruct, "test"))
     return json.loads(json.dumps(config_dict(model, dtype=dtypes.BFLOAT16)))
 
 

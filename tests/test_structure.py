@@ -100,7 +100,8 @@ def test_fixtures_are_not_shipped() -> None:
 
 # Plan data built with keyword arguments only (issue 21, "A plan that is data"). The package
 # still supports Python 3.9, where @dataclass has no kw_only, so the rule is checked here.
-KEYWORD_ONLY = frozenset({"Job", "CopyBlock", "Piece", "FamilyFacts", "ByteRange"})
+KEYWORD_ONLY = frozenset({"Job", "CopyBlock", "Piece", "FamilyFacts", "ByteRange",
+                          "FamilyDescription", "TokenizerScheme"})
 SCANNED = ("streamconv", "fixtures", "tests", "benchmarks", "scripts")
 
 
@@ -145,3 +146,68 @@ def test_plan_data_is_built_with_keywords() -> None:
             seen |= classes
     assert seen == KEYWORD_ONLY, f"constructions not found (renamed?): {KEYWORD_ONLY - seen}"
     assert not bad, "positional arguments: " + ", ".join(bad)
+
+
+# One family object (issue 20): what the code knows about a family is in its description
+# (model/families/), so no code elsewhere in the package may branch on which family it is.
+# Outside that package and the re-export shim model/family.py, the checker refuses:
+#   - the name Family at all (so neither `Family.LLAMA4` nor `Family("4")` nor a loop over it);
+#   - any name or attribute ending in _FAMILIES (family-set constants) and the per-family
+#     predicates is_llama3 / uses_tiktoken / is_llama4;
+#   - a comparison of something named family (spec.family, family, verdict.family) with a
+#     literal or a collection (`spec.family == "4"`, `family in {...}`).
+FAMILIES_PACKAGE = PACKAGE / "model" / "families"
+FAMILY_SHIM = PACKAGE / "model" / "family.py"
+_FAMILY_PREDICATES = frozenset({"is_llama3", "uses_tiktoken", "is_llama4"})
+
+
+def _named_family(node: ast.expr) -> bool:
+    name = (node.id if isinstance(node, ast.Name)
+            else node.attr if isinstance(node, ast.Attribute) else "")
+    return name == "family" or name.endswith("_family")
+
+
+def family_branches(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every family branch in ``source``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        name = (node.id if isinstance(node, ast.Name)
+                else node.attr if isinstance(node, ast.Attribute) else None)
+        if isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, f"imports {a.name}") for a in node.names
+                      if a.name == "Family" or a.name.endswith("_FAMILIES")]
+        elif name is not None and (name == "Family" or name.endswith("_FAMILIES")
+                                   or name in _FAMILY_PREDICATES):
+            found.append((node.lineno, name))
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            literal = any(isinstance(s, (ast.Set, ast.Tuple, ast.List))
+                          or (isinstance(s, ast.Constant) and s.value is not None)
+                          for s in sides)
+            if literal and any(_named_family(s) for s in sides):
+                found.append((node.lineno, "family compared with a literal"))
+    return found
+
+
+def test_family_branch_checker_catches_each_form() -> None:
+    source = ("from streamconv.model.family import Family\n"
+              "if spec.family is Family.LLAMA4: pass\n"
+              "x = family.is_llama3\n"
+              "y = spec.family in LLAMA3_FAMILIES\n"
+              'z = spec.family == "4"\n'
+              'w = verdict.family in ("3.1", "3.3")\n'
+              "ok = describe(spec.family).tokenizer.kind == 'tiktoken'\n"
+              "fine = family is None\n")
+    assert sorted(family_branches(source)) == [
+        (1, "imports Family"), (2, "Family"), (3, "is_llama3"), (4, "LLAMA3_FAMILIES"),
+        (5, "family compared with a literal"), (6, "family compared with a literal")]
+
+
+def test_no_family_branch_outside_the_family_descriptions() -> None:
+    bad = []
+    for _, path in _modules():
+        if path == FAMILY_SHIM or FAMILIES_PACKAGE in path.parents:
+            continue
+        bad += [f"{path.relative_to(REPO)}:{line}: {what}"
+                for line, what in family_branches(path.read_text())]
+    assert not bad, "family branches outside model/families/: " + ", ".join(bad)

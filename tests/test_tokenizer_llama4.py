@@ -27,7 +27,8 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
-from streamconv.model.family import FACTS, Family
+from streamconv.model.families.registry import describe
+from streamconv.model.family import Family
 from streamconv.tokenizer.chat_templates import chat_template
 from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_files
 from streamconv.tokenizer.tiktoken_specials import LLAMA4_SCHEME, special_token_names
@@ -289,7 +290,7 @@ def test_specials_are_llama_models(meta_tokenizer: dict[str, Any]) -> None:
         200000, 200001, 200018)
     assert meta_tokenizer["eot"] == 200008
     assert meta_tokenizer["stop"] == [200001, 200007, 200008] == list(
-        FACTS[Family.LLAMA4].instruct_eos or ())
+        describe(Family.LLAMA4).facts.instruct_eos or ())
 
 
 @needs_real

@@ -34,7 +34,7 @@ from rich.progress import (
 
 from streamconv.cli.sizes import SIZE_UNITS_HELP, parse_size
 from streamconv.errors import Interrupted, StreamconvError
-from streamconv.model.family import Family
+from streamconv.model.families.registry import all_families
 from streamconv.source.prefetch import start_prefetch
 from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes, format_size
 
@@ -94,7 +94,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="largest output .safetensors file, e.g. 5GB (5*10^9 bytes, "
                              "Hugging Face's unit) or 4GiB (default 5G = 5 GiB)")
     parser.add_argument("--llama-version", default="auto",
-                        choices=("auto", *(f.value for f in Family if f is not Family.LLAMA4)),
+                        choices=("auto", *(d.flag for d in all_families()
+                                           if d.evidence_rank is not None)),
                         help="LLaMA 1-3 family; auto detects it from params.json, tensor shapes "
                              "and tokenizer.model (see README). Llama 4 is always detected "
                              "from its params.json")
@@ -191,6 +192,16 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
                           model_name=args.model_name)
 
 
+def progress_label(hf_name: str, *, layer_prefix: str, n_layers: int) -> str:
+    """"layer 4/32" for a decoder layer's tensor (its prefix comes from the family's table, so
+    Llama 4's language_model.model.layers.N count too), else the module's name."""
+    rest = hf_name.removeprefix(layer_prefix)
+    head = rest.split(".")[0]
+    if layer_prefix and rest != hf_name and head.isdigit():
+        return f"layer {int(head) + 1}/{n_layers}"
+    return hf_name.split(".")[-2]
+
+
 class RichProgress:
     """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
 
@@ -203,6 +214,7 @@ class RichProgress:
         self.task: TaskID | None = None
         self.budget = 0
         self.n_layers = 0
+        self.layer_prefix = ""
 
     def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
         from streamconv.cli.dtype_label import source_dtype_label
@@ -211,7 +223,7 @@ class RichProgress:
         for warning in prepared.warnings:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         self.console.print(
-            f"{spec.family.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
+            f"{spec.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
             f"{source_dtype_label(plan)} -> {_dtype_name(plan.dst_dtype)}; "
             f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
             f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
@@ -220,6 +232,9 @@ class RichProgress:
         self.console.print(f"  {variant}: {spec.sources['instruct']}", style="dim")
         self.budget = plan.budget_bytes
         self.n_layers = spec.n_layers
+        # The decoder layers' Hugging Face prefix, from the family's table ("model.layers." for
+        # LLaMA 1-3, "language_model.model.layers." for Llama 4).
+        self.layer_prefix = spec.tensors.entry("q").hf_name.split("{layer}")[0]
         self.bar.start()
         if resumed_bytes:
             self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
@@ -232,9 +247,8 @@ class RichProgress:
 
     def job_done(self, job: Job, *, bytes_read: int) -> None:
         if self.task is not None:
-            parts = job.hf_name.split(".")
-            where = (f"layer {int(parts[2]) + 1}/{self.n_layers}" if parts[1:2] == ["layers"]
-                     else parts[-2])
+            where = progress_label(job.hf_name, layer_prefix=self.layer_prefix,
+                                   n_layers=self.n_layers)
             self.bar.update(self.task, advance=job.out_bytes, rss=self._rss(), description=where)
 
     def stop(self) -> None:

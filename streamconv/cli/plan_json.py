@@ -85,7 +85,7 @@ def plan_dict(prepared: Prepared) -> dict[str, Any]:
         "format_version": JSON_FORMAT_VERSION,
         "input_dir": str(prepared.input_dir),
         "input_files": [str(path) for path in plan.read_paths],
-        "family": prepared.spec.family.label,
+        "family": prepared.spec.label,
         "output_format": "gguf" if prepared.gguf is not None else "safetensors",
         "output_files": [_file(f) for f in plan.files],
         "memory": {"budget_bytes": plan.budget_bytes, "baseline_bytes": plan.baseline_bytes,

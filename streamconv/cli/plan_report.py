@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from streamconv.cli.dtype_label import source_dtype_label
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.model.spec import ModelSpec
 from streamconv.pipeline.preparation import Prepared
 from streamconv.system.memory import format_flag_size, format_size
@@ -25,27 +25,11 @@ def _table(title: str, headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]
     return table
 
 
-def _layer_list(layers: Sequence[int]) -> str:
-    shown = ", ".join(map(str, layers[:8]))
-    return f"{len(layers)}: {shown}{', ...' if len(layers) > 8 else ''}" if layers else "none"
-
-
-def _ffn_rows(spec: ModelSpec, src: Callable[[str], str]) -> list[tuple[str, str, str]]:
-    """LLaMA 1-3: one FFN width. Llama 4: experts, their width, the dense width, which layers
-    are which, and the vision tower."""
-    if spec.family is not Family.LLAMA4:
-        return [("ffn_dim", str(spec.ffn_dim), src("ffn_dim"))]
-    dims, layers = spec.extra_dims, spec.extra_layers
-    return [
-        ("experts", str(dims["experts"]), "moe_args in params.json"),
-        ("expert ffn (intermediate_size)", str(dims["moe_ffn"]), src("intermediate_size")),
-        ("dense ffn (intermediate_size_mlp)", str(dims["dense_ffn"]),
-         src("intermediate_size_mlp")),
-        ("MoE layers", _layer_list(layers["moe"]), "moe_args.interleave_moe_layer_step"),
-        ("dense layers", _layer_list(layers["dense"]), "the other layers"),
-        ("vision", f"{len(layers['vision'])} layers, dim {dims['vision_dim']}",
-         "vision_args in params.json"),
-    ]
+def _family_rows(spec: ModelSpec, src: Callable[[str], str]) -> Sequence[tuple[str, str, str]]:
+    """The family's own rows (its FFN widths; Llama 4's experts, layer kinds and vision tower),
+    from its description."""
+    rows = describe(spec.family).plan_rows
+    return rows(spec, src) if rows is not None else [("ffn_dim", str(spec.ffn_dim), src("ffn_dim"))]
 
 
 def print_plan(console: Console, prepared: Prepared) -> None:
@@ -55,7 +39,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         return spec.sources.get(key, "params.json")
 
     detected = [
-        ("family", spec.family.label, src("family")),
+        ("family", spec.label, src("family")),
         ("variant", "instruct / chat" if spec.instruct else "base", src("instruct")),
         ("size", f"{spec.size_label} parameters", "from the shapes below"),
         ("rank files", str(spec.n_ranks), "consolidated.NN.pth files found"),
@@ -66,7 +50,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         ("n_heads", str(spec.n_heads), "params.json"),
         ("n_kv_heads", str(spec.n_kv_heads), src("n_kv_heads")),
         ("vocab_size", str(spec.vocab_size), src("vocab_size")),
-        *_ffn_rows(spec, src),
+        *_family_rows(spec, src),
         ("norm_eps", str(spec.norm_eps), "params.json"),
         ("rope_theta", str(spec.rope_theta), src("rope_theta")),
         ("rope_scaling", str(spec.rope_scaling), "use_scaled_rope in params.json"),

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamconv.errors import CheckpointError, ParamsError
-from streamconv.model.family import Family, context_length, rope_scaling
+from streamconv.model.families.description import FamilyDescription
+from streamconv.model.families.registry import describe, evidence_candidates, recognisers
 from streamconv.model.family_rules import Facts, FamilyVerdict, decide_family
-from streamconv.model.llama4 import detect_llama4, is_llama4
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
     check_layer_count,
@@ -22,7 +22,7 @@ from streamconv.model.tensor_checks import (
     check_shapes,
     source_dtype,
 )
-from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable
+from streamconv.model.tensor_table import TensorTable
 from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.rank_reader import RankReader
@@ -114,24 +114,52 @@ _UNSUPPORTED_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _evidence_table_key() -> str:
+    """The table the evidence rules' families share (LLaMA 1-3.x's): the first candidate's."""
+    return evidence_candidates()[0].key
+
+
 def check_supported(params: MetaParams, input_dir: Path) -> None:
     for key, why in _UNSUPPORTED_KEYS:
         if key in params.raw:
             raise ParamsError(f"{input_dir} ({key} in params.json) {why}")
 
 
-def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Family | None,
+def _recognised(params: MetaParams, ckpt: Checkpoint) -> FamilyDescription | None:
+    """The family that claims the checkpoint by its own keys (Llama 4's moe_args), if any."""
+    for description in recognisers():
+        assert description.recognise is not None
+        if description.recognise(params, ckpt):
+            return description
+    return None
+
+
+def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: str | None,
                  tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
     """Resolve the architecture and check every tensor shape against it, before any write."""
     check_supported(params, ckpt.input_dir)
     check_layer_count(ckpt, params)
-    if is_llama4(params, ckpt):
+    recognised = _recognised(params, ckpt)
+    if recognised is not None:
         if family_override is not None:
-            raise ParamsError(f"{ckpt.input_dir} is a Llama 4 checkpoint (its params.json and "
-                              "tensors say so); --llama-version applies to LLaMA 1-3 only: "
-                              "leave it out")
-        return detect_llama4(params, ckpt, instruct=instruct)
-    table = LLAMA_TENSORS  # LLaMA 1-3.x; Llama 4's table is chosen in model/llama4.py
+            raise ParamsError(f"{ckpt.input_dir} is a {recognised.label} checkpoint (its "
+                              "params.json and tensors say so); --llama-version applies to "
+                              "LLaMA 1-3 only: leave it out")
+        if recognised.detect is not None:
+            return recognised.detect(params, ckpt, instruct)
+        return _detect_llama_style(params, ckpt, family=recognised, override=None,
+                                   tokenizer_kind=tokenizer_kind, instruct=instruct)
+    override = None if family_override is None else describe(family_override)
+    return _detect_llama_style(params, ckpt, family=override, override=override,
+                               tokenizer_kind=tokenizer_kind, instruct=instruct)
+
+
+def _detect_llama_style(params: MetaParams, ckpt: Checkpoint, *,
+                        family: FamilyDescription | None, override: FamilyDescription | None,
+                        tokenizer_kind: str | None, instruct: tuple[bool, str]) -> ModelSpec:
+    """LLaMA-style detection over a family's table: the family given (recognised or
+    --llama-version), or the one the evidence rules choose (always LLaMA 1-3.x's table)."""
+    table = (family or describe(_evidence_table_key())).tensors
     check_names(ckpt, params, table, params.n_layers)
     check_same_names(ckpt, table)
     check_rank_count(ckpt, table, params.dim)
@@ -145,18 +173,19 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
                           "another model")
     sources["vocab_size"] = "params.json" if params.vocab_size is not None else vocab_rule
     doubts: tuple[str, ...] = ()
-    if family_override is not None:
-        family, sources["family"] = family_override, "--llama-version"
-    else:
+    if family is None:
         verdict = _family(params, ckpt, table, vocab=vocab, split_dim=split_dim,
                           tokenizer_kind=tokenizer_kind)
-        family, sources["family"] = verdict.family, f"detected: {verdict.summary}"
+        family, sources["family"] = describe(verdict.family), f"detected: {verdict.summary}"
         doubts = tuple(f"family evidence in conflict: {c}; pass --llama-version if "
-                       f"{verdict.family.label} is wrong" for c in verdict.conflicts)
+                       f"{family.label} is wrong" for c in verdict.conflicts)
+    else:
+        sources["family"] = ("--llama-version" if override is not None
+                             else f"recognised as {family.label} by its params.json")
     sources["instruct"] = instruct[1]
-    if ckpt.n_ranks > 1 and split_dim != (0 if family.is_llama3 else 1):
-        raise ParamsError(f"{family.label} splits the embedding by "
-                          f"{'vocabulary' if family.is_llama3 else 'hidden size'} but these "
+    if ckpt.n_ranks > 1 and split_dim != family.embedding_split_dim:
+        axis = "vocabulary" if family.embedding_split_dim == 0 else "hidden size"
+        raise ParamsError(f"{family.label} splits the embedding by {axis} but these "
                           "rank files split it the other way; check --llama-version")
     n_kv = params.n_kv_heads if params.n_kv_heads is not None else params.n_heads
     sources["n_kv_heads"] = "params.json" if params.n_kv_heads is not None else "= n_heads"
@@ -172,20 +201,20 @@ def detect_model(params: MetaParams, ckpt: Checkpoint, *, family_override: Famil
     sources["rope_theta"] = "params.json" if params.rope_theta is not None else "default 10000"
     # Tied or not is the family's (only LLaMA 3.2 ties; docs/releases.md), never the absence of
     # output.weight: Meta's files of every other family carry it.
-    tied = family is Family.LLAMA3_2
+    tied = family.ties_output
     if not tied and table.name("output") not in ckpt.tensors[0]:
         raise CheckpointError(f"{ckpt.rank_paths[0]} lacks {table.name('output')}, which every "
                               f"{family.label} checkpoint holds (only LLaMA 3.2 ties its output "
                               "to the embedding); download the rank files again")
     sources["tie_word_embeddings"] = "LLaMA 3.2 ties output to embedding" if tied else "default"
     sources["max_position_embeddings"] = f"{family.label} context length"
-    bos = vocab - 256 if family.is_llama3 else family.facts.bos_token_id
+    bos = family.bos_token_id(vocab_size=vocab)
     spec = ModelSpec(
-        family=family, n_ranks=ckpt.n_ranks, dtype=dtype, dim=params.dim,
+        family=family.key, n_ranks=ckpt.n_ranks, dtype=dtype, dim=params.dim,
         n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
         ffn_dim=ffn_dim, norm_eps=params.norm_eps, rope_theta=theta,
-        rope_scaling=rope_scaling(family, use_scaled_rope=params.use_scaled_rope),
-        max_position_embeddings=context_length(family, rope_theta=theta),
+        rope_scaling=family.rope_scaling(use_scaled_rope=params.use_scaled_rope),
+        max_position_embeddings=family.context_length(rope_theta=theta),
         tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
         instruct=instruct[0], tensors=table, sources=sources,
         doubts=doubts, quantized=quantized)

@@ -20,44 +20,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamconv.model.family import (
-    LLAMA3_FAMILIES,
-    SCALED_ROPE_FAMILIES,
-    SENTENCEPIECE_FAMILIES,
-    Family,
-)
-
-# Llama 4 is told apart by its params.json before these rules run (model/llama4.py), so it is
-# never a candidate here.
-ALL_FAMILIES = frozenset(Family) - {Family.LLAMA4}
-LLAMA3_VOCAB = 128256
-CODE_LLAMA_VOCAB = 32016  # LLaMA 2's 32000 pieces + 16 for infilling (7B/13B and the 70Bs)
-# Preference among families the evidence cannot tell apart: 3.3 has 3.1's architecture and
-# config (docs/releases.md), and LLaMA 2 is the likelier of 1/2 once no rule separates them.
-# Every family is listed (tests/test_family_rules.py checks it): a missing one crashed _ordered.
-_PREFERENCE = (Family.LLAMA2, Family.CODE_LLAMA, Family.LLAMA1, Family.LLAMA3_1, Family.LLAMA3_2,
-               Family.LLAMA3, Family.LLAMA3_3, Family.LLAMA4)
+from streamconv.model.families.registry import describe, evidence_candidates
 
 
 @dataclass(frozen=True)
 class Evidence:
     fact: str
-    families: frozenset[Family]
+    families: frozenset[str]  # family keys
     strong: bool = True
 
 
 @dataclass(frozen=True)
 class FamilyVerdict:
-    family: Family
+    family: str  # the family's key
     fired: tuple[str, ...]
     conflicts: tuple[str, ...] = ()
-    alternatives: tuple[Family, ...] = field(default=())
+    alternatives: tuple[str, ...] = field(default=())
 
     @property
     def summary(self) -> str:
         text = "; ".join(self.fired)
         if self.alternatives:
-            text += " (" + ", ".join(f.label for f in self.alternatives) + " would fit too)"
+            labels = ", ".join(describe(f).label for f in self.alternatives)
+            text += f" ({labels} would fit too)"
         return text
 
 
@@ -77,65 +62,17 @@ class Facts:
 
 
 def _rules(facts: Facts) -> Iterable[Evidence]:
-    if facts.tokenizer_kind == "tiktoken":
-        yield Evidence("tokenizer.model is a tiktoken file", LLAMA3_FAMILIES)
-    elif facts.tokenizer_kind == "sentencepiece":
-        yield Evidence("tokenizer.model is a SentencePiece model", SENTENCEPIECE_FAMILIES)
-    if facts.vocab_size == LLAMA3_VOCAB:
-        yield Evidence(f"vocabulary of {LLAMA3_VOCAB}", LLAMA3_FAMILIES)
-    elif facts.vocab_size == CODE_LLAMA_VOCAB:
-        yield Evidence(f"vocabulary of {CODE_LLAMA_VOCAB} (infilling pieces)",
-                       frozenset({Family.CODE_LLAMA}))
-    elif facts.vocab_size == 32000:
-        yield Evidence("vocabulary of 32000", SENTENCEPIECE_FAMILIES)
-        if facts.rope_theta in (None, 10000.0):
-            # Every Code Llama differs in one of the two: 32000 pieces come with rope_theta 1e6
-            # (Python, 34B), rope_theta 10000 with 32016 pieces (70B Python / Instruct).
-            yield Evidence("rope_theta 10000 with 32000 pieces (no Code Llama has both)",
-                           frozenset({Family.LLAMA1, Family.LLAMA2}))
-    if facts.embedding_split_by_vocab is True:
-        yield Evidence("embedding split across shards by vocabulary rows", LLAMA3_FAMILIES)
-    elif facts.embedding_split_by_vocab is False:
-        yield Evidence("embedding split across shards by hidden columns", SENTENCEPIECE_FAMILIES)
-    yield from _rope_rules(facts)
-    if facts.rope_freqs == "per-layer":
-        yield Evidence("rotary frequencies stored in every layer (LLaMA 1 files)",
-                       frozenset({Family.LLAMA1}))
-    elif facts.rope_freqs == "top":
-        yield Evidence("rotary frequencies stored once, outside the layers (LLaMA 2 files; "
-                       "LLaMA 1 has them in every layer)", ALL_FAMILIES - {Family.LLAMA1})
-    if facts.has_n_kv_heads:
-        yield Evidence("params.json has n_kv_heads", ALL_FAMILIES - {Family.LLAMA1})
-    if facts.norm_eps == 1e-6:
-        # Weak: Llama 2 7B-chat first shipped with 1e-6 too.
-        yield Evidence("norm_eps 1e-6 (LLaMA 1 7B-33B)", frozenset({Family.LLAMA1}), strong=False)
-    if facts.output_tied:
-        yield Evidence("output matrix absent or equal to the embedding (tied)",
-                       ALL_FAMILIES - (LLAMA3_FAMILIES - {Family.LLAMA3_2}))
-    else:
-        yield Evidence("output matrix differs from the embedding",
-                       ALL_FAMILIES - {Family.LLAMA3_2})
-
-
-def _rope_rules(facts: Facts) -> Iterable[Evidence]:
-    theta = facts.rope_theta
-    if theta == 500000.0:
-        yield Evidence("rope_theta 500000", LLAMA3_FAMILIES)
-    elif theta == 1e6:
-        yield Evidence("rope_theta 1e6 (Code Llama's long-context fine-tune)",
-                       frozenset({Family.CODE_LLAMA}))
-    elif theta is None or theta == 10000.0:
-        yield Evidence("rope_theta 10000" if theta else "no rope_theta (10000)",
-                       SENTENCEPIECE_FAMILIES)
-    if facts.use_scaled_rope:
-        yield Evidence("use_scaled_rope", SCALED_ROPE_FAMILIES)
-    else:
-        yield Evidence("no use_scaled_rope", ALL_FAMILIES - SCALED_ROPE_FAMILIES)
+    """Every rule set the candidate families name (LLaMA 1-3.x share one), each run once."""
+    seen = []
+    for description in evidence_candidates():
+        if description.evidence is not None and description.evidence not in seen:
+            seen.append(description.evidence)
+            yield from description.evidence(facts)
 
 
 def decide_family(facts: Facts) -> FamilyVerdict:
     """The family every strong rule allows, narrowed by the weak ones that agree."""
-    candidates = set(ALL_FAMILIES)
+    candidates = {d.key for d in evidence_candidates()}
     fired: list[str] = []
     conflicts: list[str] = []
     evidence = list(_rules(facts))
@@ -145,19 +82,21 @@ def decide_family(facts: Facts) -> FamilyVerdict:
             candidates = narrowed
             fired.append(item.fact)
         else:
-            against = ", ".join(f.label for f in _ordered(candidates))
+            against = ", ".join(describe(f).label for f in _ordered(candidates))
             conflicts.append(f"{item.fact} points away from {against}; ignored")
     ordered = _ordered(candidates)
     return FamilyVerdict(ordered[0], tuple(fired), tuple(conflicts),
                          tuple(f for f in ordered[1:] if not _same_config(ordered[0], f)))
 
 
-def _ordered(families: Iterable[Family]) -> list[Family]:
-    return sorted(families, key=_PREFERENCE.index)
+def _ordered(families: Iterable[str]) -> list[str]:
+    """Most likely first where the evidence cannot tell them apart: each candidate's
+    evidence_rank (every candidate has one, so none can be missing from the order)."""
+    return sorted(families, key=lambda key: describe(key).evidence_rank or 0)
 
 
-def _same_config(a: Family, b: Family) -> bool:
-    return {a, b} == {Family.LLAMA3_1, Family.LLAMA3_3}
+def _same_config(a: str, b: str) -> bool:
+    return describe(a).same_config_as == b or describe(b).same_config_as == a
 
 
 # Words in Meta's folder names for the chat models: llama-2-7b-chat, CodeLlama-7b-Instruct,

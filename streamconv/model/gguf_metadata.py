@@ -33,7 +33,7 @@ from typing import Any
 import gguf
 
 from streamconv.errors import StreamconvError
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.model.gguf_vocab import add_vocab
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import full_shape, hf_name
@@ -136,9 +136,10 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
         raise StreamconvError("a GGUF file carries the tokenizer, and this conversion has none; "
                               "put the checkpoint's tokenizer.model next to params.json and "
                               "drop --no-tokenizer")
+    family = describe(spec.family)
     hparams = _hparams(json.loads(hf_files["config.json"]), family=spec.family)
-    arch = gguf.MODEL_ARCH.LLAMA4 if spec.family is Family.LLAMA4 else gguf.MODEL_ARCH.LLAMA
-    name = model_name or f"{spec.family.label.replace(' ', '-')}-{spec.size_label}"
+    arch = gguf.MODEL_ARCH[family.gguf_arch]
+    name = model_name or f"{family.label.replace(' ', '-')}-{spec.size_label}"
     with tempfile.TemporaryDirectory(prefix="streamconv-gguf-") as scratch:
         folder = Path(scratch) / name
         folder.mkdir()
@@ -147,31 +148,20 @@ def gguf_metadata(spec: ModelSpec, *, hf_files: Mapping[str, bytes], outtype: st
         writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
         _add_general(writer, folder, counts=gguf_param_counts(spec, hparams=hparams))
         _add_llama_parameters(writer, hparams, file_type=GGUF_FILE_TYPES[outtype])
-        if spec.family is Family.LLAMA4:
+        if arch is gguf.MODEL_ARCH.LLAMA4:
             _add_llama4_parameters(writer, hparams)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_vocab(writer, folder, hparams=hparams, family=spec.family)
         return tuple(_entry(key, value) for key, value in writer.kv_data[0].items())
 
 
-def _hparams(config: dict[str, Any], *, family: Family) -> dict[str, Any]:
+def _hparams(config: dict[str, Any], *, family: str) -> dict[str, Any]:
     """What the converter reads its hyperparameters from: config.json with text_config's keys
-    on top (TextModel.__init__); for Llama 4, intermediate_size is the dense FFN's
-    (Llama4Model.__init__) and layer_types is filled in as transformers' Llama4TextConfig
-    (4.57) does when config.json has none: chunked attention where no_rope_layers says 1,
-    no_rope_layers defaulting to every 4th layer 0."""
+    on top (TextModel.__init__), then the family's own moves (Llama 4: model/llama4.py's
+    gguf_hparams)."""
     hparams = {**config, **config.get("text_config", {})}
-    if family is not Family.LLAMA4:
-        return hparams
-    hparams["intermediate_size_moe"] = hparams["intermediate_size"]
-    hparams["intermediate_size"] = hparams["intermediate_size_mlp"]
-    if hparams.get("layer_types") is None:
-        no_rope = hparams.get("no_rope_layers") or [
-            int((layer_idx + 1) % hparams.get("no_rope_layer_interval", 4) != 0)
-            for layer_idx in range(hparams["num_hidden_layers"])]
-        hparams["layer_types"] = ["chunked_attention" if flag else "full_attention"
-                                  for flag in no_rope]
-    return hparams
+    moves = describe(family).gguf_hparams
+    return hparams if moves is None else moves(hparams)
 
 
 def _add_general(writer: gguf.GGUFWriter, folder: Path, *,

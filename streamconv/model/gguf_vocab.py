@@ -28,7 +28,7 @@ from typing import Any
 
 import gguf
 
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.model.gguf_special import load_special_vocab
 
 __all__ = ["add_vocab"]
@@ -40,10 +40,10 @@ _SPIECE_SPACE = "\u2581"
 
 
 def add_vocab(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any],
-              family: Family) -> None:
+              family: str) -> None:
     """LlamaModel.set_vocab for the folders streamconv writes (Llama4Model.set_vocab: the
     BPE vocabulary only)."""
-    if family is Family.LLAMA4:
+    if describe(family).gguf_bpe_only:
         _add_bpe(writer, folder, hparams=hparams, family=family)
         return
     tokenizer_config = _load_json(folder / "tokenizer_config.json")
@@ -124,7 +124,7 @@ def _spm_type(processor: Any, token_id: int) -> gguf.TokenType:
 
 
 def _add_bpe(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any],
-             family: Family) -> None:
+             family: str) -> None:
     """_set_vocab_gpt2 with get_vocab_base, reading tokenizer.json instead of AutoTokenizer."""
     document = _load_json(folder / "tokenizer.json")
     added = {int(t["id"]): t for t in document.get("added_tokens", [])}
@@ -149,7 +149,7 @@ def _add_bpe(writer: gguf.GGUFWriter, folder: Path, *, hparams: Mapping[str, Any
             types.append(int(gguf.TokenType.NORMAL))
         tokens.append(token)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("llama4" if family is Family.LLAMA4 else "llama-bpe")
+    writer.add_tokenizer_pre(describe(family).gguf_pre_tokenizer)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special_vocab = load_special_vocab(folder, load_merges=True, tokenizer_json=document)

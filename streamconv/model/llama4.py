@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamconv.errors import CheckpointError, ParamsError
-from streamconv.model.family import Family
+from streamconv.model.families.llama4_facts import LLAMA4
 from streamconv.model.llama4_tensors import LLAMA4_TENSORS
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_checks import (
@@ -28,25 +28,6 @@ from streamconv.model.tensor_table import TensorTable, evaluate, layer_index
 from streamconv.source.fp8_scales import ScaleLayout, quantized_names
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
-
-# llama-models' llama4/tokenizer.py: 2,048 special tokens after the ranks (ids 200000-202047
-# for the real 200,000 ranks); the published configs' ids, relative to <|begin_of_text|>.
-N_SPECIAL_TOKENS = 2048
-_EOS_OFFSETS = (1, 7, 8)  # <|end_of_text|>, <|eom|>, <|eot|>
-_PAD_OFFSET = 18  # <|finetune_right_pad|>
-_BOI_OFFSET, _EOI_OFFSET, _IMAGE_OFFSET = 80, 81, 92  # <|image_start|>, <|image_end|>, <|patch|>
-
-# Context lengths (transformers' convert_llama4_weights_to_hf.py max_context_length; the
-# published Scout base 262144 and Maverick base 262144 in docs/llama4_published.json).
-_BASE_CONTEXT = 262144
-_SCOUT_INSTRUCT_CONTEXT = 10485760  # 16 experts
-_MAVERICK_INSTRUCT_CONTEXT = 1048576
-_DENSE_INSTRUCT_CONTEXT = 8192  # no moe_args (Llama Guard 4)
-
-# llama-models' llama4/args.py (PR #322, "Only Llama-4-Scout uses scaled rope"): the defaults
-# when params.json sets use_scaled_rope without the factors; the published Scout config.json
-# has these (factor 16.0, high_freq_factor 1.0).
-_ROPE_FACTOR, _ROPE_HIGH_FREQ_FACTOR = 16.0, 1.0
 
 
 def is_llama4(params: MetaParams, ckpt: Checkpoint) -> bool:
@@ -123,19 +104,20 @@ def _vision_dims(vision: Mapping[str, Any]) -> dict[str, int]:
 
 def _context_length(*, instruct: bool, n_experts: int) -> tuple[int, str]:
     if not instruct:
-        return _BASE_CONTEXT, "Llama 4 base context (256K)"
+        return LLAMA4.base_context, "Llama 4 base context (256K)"
     if not n_experts:
-        return _DENSE_INSTRUCT_CONTEXT, "Llama 4 dense Instruct context (8K)"
+        return LLAMA4.dense_instruct_context, "Llama 4 dense Instruct context (8K)"
     if n_experts == 16:
-        return _SCOUT_INSTRUCT_CONTEXT, "Llama 4 Scout Instruct context (10M)"
-    return _MAVERICK_INSTRUCT_CONTEXT, "Llama 4 Instruct context (1M)"
+        return LLAMA4.scout_instruct_context, "Llama 4 Scout Instruct context (10M)"
+    return LLAMA4.maverick_instruct_context, "Llama 4 Instruct context (1M)"
 
 
 def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     if not raw.get("use_scaled_rope"):
         return None
-    return {"factor": float(raw.get("rope_scaling_factor") or _ROPE_FACTOR),
-            "high_freq_factor": float(raw.get("rope_high_freq_factor") or _ROPE_HIGH_FREQ_FACTOR),
+    return {"factor": float(raw.get("rope_scaling_factor") or LLAMA4.rope_factor),
+            "high_freq_factor": float(raw.get("rope_high_freq_factor")
+                                      or LLAMA4.rope_high_freq_factor),
             "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
             "rope_type": "llama3"}
 
@@ -163,7 +145,7 @@ def _check_vision_layer_count(ckpt: Checkpoint, table: TensorTable, n_layers: in
                               "file or params.json belongs to another model")
 
 
-def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
+def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
                   instruct: tuple[bool, str]) -> ModelSpec:
     """The Llama 4 ModelSpec, every tensor checked against the table before anything is
     written."""
@@ -198,9 +180,10 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
         raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
                           f"{table.name('embedding')} gives {vocab}; params.json belongs to "
                           "another model")
-    if vocab <= N_SPECIAL_TOKENS:
+    if vocab <= LLAMA4.n_special_tokens:
         raise ParamsError(f"{table.name('embedding')} has {vocab} rows, fewer than Llama 4's "
-                          f"{N_SPECIAL_TOKENS} special tokens; the files belong to another model")
+                          f"{LLAMA4.n_special_tokens} special tokens; the files belong to "
+                          "another model")
     dims = {"experts": n_experts, **_vision_dims(vision)}
     if moe_idx:
         dims["moe_ffn"] = shard0[table.name("experts_gate", moe_idx[0])].shape[-1] * n
@@ -222,12 +205,12 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
     sources["vocab_size"] = f"{table.name('embedding')} rows x {n}"
     theta = params.rope_theta if params.rope_theta is not None else 500000.0
     spec = ModelSpec(
-        family=Family.LLAMA4, n_ranks=n, dtype=dtype, dim=params.dim,
+        family=family, n_ranks=n, dtype=dtype, dim=params.dim,
         n_layers=params.n_layers, n_heads=params.n_heads, n_kv_heads=n_kv, vocab_size=vocab,
         ffn_dim=dims["dense_ffn"], norm_eps=params.norm_eps, rope_theta=theta,
         rope_scaling=_rope_scaling(raw), max_position_embeddings=context,
         tie_word_embeddings=False, embedding_split_dim=0,
-        bos_token_id=vocab - N_SPECIAL_TOKENS, instruct=instruct[0], tensors=table,
+        bos_token_id=vocab - LLAMA4.n_special_tokens, instruct=instruct[0], tensors=table,
         sources=sources, extra_dims=dims, extra_layers=layers, raw_params=dict(raw),
         quantized=frozenset(scales), scale_layouts=scales)
     check_shapes(spec, ckpt)
@@ -236,8 +219,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *,
 
 def _token_ids(spec: ModelSpec) -> dict[str, Any]:
     bos = spec.bos_token_id
-    return {"bos_token_id": bos, "eos_token_id": [bos + k for k in _EOS_OFFSETS],
-            "pad_token_id": bos + _PAD_OFFSET}
+    return {"bos_token_id": bos, "eos_token_id": [bos + k for k in LLAMA4.eos_offsets],
+            "pad_token_id": bos + LLAMA4.pad_offset}
 
 
 def _no_rope_layers(spec: ModelSpec) -> list[int]:
@@ -335,9 +318,9 @@ def config_dict(spec: ModelSpec, *, dtype_name: str) -> dict[str, Any]:
     bos = spec.bos_token_id
     return {
         "architectures": ["Llama4ForConditionalGeneration"],
-        "boi_token_index": bos + _BOI_OFFSET,
-        "eoi_token_index": bos + _EOI_OFFSET,
-        "image_token_index": bos + _IMAGE_OFFSET,
+        "boi_token_index": bos + LLAMA4.boi_offset,
+        "eoi_token_index": bos + LLAMA4.eoi_offset,
+        "image_token_index": bos + LLAMA4.image_offset,
         "model_type": "llama4",
         "text_config": text_config(spec, dtype_name=dtype_name),
         "torch_dtype": dtype_name,
@@ -352,3 +335,50 @@ def generation_config_dict(spec: ModelSpec) -> dict[str, Any]:
     if spec.instruct:
         return {**ids, "do_sample": True, "temperature": 0.6, "top_p": 0.9}
     return ids
+
+
+def plan_rows(spec: ModelSpec, src: Callable[[str], str]) -> list[tuple[str, str, str]]:
+    """What `plan` prints for Llama 4's FFN: experts, their width, the dense width, which
+    layers are which, and the vision tower."""
+    dims, layers = spec.extra_dims, spec.extra_layers
+    return [
+        ("experts", str(dims["experts"]), "moe_args in params.json"),
+        ("expert ffn (intermediate_size)", str(dims["moe_ffn"]), src("intermediate_size")),
+        ("dense ffn (intermediate_size_mlp)", str(dims["dense_ffn"]),
+         src("intermediate_size_mlp")),
+        ("MoE layers", _layer_list(layers["moe"]), "moe_args.interleave_moe_layer_step"),
+        ("dense layers", _layer_list(layers["dense"]), "the other layers"),
+        ("vision", f"{len(layers['vision'])} layers, dim {dims['vision_dim']}",
+         "vision_args in params.json"),
+    ]
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    shown = ", ".join(map(str, layers[:8]))
+    return f"{len(layers)}: {shown}{', ...' if len(layers) > 8 else ''}" if layers else "none"
+
+
+def gguf_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What llama.cpp's Llama4Model reads: intermediate_size is the dense FFN's
+    (Llama4Model.__init__) and layer_types is filled in as transformers' Llama4TextConfig
+    (4.57) does when config.json has none: chunked attention where no_rope_layers says 1,
+    no_rope_layers defaulting to every 4th layer 0."""
+    hparams["intermediate_size_moe"] = hparams["intermediate_size"]
+    hparams["intermediate_size"] = hparams["intermediate_size_mlp"]
+    if hparams.get("layer_types") is None:
+        no_rope = hparams.get("no_rope_layers") or [
+            int((layer_idx + 1) % hparams.get("no_rope_layer_interval", 4) != 0)
+            for layer_idx in range(hparams["num_hidden_layers"])]
+        hparams["layer_types"] = ["chunked_attention" if flag else "full_attention"
+                                  for flag in no_rope]
+    return hparams
+
+
+def gguf_refusal(spec: ModelSpec) -> str | None:
+    """The FP8 experts' column scales are applied to untransposed rows (executor.py); the
+    GGUF experts are transposed bands of them."""
+    if not spec.quantized:
+        return None
+    return ("GGUF output for Llama 4's FP8 release is not supported yet; convert to a Hugging "
+            "Face folder (an OUTPUT_DIR without .gguf) and run llama.cpp's convert_hf_to_gguf.py "
+            "on it")

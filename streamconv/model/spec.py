@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamconv.model.family import Family
 from streamconv.model.tensor_table import LLAMA_TENSORS, TensorTable, meta_full_shape
 from streamconv.source.fp8_scales import ScaleLayout
 from streamconv.system.dtypes import DType
@@ -17,7 +16,7 @@ from streamconv.system.dtypes import DType
 class ModelSpec:
     """The resolved architecture; every field that was inferred has an entry in `sources`."""
 
-    family: Family
+    family: str  # the family's key (model/families/registry.py describes it)
     n_ranks: int
     dtype: DType
     dim: int
@@ -48,6 +47,13 @@ class ModelSpec:
     extra_layers: Mapping[str, Sequence[int]] = field(default_factory=dict, compare=False)
     # params.json as read, for config fields only one family has (Llama 4's model/llama4.py).
     raw_params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        """The family's name as messages and `plan` print it."""
+        from streamconv.model.families.registry import describe
+
+        return describe(self.family).label
 
     @property
     def layer_sets(self) -> dict[str, Sequence[int]]:

@@ -125,7 +125,7 @@ def _check_one(spec: ModelSpec, ref: TensorRef, expected: tuple[int, ...]) -> No
         got = "x".join(map(str, ref.shape))
         want = "x".join(map(str, expected))
         raise CheckpointError(f"{ref.meta_name} in {ref.path} has shape {got}, expected {want} "
-                              f"for {spec.family.label} with {spec.n_ranks} rank file(s); the file "
+                              f"for {spec.label} with {spec.n_ranks} rank file(s); the file "
                               "does not belong with params.json and the other rank files")
 
 

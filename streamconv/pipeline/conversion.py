@@ -209,7 +209,7 @@ def convert(input_dir: Path, output_dir: Path, options: ConvertOptions,
     finally:
         late.stop()
     return Report(
-        input_dir=str(input_dir), output_dir=str(output_dir), family=prepared.spec.family.label,
+        input_dir=str(input_dir), output_dir=str(output_dir), family=prepared.spec.label,
         instruct=prepared.spec.instruct, seconds=time.monotonic() - start, bytes_read=bytes_read,
         bytes_written=sum(p.stat().st_size for p in published),
         peak_rss_bytes=peak_rss_bytes(), max_ram_bytes=plan.budget_bytes,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from streamconv.errors import OutputError, ParamsError, TokenizerError
 from streamconv.model.detect import detect_model
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.model.family_rules import instruct_from_folder
 from streamconv.model.hf_config import config_dict, generation_config_dict, to_json_bytes
 from streamconv.model.spec import ModelSpec
@@ -161,12 +161,9 @@ def _gguf_layout(spec: ModelSpec, layouts: list[TensorLayout], options: ConvertO
     """The GGUF file's layout; its header holds the tokenizer, so that is built first (2-3 s)."""
     from streamconv.model.gguf_metadata import auto_outtype, gguf_metadata
 
-    if spec.family is Family.LLAMA4 and spec.quantized:
-        # The FP8 experts' column scales are applied to untransposed rows (executor.py); the
-        # GGUF experts are transposed bands of them.
-        raise OutputError("GGUF output for Llama 4's FP8 release is not supported yet; convert "
-                          "to a Hugging Face folder (an OUTPUT_DIR without .gguf) and run "
-                          "llama.cpp's convert_hf_to_gguf.py on it")
+    refusal = describe(spec.family).gguf_refusal
+    if refusal is not None and (why := refusal(spec)) is not None:
+        raise OutputError(why)
     if tokenizer_path is None:
         raise TokenizerError("a GGUF file needs the tokenizer (llama.cpp reads it from the "
                              "file); copy Meta's tokenizer.model next to params.json instead "
@@ -202,7 +199,7 @@ def prepare(input_dir: Path, options: ConvertOptions) -> Prepared:
         from streamconv.tokenizer.files import detect_tokenizer_kind
 
         kind = detect_tokenizer_kind(tokenizer_path)
-    override = None if options.llama_version == "auto" else Family(options.llama_version)
+    override = None if options.llama_version == "auto" else options.llama_version
     spec = detect_model(params, checkpoint, family_override=override, tokenizer_kind=kind,
                         instruct=_instruct(given_dir, options))
     if tokenizer_path is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import gguf
 
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.model.gguf_metadata import GGUFEntry as Entry
 from streamconv.model.spec import ModelSpec
 from streamconv.planning.encoding import Encoding, can_quantize_q8_0, q8_0_row_bytes
@@ -253,7 +253,7 @@ def layout_gguf_file(spec: ModelSpec, layouts: Sequence[TensorLayout], *, file_n
     Meta tensors, at offsets relative to OutputFile.data_start."""
     ordered = llama_cpp_order(layouts, hf_dtype=spec.dtype, hf_shard_bytes=hf_shard_bytes,
                               hf_tensors=hf_layouts(spec))
-    arch = gguf.MODEL_ARCH.LLAMA4 if spec.family is Family.LLAMA4 else gguf.MODEL_ARCH.LLAMA
+    arch = gguf.MODEL_ARCH[describe(spec.family).gguf_arch]
     names = gguf_names(ordered, n_layers=spec.n_layers, arch=arch)
     tensors: list[GGUFTensor] = []
     constant = b""

@@ -11,18 +11,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-from streamconv.model.family import Family
-
-# One file per published text: LLaMA 3.3 publishes 3.1's template (templates/SOURCES.md).
-_TEMPLATE_FILES = {
-    Family.LLAMA2: "llama2_chat.jinja",
-    Family.CODE_LLAMA: "code_llama_instruct.jinja",
-    Family.LLAMA3: "llama3_instruct.jinja",
-    Family.LLAMA3_1: "llama3_1_instruct.jinja",
-    Family.LLAMA3_2: "llama3_2_instruct.jinja",
-    Family.LLAMA3_3: "llama3_1_instruct.jinja",
-    Family.LLAMA4: "llama4_instruct.jinja",
-}
+from streamconv.model.families.registry import describe
 
 
 @functools.cache
@@ -32,10 +21,10 @@ def read_template(file_name: str) -> str:
     return folder.joinpath(file_name).read_bytes().decode("utf-8")
 
 
-def chat_template(family: Family, *, instruct: bool) -> str | None:
-    """The template Meta publishes for the family's chat models; None for base models and for
-    LLaMA 1, which has no chat model."""
-    file_name = _TEMPLATE_FILES.get(family)
+def chat_template(family: str, *, instruct: bool) -> str | None:
+    """The template Meta publishes for the family's chat models (the file its description
+    names); None for base models and for LLaMA 1, which has no chat model."""
+    file_name = describe(family).tokenizer.chat_template
     if not instruct or file_name is None:
         return None
     return read_template(file_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamconv.errors import TokenizerError
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 from streamconv.tokenizer import from_sentencepiece as tokenizer_spm
 from streamconv.tokenizer import from_tiktoken as tokenizer_tiktoken
 from streamconv.tokenizer import tokenizer_json
@@ -91,16 +91,17 @@ def detect_tokenizer_kind(path: Path) -> Literal["sentencepiece", "tiktoken"]:
     return _parse(path).kind
 
 
-def _check_family(path: Path, kind: TokenizerKind, family: Family) -> None:
-    expected: TokenizerKind = "tiktoken" if family.uses_tiktoken else "sentencepiece"
+def _check_family(path: Path, kind: TokenizerKind, family: str) -> None:
+    description = describe(family)
+    expected: TokenizerKind = description.tokenizer.kind
     if kind != expected:
         raise TokenizerError(
-            f"{path} is a {kind} tokenizer but {family.label} uses {expected}; pass the "
+            f"{path} is a {kind} tokenizer but {description.label} uses {expected}; pass the "
             "family this checkpoint belongs to, or the tokenizer.model shipped with it"
         )
 
 
-def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
+def tokenizer_vocab_size(path: Path, *, family: str) -> int:
     """How many ids the model's embedding must have rows for.
 
     SentencePiece: every piece (32000 for LLaMA 1/2; Code Llama's model already holds its 16
@@ -116,7 +117,7 @@ def tokenizer_vocab_size(path: Path, *, family: Family) -> int:
 
 
 def tokenizer_files(
-    path: Path, *, family: Family, instruct: bool, model_max_length: int
+    path: Path, *, family: str, instruct: bool, model_max_length: int
 ) -> dict[str, bytes]:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json (and, for SentencePiece, a
     copy of tokenizer.model) as file name -> bytes, ready to publish with the shards."""
@@ -125,7 +126,7 @@ def tokenizer_files(
     _check_family(path, kind, family)
     template = chat_template(family, instruct=instruct)
     if instruct and template is None:
-        log.info("%s has no published chat template; none written", family.label)
+        log.info("%s has no published chat template; none written", describe(family).label)
     documents: dict[str, Any]
     if parsed.spm is not None:
         model = parsed.spm
@@ -163,7 +164,7 @@ def tokenizer_files(
 
 
 def write_tokenizer_files(
-    path: Path, out_dir: Path, *, family: Family, instruct: bool, model_max_length: int
+    path: Path, out_dir: Path, *, family: str, instruct: bool, model_max_length: int
 ) -> list[str]:
     """tokenizer_files() written into ``out_dir``; returns the file names written."""
     files = tokenizer_files(path, family=family, instruct=instruct,

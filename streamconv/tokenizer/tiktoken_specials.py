@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from streamconv.model.family import Family
+from streamconv.model.families.registry import describe
 
 # LLaMA 3's split regex (llama-models llama3/tokenizer.py ``pat_str``).
 LLAMA3_PATTERN = (
@@ -117,23 +117,19 @@ LLAMA4_SCHEME = TiktokenScheme(
     # that is no Llama 4 token (docs/llama4_facts.md section 5).
     bos=BOS, eos=EOS, instruct_eos="<|eot|>", pad="<|finetune_right_pad|>")
 
-_SCHEMES = {
-    Family.LLAMA3: LLAMA3_0_SCHEME,
-    Family.LLAMA3_1: LLAMA3_1_SCHEME,
-    Family.LLAMA3_2: LLAMA3_1_SCHEME,
-    Family.LLAMA3_3: LLAMA3_1_SCHEME,
-    Family.LLAMA4: LLAMA4_SCHEME,
-}
+# By the name a family description's TokenizerScheme.specials gives (model/families/).
+SCHEMES = {"llama3.0": LLAMA3_0_SCHEME, "llama3.1": LLAMA3_1_SCHEME, "llama4": LLAMA4_SCHEME}
 
 
-def tiktoken_scheme(family: Family) -> TiktokenScheme:
-    """The scheme of a tiktoken family (``family.uses_tiktoken``)."""
-    try:
-        return _SCHEMES[family]
-    except KeyError:
-        raise ValueError(f"{family.label} does not use a tiktoken tokenizer") from None
+def tiktoken_scheme(family: str) -> TiktokenScheme:
+    """The special tokens scheme of a tiktoken family (its description names it)."""
+    description = describe(family)
+    name = description.tokenizer.specials
+    if name is None:
+        raise ValueError(f"{description.label} does not use a tiktoken tokenizer")
+    return SCHEMES[name]
 
 
-def special_token_names(family: Family) -> list[str]:
+def special_token_names(family: str) -> list[str]:
     """The family's special tokens in id order (ids n_ranks, n_ranks + 1, ...)."""
     return list(tiktoken_scheme(family).special_names)
