@@ -376,7 +376,8 @@ def plot_rss_timeline(results: list[Result], model: str, path: Path) -> bool:
             ax_sc.plot(t, rss, label=label, color=color)
             ax_sc.axhline(r["budget_bytes"] / GIB, color=color, linestyle="--", linewidth=0.8)
     floors = [r for r in mine if r["runner"].startswith("floor-")]
-    for r, style in zip(sorted(floors, key=_sort_key), ("--", ":", "-.", (0, (1, 4)))):
+    styles = ("--", ":", "-.", (0, (1, 4)))
+    for r, style in zip(sorted(floors, key=_sort_key), styles, strict=False):
         io = _cumulative([(p[2] + p[3]) / GIB for p in r["timeline"]])
         ax_io.plot([p[0] for p in r["timeline"]], io, color="gray", linestyle=style,
                    label=f"{_label(r)} ({r['wall_s']:.0f} s)")
@@ -422,7 +423,7 @@ def plot_slices(results: list[Result], path: Path) -> bool:
                 label=f"{family.upper()}-style slices, 8 shards ({_session(fam[0])})")
         if old:
             continue
-        for x, y, r in zip(xs, ys, fam):
+        for x, y, r in zip(xs, ys, fam, strict=True):
             ax.annotate(f"{y:.2f} GiB\n({r['checkpoint_bytes'] / GIB:.0f} GiB ckpt)", (x, y),
                         textcoords="offset points", ha="center", fontsize=8,
                         # the two families sit close together: one above, one below

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -37,7 +37,7 @@ conversion_module = importlib.import_module("streamconv.pipeline.conversion")
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 # A word the message must contain, or a tuple of words of which it must contain one.
-Word = Union[str, tuple[str, ...]]
+Word = str | tuple[str, ...]
 
 BASE = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False)  # float32, dim 64, 2 layers
 WIDE = tiny(Family.LLAMA2, n_ranks=2, with_tokenizer=False, dim=128)  # another model's width

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_jobs_cover_every_row_once_within_budget(budget: str, n_ranks: int, n_kv
     for layout in layouts:
         spans = sorted(rows[layout.hf_name])
         assert spans[0][0] == 0 and spans[-1][1] == layout.n_rows
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a[1] == b[0] for a, b in pairwise(spans))
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     assert plan.depth * plan.slot_bytes + 250 * MiB + RUNTIME_ALLOWANCE_BYTES <= plan.budget_bytes
 
@@ -133,7 +134,7 @@ def test_output_files_respect_max_shard_size_and_header_format() -> None:
         assert header.pop("__metadata__") == {"format": "pt"}
         offsets = sorted(tuple(v["data_offsets"]) for v in header.values())
         assert offsets[0][0] == 0
-        assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
+        assert all(a[1] == b[0] for a, b in pairwise(offsets))
         assert offsets[-1][1] == out_file.data_bytes
     names = [f.name for f in files]
     assert names[0] == f"model-00001-of-{len(files):05d}.safetensors"

@@ -14,6 +14,8 @@ Stages, in the order data flows (a module may import its own stage and the ones 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import re
 from pathlib import Path
 
@@ -127,6 +129,23 @@ def _positional_constructions(source: str) -> tuple[list[tuple[str, int]], set[s
         if node.args:
             bad.append((names[called], node.lineno))
     return bad, seen
+
+
+KEYWORD_ONLY_MODULES = ("streamconv.model.families.description", "streamconv.planning.jobs",
+                        "streamconv.planning.layout")
+
+
+def test_plan_data_classes_take_keywords_only() -> None:
+    """kw_only=True: a positional construction is a TypeError, not a silently swapped field."""
+    found = {}
+    for module_name in KEYWORD_ONLY_MODULES:
+        module = importlib.import_module(module_name)
+        found.update({name: getattr(module, name) for name in KEYWORD_ONLY
+                      if hasattr(module, name)})
+    assert set(found) == KEYWORD_ONLY
+    for name, cls in found.items():
+        fields = dataclasses.fields(cls)
+        assert fields and all(f.kw_only for f in fields), f"{name} is not kw_only"
 
 
 def test_positional_construction_is_caught() -> None:

@@ -265,7 +265,8 @@ def test_ids_match_llama_models(converted: Callable[[str], Converted],
     conv = converted("real-instruct")
     texts = [text for _, text in CORPUS] + [_meta_prompt(CONVERSATION)]
     bad = []
-    for text, want, decoded in zip(texts, meta_tokenizer["ids"], meta_tokenizer["decoded"]):
+    for text, want, decoded in zip(texts, meta_tokenizer["ids"], meta_tokenizer["decoded"],
+                                   strict=True):
         got = conv.fast.encode(text).ids
         if got != want or conv.auto.encode(text) != want or decoded != text:
             bad.append(f"{text!r}: llama-models {want}, ours {got}")
@@ -274,7 +275,8 @@ def test_ids_match_llama_models(converted: Callable[[str], Converted],
     assert not bad, f"{len(bad)} differ:\n" + "\n".join(bad[:10])
     # Without allowed_special, Meta reads special-token text as plain text (ours never does):
     # the samples with specials are the ones that differ, and only they.
-    differ = {t for t, a, b in zip(texts, meta_tokenizer["ids"], meta_tokenizer["plain"]) if a != b}
+    differ = {t for t, a, b in zip(texts, meta_tokenizer["ids"], meta_tokenizer["plain"],
+                                   strict=True) if a != b}
     assert differ == {t for t in texts if any(s in t for s in meta_tokenizer["specials"])}
 
 

@@ -183,7 +183,7 @@ def test_every_piece_as_text(converted: Callable[[str], Converted], name: str) -
     ]
     want = [[sp.bos_id(), *ids] for ids in sp.encode(texts)]
     got = [e.ids for e in conv.fast.encode_batch(texts)]
-    bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    bad = [(t, w, g) for t, w, g in zip(texts, want, got, strict=True) if w != g]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:5]}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _locate(output_dir: Path, result: VerifyResult) -> tuple[list[Path], dict[st
             total += entry.end - entry.begin
         spans.sort()
         contiguous = bool(spans) and spans[0][0] == 0 and all(
-            a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            a[1] == b[0] for a, b in pairwise(spans))
         if not contiguous or header.file_bytes != header.data_start + spans[-1][1]:
             result.problems.append(f"{name}: tensor data is not contiguous or the file size "
                                    f"({header.file_bytes}) does not match its header")

@@ -31,7 +31,7 @@ from streamconv.system.direct_io import ALIGN, HUGE_PAGE, SPAN_SLACK
 from streamconv.system.dtypes import DType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Job:
     """Rows [row_start, row_stop) of one output tensor, written at file_offset of its file."""
 

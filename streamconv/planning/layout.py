@@ -34,7 +34,7 @@ from streamconv.source.fp8_scales import FP8_DTYPE, ScaleLayout, row_scale_layou
 from streamconv.system.dtypes import DType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Piece:
     """Where the rank slices of one Meta tensor (or of one part of a fused one) land in a
     Hugging Face tensor, in resolved numbers (model/tensor_table.py says it symbolically)."""
@@ -103,7 +103,7 @@ def _band_rows(piece: Piece, n_rows: int) -> int:
     return n_rows // piece.stack
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ByteRange:
     """One positioned read: `n_bytes` at `offset_bytes` of input file `file_idx`, an index into
     Checkpoint.read_paths (the rank files, then the FP8 scale files), which is how RankReader
@@ -114,7 +114,7 @@ class ByteRange:
     n_bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CopyBlock:
     """Rows of one rank file's tensor -> a rectangle of the output tensor (with `transpose`,
     the rank's rows are the rectangle's columns)."""

@@ -26,6 +26,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 # dtype name -> bytes per element (safetensors/src/tensor.rs Dtype, whole-byte types only)
@@ -101,7 +102,7 @@ def parse_header(header: object, *, data_start: int, file_bytes: int) -> Safeten
     tensors = {name: _parse_entry(name, entry, data_bytes=file_bytes - data_start)
                for name, entry in header.items() if name != "__metadata__"}
     spans = sorted((t.begin, t.end, name) for name, t in tensors.items())
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+    for (_, end, first), (begin, _, second) in pairwise(spans):
         if begin < end:
             raise HeaderProblem(f"tensors {first} and {second} overlap in the file")
     return SafetensorsHeader(tensors, dict(metadata), data_start, file_bytes)

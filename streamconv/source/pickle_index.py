@@ -81,7 +81,7 @@ class TensorRecord:
             expected.append(step)
             step *= size
         return all(size == 1 or s == e for size, s, e in
-                   zip(self.shape, self.stride, reversed(expected)))
+                   zip(self.shape, self.stride, reversed(expected), strict=False))
 
 
 class NotATensor:

@@ -139,7 +139,7 @@ def derive_merges(model: SpmModel) -> list[tuple[str, str]]:
     """
     normal = {
         piece: idx
-        for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types))
+        for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types, strict=True))
         if piece_type == spm_proto.PIECE_NORMAL
     }
     ranked: list[tuple[float, int, int, int, int, int, str, str]] = []
@@ -160,7 +160,7 @@ def added_tokens(model: SpmModel) -> list[JsonDict]:
         added_token(idx, piece, special=piece_type in special_types,
                     # user-defined pieces are matched after normalization, as sentencepiece does
                     normalized=piece_type not in special_types)
-        for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types))
+        for idx, (piece, piece_type) in enumerate(zip(model.pieces, model.types, strict=True))
         if piece_type in (*special_types, spm_proto.PIECE_USER_DEFINED)
     ]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def _read_canonical_ranks(data: bytes) -> dict[bytes, int] | None:
                         .all())):
         return None
     tokens = list(map(binascii.a2b_base64, tokens_b64))
-    ranks = dict(zip(tokens, range(n_ranks)))
+    ranks = dict(zip(tokens, range(n_ranks), strict=False))
     return ranks if len(ranks) == n_ranks else None
 
 
@@ -137,7 +137,7 @@ def byte_to_unicode() -> list[str]:
 
 def mapped_vocab(ranks: dict[bytes, int]) -> dict[str, int]:
     """Each token as its byte-to-unicode characters (one character per byte), with its rank."""
-    return dict(zip(mapped_tokens(list(ranks)), ranks.values()))
+    return dict(zip(mapped_tokens(list(ranks)), ranks.values(), strict=True))
 
 
 def mapped_tokens(tokens: Sequence[bytes]) -> list[str]:
@@ -145,7 +145,7 @@ def mapped_tokens(tokens: Sequence[bytes]) -> list[str]:
     table = np.array([ord(c) for c in byte_to_unicode()], dtype="<u4")
     text = table[np.frombuffer(b"".join(tokens), dtype=np.uint8)].tobytes().decode("utf-32-le")
     ends = list(accumulate(map(len, tokens)))
-    return [text[start:end] for start, end in zip([0, *ends], ends)]
+    return [text[start:end] for start, end in pairwise([0, *ends])]
 
 
 def tokens_by_rank(ranks: dict[bytes, int]) -> list[bytes]:
@@ -171,7 +171,7 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
     order: by the rank of the token made, then by the rank of the left part (a token's splits
     all have different left parts). ``merge_arrays`` does the work."""
     lefts, rights = merge_arrays(ranks, tokens_by_rank(ranks))
-    return list(zip(lefts.tolist(), rights.tolist()))
+    return list(zip(lefts.tolist(), rights.tolist(), strict=True))
 
 
 def merge_arrays(ranks: dict[bytes, int], by_rank: Sequence[bytes]) -> tuple[Any, Any]:
@@ -313,7 +313,8 @@ def build_tokenizer_json(ranks: dict[bytes, int], scheme: TiktokenScheme) -> Jso
     pieces = mapped_tokens(tokens)
     n_ranks = len(ranks)
     # In the file's order, as before (Meta's file is in rank order: the same list).
-    vocab = dict(zip(pieces, range(n_ranks))) if tokens == list(ranks) else mapped_vocab(ranks)
+    in_order = tokens == list(ranks)
+    vocab = dict(zip(pieces, range(n_ranks), strict=True)) if in_order else mapped_vocab(ranks)
     return {
         "version": "1.0",
         "truncation": None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Union
 
 # ModelProto
 MODEL_PIECES = 1
@@ -52,7 +51,7 @@ _FIXED64 = 1
 _LEN = 2
 _FIXED32 = 5
 
-FieldValue = Union[int, bytes]
+FieldValue = int | bytes
 
 
 @dataclass(frozen=True)

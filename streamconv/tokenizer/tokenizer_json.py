@@ -50,7 +50,7 @@ class IndexedMerges:
     def pairs(self) -> list[list[str]]:
         """The merges as tokenizers' JSON has them: [left piece, right piece] each."""
         return [[self.pieces[a], self.pieces[b]]
-                for a, b in zip(self.left.tolist(), self.right.tolist())]
+                for a, b in zip(self.left.tolist(), self.right.tolist(), strict=True)]
 
 
 _ENTRY_SEP = ",\n      "
@@ -66,7 +66,7 @@ def _rows(columns: Sequence[Sequence[str]], joints: Sequence[str], *, prefix: st
     if n_rows == 0:
         return ""
     parts: list[str] = [""] * (2 * width * n_rows)
-    for i, (column, joint) in enumerate(zip(columns, joints)):
+    for i, (column, joint) in enumerate(zip(columns, joints, strict=False)):
         parts[2 * i::2 * width] = column
         parts[2 * i + 1::2 * width] = [joint] * n_rows
     parts[2 * width - 1::2 * width] = [joints[-1] + _ENTRY_SEP + prefix] * n_rows

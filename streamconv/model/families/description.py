@@ -24,7 +24,7 @@ TokenizerKind = Literal["sentencepiece", "tiktoken"]
 PlanRow = tuple[str, str, str]  # (what, value, where it came from), as `plan` prints it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FamilyFacts:
     """What a family's published Hugging Face configs hold that params.json does not say."""
 
@@ -44,7 +44,7 @@ class FamilyFacts:
     short_context: tuple[float, int] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenizerScheme:
     """How the family's tokenizer.model becomes tokenizer files. The tokenizer stage owns the
     scheme tables and template files; the description names which ones apply."""
@@ -60,7 +60,7 @@ class TokenizerScheme:
 Detector = Callable[["MetaParams", "Checkpoint", tuple[bool, str]], "ModelSpec"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FamilyDescription:
     """One family. Built with keyword arguments only (tests/test_structure.py checks it).
 
