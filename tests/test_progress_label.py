@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamconv.cli.main import progress_label
+from streamconv.cli.progress import progress_label
 from streamconv.model.families.registry import describe
 from streamconv.model.family import Family
 

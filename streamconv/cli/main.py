@@ -1,4 +1,5 @@
-"""Command line: arguments, rich progress and tables, errors -> one line and an exit code.
+"""Command line: arguments, commands, errors -> one line and an exit code (progress and the
+summary: cli/progress.py).
 
 Exit codes: 0 success, 1 error (one sentence; --debug adds the traceback), 2 usage,
 130 interrupted.
@@ -22,25 +23,16 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
+from streamconv.cli.progress import RichProgress, print_summary
 from streamconv.cli.sizes import SIZE_UNITS_HELP, parse_size
 from streamconv.errors import Interrupted, StreamconvError
 from streamconv.model.families.registry import all_families
 from streamconv.source.prefetch import start_prefetch
-from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes, format_size
+from streamconv.system.memory import default_max_ram_bytes, format_size
 
 if TYPE_CHECKING:  # the modules that import torch load only once a command runs
-    from streamconv.pipeline.conversion import ConvertOptions, Prepared, Report
-    from streamconv.planning.jobs import Job
+    from streamconv.pipeline.conversion import ConvertOptions
 
 COMMANDS = ("convert", "plan", "verify")
 
@@ -192,83 +184,6 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
                           model_name=args.model_name)
 
 
-def progress_label(hf_name: str, *, layer_prefix: str, n_layers: int) -> str:
-    """"layer 4/32" for a decoder layer's tensor (its prefix comes from the family's table, so
-    Llama 4's language_model.model.layers.N count too), else the module's name."""
-    rest = hf_name.removeprefix(layer_prefix)
-    head = rest.split(".")[0]
-    if layer_prefix and rest != hf_name and head.isdigit():
-        return f"layer {int(head) + 1}/{n_layers}"
-    return hf_name.split(".")[-2]
-
-
-class RichProgress:
-    """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rss]}"),
-            console=console, transient=False)
-        self.task: TaskID | None = None
-        self.budget = 0
-        self.n_layers = 0
-        self.layer_prefix = ""
-
-    def started(self, prepared: Prepared, *, resumed_bytes: int) -> None:
-        from streamconv.cli.dtype_label import source_dtype_label
-
-        spec, plan = prepared.spec, prepared.plan
-        for warning in prepared.warnings:
-            self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
-        self.console.print(
-            f"{spec.label} {spec.size_label}, {spec.n_ranks} rank file(s), "
-            f"{source_dtype_label(plan)} -> {_dtype_name(plan.dst_dtype)}; "
-            f"{len(plan.files)} output file(s), {len(plan.jobs)} jobs in {plan.depth} slot(s) "
-            f"of {format_size(plan.slot_bytes)}; --max-ram {format_size(plan.budget_bytes)}")
-        self.console.print(f"  family: {spec.sources['family']}", style="dim")
-        variant = "instruct / chat" if spec.instruct else "base"
-        self.console.print(f"  {variant}: {spec.sources['instruct']}", style="dim")
-        self.budget = plan.budget_bytes
-        self.n_layers = spec.n_layers
-        # The decoder layers' Hugging Face prefix, from the family's table ("model.layers." for
-        # LLaMA 1-3, "language_model.model.layers." for Llama 4).
-        self.layer_prefix = spec.tensors.entry("q").hf_name.split("{layer}")[0]
-        self.bar.start()
-        if resumed_bytes:
-            self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
-                               "verified")
-        self.task = self.bar.add_task("converting", total=plan.output_bytes,
-                                      completed=resumed_bytes, rss=self._rss())
-
-    def _rss(self) -> str:
-        return f"RSS {format_size(current_rss_bytes())} / {format_size(self.budget)}"
-
-    def job_done(self, job: Job, *, bytes_read: int) -> None:
-        if self.task is not None:
-            where = progress_label(job.hf_name, layer_prefix=self.layer_prefix,
-                                   n_layers=self.n_layers)
-            self.bar.update(self.task, advance=job.out_bytes, rss=self._rss(), description=where)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
-def _dtype_name(dtype: object) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _print_summary(console: Console, report: Report) -> None:
-    console.print(
-        f"[green]done[/green] in {report.seconds:.1f} s: read {format_size(report.bytes_read)}, "
-        f"wrote {format_size(report.bytes_written)} "
-        f"({report.bytes_written / max(report.seconds, 1e-9) / (1 << 20):.0f} MiB/s); "
-        f"peak RSS {format_size(report.peak_rss_bytes)} of {format_size(report.max_ram_bytes)}; "
-        + (escape(report.output_dir) if report.output_dir.endswith(".gguf") else
-           f"{len(report.files)} files in {escape(report.output_dir)}"))
-
-
 def _run_convert(args: argparse.Namespace, console: Console) -> int:
     prefetch_unix = time.time()
     start_prefetch(args.input_dir)
@@ -288,7 +203,7 @@ def _run_convert(args: argparse.Namespace, console: Console) -> int:
             raise StreamconvError(f"the model in {args.output_dir} is complete, but --report "
                                   f"{args.report} could not be written ({e.strerror})") from e
     if not args.quiet:
-        _print_summary(console, report)
+        print_summary(console, report)
     if report.interrupted_after_complete:
         console.print(f"[yellow]Ctrl-C came after the model was complete:[/yellow] "
                       f"{escape(str(args.output_dir))} is finished and published; nothing to "
