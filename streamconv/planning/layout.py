@@ -166,10 +166,10 @@ def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
         quantized = spec.quantized
     dims = dims_of(spec)
     found: dict[str, tuple[tuple[int, ...], list[Piece], int | None]] = {}
-    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets, output_format):
+    for entry, layer_idx, hf_layer_idx in spec.tensors.placed(spec.layer_sets, output_format):
         if entry.unless_tied and spec.tie_word_embeddings:
             continue
-        name = hf_name(entry, layer_idx)
+        name = hf_name(entry, hf_layer_idx)
         shape, pieces, rotary = found.setdefault(
             name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec, output_format)))
         pieces.append(_piece(entry, layer_idx, spec, dims, output_format))
