@@ -3,6 +3,9 @@ here (as tests/test_toy_family.py registers its own) and converted end to end:
 
 - a layer map: two layer sets whose Hugging Face indices interleave (Llama 3.2 Vision's text and
   cross-attention layers share one HF layer list, llama-models llama3/multimodal/model.py);
+- row bands: several Meta tensors, each split across the ranks its own way, stacked as row
+  bands of one HF tensor (Llama 3.2 Vision's embed_tokens: tok_embeddings, then the 8 rows of
+  learnable_embedding), at 1 and 2 ranks and with jobs that cut the bands.
 
 The checkpoints are the toy family's renamed LLaMA 2 fixture plus tensors written here, so every
 Hugging Face tensor's expected value is known from the rank files.
@@ -14,7 +17,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from conftest import in_process_budget
 from safetensors.torch import load_file
@@ -24,6 +29,8 @@ from fixtures.synthetic import SyntheticSpec
 from streamconv.model.families.registry import registered
 from streamconv.model.tensor_table import LayerMap, Split, TensorEntry, TensorTable
 from streamconv.pipeline.conversion import ConvertOptions, convert
+from streamconv.planning import jobs as jobs_module
+from streamconv.planning.jobs import Job
 from streamconv.source.params import MetaParams
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
@@ -145,3 +152,70 @@ def _file_order(out: Path) -> list[str]:
                   if k != "__metadata__"]
     return [name for _, _, name in sorted(names)]
 
+
+# One HF tensor made of three Meta tensors stacked as row bands, each split its own way: rows
+# split across the ranks, then rows every rank holds whole, then rows split by columns.
+BAND_ROWS = {"stack_rows.weight": (FFN, Split.ROWS), "stack_whole.weight": (8, Split.REPLICATED),
+             "stack_cols.weight": (16, Split.COLS)}
+_BANDS = (
+    TensorEntry("band_rows", "toy.stacked.weight", "stack_rows.weight", ("ffn_dim + 24", "dim"),
+                Split.ROWS, meta_shape=("ffn_dim", "dim"), row_offset="0"),
+    TensorEntry("band_whole", "toy.stacked.weight", "stack_whole.weight",
+                ("ffn_dim + 24", "dim"), Split.REPLICATED, meta_shape=("8", "dim"),
+                row_offset="ffn_dim"),
+    TensorEntry("band_cols", "toy.stacked.weight", "stack_cols.weight", ("ffn_dim + 24", "dim"),
+                Split.COLS, meta_shape=("16", "dim"), row_offset="ffn_dim + 8"),
+)
+BANDED = replace(TOY, key="toy_banded", label="Toy banded", tensors=TensorTable(
+    entries=(TOY_TENSORS.entries[0], *_BANDS, *TOY_TENSORS.entries[1:])),
+    recognise=lambda params, ckpt: "toy_banded" in params.raw)
+
+
+def _small_jobs(monkeypatch: pytest.MonkeyPatch, rows: int) -> list[Job]:
+    """Jobs of `rows` rows of the toy's width (a budget far tighter than any --max-ram can
+    say, so that jobs cut the bands anywhere); returns the jobs as they are planned."""
+    choose = jobs_module.choose_slots
+    planned: list[Job] = []
+    jobs_for = jobs_module._jobs_for
+
+    def tight(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        depth, _ = choose(*args, **kwargs)
+        return depth, rows * DIM * 4
+
+    def recorded(*args: Any, **kwargs: Any) -> list[Job]:
+        made = jobs_for(*args, **kwargs)
+        planned.extend(made)
+        return made
+    monkeypatch.setattr(jobs_module, "choose_slots", tight)
+    monkeypatch.setattr(jobs_module, "_jobs_for", recorded)
+    return planned
+
+
+@pytest.mark.parametrize("n_ranks", [1, 2])
+@pytest.mark.parametrize("job_rows", [None, 7])
+def test_meta_tensors_stacked_as_row_bands(make_checkpoint: MakeCkpt, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, n_ranks: int,
+                                           job_rows: int | None) -> None:
+    src = _toy_checkpoint(lambda spec: make_checkpoint(replace(spec, n_ranks=n_ranks)),
+                          tmp_path)
+    _with_params_key(src, "toy_banded")
+    generator = torch.Generator().manual_seed(21)
+    merged = {name: (torch.randn(rows, DIM, generator=generator), split)
+              for name, (rows, split) in BAND_ROWS.items()}
+    _add_tensors(src, merged)
+    planned = _small_jobs(monkeypatch, job_rows) if job_rows else []
+    out = tmp_path / "out"
+    with registered(BANDED):
+        convert(src, out, _options())
+    written = _written(out)
+    expected = torch.cat([tensor for tensor, _ in merged.values()])
+    assert written["toy.stacked.weight"].shape == (FFN + 24, DIM)
+    assert torch.equal(written["toy.stacked.weight"], expected)
+    assert torch.equal(written["toy.blocks.1.q.weight"],
+                       torch.cat([r["blk.1.q.weight"] for r in _ranks(src)]))
+    if job_rows:
+        # Jobs of 7 rows cut both band boundaries (192 and 200) inside a job.
+        stacked = [job for job in planned if job.hf_name == "toy.stacked.weight"]
+        assert len(stacked) == -(-(FFN + 24) // job_rows)
+        crossing = [job for job in stacked if len({b.meta_name for b in job.blocks}) > 1]
+        assert [(job.row_start, job.row_stop) for job in crossing] == [(189, 196), (196, 203)]

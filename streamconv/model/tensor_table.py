@@ -171,6 +171,10 @@ class TensorEntry:
     part: tuple[str, str] | None = None
     # The Hugging Face column where this entry's columns start (others fill the rest).
     col_offset: str | None = None
+    # The Hugging Face row where this entry's rows start: its merged Meta tensor (meta_shape)
+    # is one band of rows, other entries fill the others (Llama 3.2 Vision's embed_tokens is
+    # tok_embeddings' rows, then learnable_embedding's 8). The row analogue of col_offset.
+    row_offset: str | None = None
     # ROWS: the Hugging Face rows are this many stacked units (experts), each split across the
     # ranks; a rank holds its slice of every unit, unit after unit.
     stack: str | None = None
