@@ -28,10 +28,13 @@ from test_toy_family import TOY, TOY_TENSORS, _toy_checkpoint
 from fixtures.synthetic import SyntheticSpec
 from streamconv.model.families.registry import registered
 from streamconv.model.tensor_table import LayerMap, Split, TensorEntry, TensorTable
+from streamconv.pipeline import preparation
 from streamconv.pipeline.conversion import ConvertOptions, convert
 from streamconv.planning import jobs as jobs_module
-from streamconv.planning.jobs import Job
+from streamconv.planning import source_ranges
+from streamconv.planning.jobs import Job, Plan
 from streamconv.source.params import MetaParams
+from streamconv.source.tensor_index import Checkpoint
 
 MakeCkpt = Callable[[SyntheticSpec], Path]
 DIM, FFN = 64, 192  # the tiny LLaMA 2 fixture's widths (fixtures.synthetic.tiny)
@@ -204,9 +207,16 @@ def test_meta_tensors_stacked_as_row_bands(make_checkpoint: MakeCkpt, tmp_path: 
               for name, (rows, split) in BAND_ROWS.items()}
     _add_tensors(src, merged)
     planned = _small_jobs(monkeypatch, job_rows) if job_rows else []
+    located: list[Plan] = []
+
+    def locate(plan: Plan, checkpoint: Checkpoint) -> Plan:
+        located.append(source_ranges.locate_reads(plan, checkpoint))
+        return located[-1]
+    monkeypatch.setattr(preparation, "locate_reads", locate)
     out = tmp_path / "out"
     with registered(BANDED):
         convert(src, out, _options())
+    _check_band_reads(located[0], _ranks(src))
     written = _written(out)
     expected = torch.cat([tensor for tensor, _ in merged.values()])
     assert written["toy.stacked.weight"].shape == (FFN + 24, DIM)
@@ -219,3 +229,17 @@ def test_meta_tensors_stacked_as_row_bands(make_checkpoint: MakeCkpt, tmp_path: 
         assert len(stacked) == -(-(FFN + 24) // job_rows)
         crossing = [job for job in stacked if len({b.meta_name for b in job.blocks}) > 1]
         assert [(job.row_start, job.row_stop) for job in crossing] == [(189, 196), (196, 203)]
+
+
+def _check_band_reads(plan: Plan, ranks: list[dict[str, torch.Tensor]]) -> None:
+    """Every block of the banded tensor reads exactly the bytes of the rank rows it names."""
+    blocks = [block for job in plan.jobs if job.hf_name == "toy.stacked.weight"
+              for block in job.blocks]
+    assert {block.meta_name for block in blocks} == set(BAND_ROWS)
+    for block in blocks:
+        assert block.read is not None
+        rows = ranks[block.rank_idx][block.meta_name][
+            block.src_row_start:block.src_row_start + block.n_rows]
+        with plan.read_paths[block.read.file_idx].open("rb") as f:
+            f.seek(block.read.offset_bytes)
+            assert f.read(block.read.n_bytes) == rows.contiguous().numpy().tobytes()
