@@ -160,7 +160,8 @@ def _detect_llama_style(params: MetaParams, ckpt: Checkpoint, *,
     """LLaMA-style detection over a family's table: the family given (recognised or
     --llama-version), or the one the evidence rules choose (always LLaMA 1-3.x's table)."""
     table = (family or describe(_evidence_table_key())).tensors
-    check_names(ckpt, params, table, params.n_layers)
+    extra_layers = family.layer_sets(params) if family and family.layer_sets else {}
+    check_names(ckpt, params, table, {"all": range(params.n_layers), **extra_layers})
     check_same_names(ckpt, table)
     check_rank_count(ckpt, table, params.dim)
     sources: dict[str, str] = {}
@@ -217,6 +218,6 @@ def _detect_llama_style(params: MetaParams, ckpt: Checkpoint, *,
         max_position_embeddings=family.context_length(rope_theta=theta),
         tie_word_embeddings=tied, embedding_split_dim=split_dim, bos_token_id=bos,
         instruct=instruct[0], tensors=table, sources=sources,
-        doubts=doubts, quantized=quantized)
+        doubts=doubts, quantized=quantized, extra_layers=extra_layers)
     check_shapes(spec, ckpt)
     return spec

@@ -97,8 +97,8 @@ def gguf_param_counts(spec: ModelSpec, *, hparams: Mapping[str, Any]
     general.size_label."""
     total = shared = expert = expert_sum = n_expert_tensors = 0
     seen: set[str] = set()
-    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets):
-        name = hf_name(entry, layer_idx)
+    for entry, _, hf_layer_idx in spec.tensors.placed(spec.layer_sets):
+        name = hf_name(entry, hf_layer_idx)
         if (entry.unless_tied and spec.tie_word_embeddings) or name in seen \
                 or any(part in name for part in _NOT_TEXT):
             continue

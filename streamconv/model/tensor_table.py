@@ -29,7 +29,7 @@ import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, overload
 
 
 class Split(enum.Enum):
@@ -64,9 +64,46 @@ class Sizes(Protocol):
         ...
 
 
+@dataclass(frozen=True, kw_only=True)
+class LayerMap(Sequence[int]):
+    """A layer set whose Hugging Face layer indices are not its Meta ones: as a sequence it is
+    the Meta indices (what the rank files' names hold), and `hf` says where each lands in the
+    Hugging Face layer list. Llama 3.2 Vision needs it: transformers' Mllama decoder is one
+    list of layers with the cross-attention layers interleaved among the text layers, while
+    Meta numbers its text layers and its cross-attention layers separately (llama-models
+    llama3/multimodal/model.py, fusion_schedule). A plain sequence means HF index = Meta
+    index, as in every other family."""
+
+    meta: tuple[int, ...]
+    hf: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.meta) != len(self.hf) or len(set(self.hf)) != len(self.hf):
+            raise ValueError(f"a layer map needs one distinct HF index per Meta index: {self}")
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        return self.meta[index]
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def hf_index(self, meta_idx: int) -> int:
+        return self.hf[self.meta.index(meta_idx)]
+
+
 # Which layers an entry exists in, by name: "all" is every text layer; a family may add more
-# (Llama 4: "moe", "dense", "vision").
+# (Llama 4: "moe", "dense", "vision"). A set given as a LayerMap also says each layer's HF
+# index.
 LayerSets = Mapping[str, Sequence[int]]
+
+
+def hf_layer_index(layers: Sequence[int], meta_idx: int) -> int:
+    """Where Meta layer `meta_idx` of a layer set sits in the Hugging Face layer list."""
+    return layers.hf_index(meta_idx) if isinstance(layers, LayerMap) else meta_idx
 
 
 def uniform_layers(n_layers: int) -> dict[str, Sequence[int]]:
@@ -134,6 +171,10 @@ class TensorEntry:
     part: tuple[str, str] | None = None
     # The Hugging Face column where this entry's columns start (others fill the rest).
     col_offset: str | None = None
+    # The Hugging Face row where this entry's rows start: its merged Meta tensor (meta_shape)
+    # is one band of rows, other entries fill the others (Llama 3.2 Vision's embed_tokens is
+    # tok_embeddings' rows, then learnable_embedding's 8). The row analogue of col_offset.
+    row_offset: str | None = None
     # ROWS: the Hugging Face rows are this many stacked units (experts), each split across the
     # ranks; a rank holds its slice of every unit, unit after unit.
     stack: str | None = None
@@ -164,10 +205,19 @@ class TensorTable:
     def entries_in_order(self, layers: int | LayerSets,
                          output_format: OutputFormat = OutputFormat.SAFETENSORS
                          ) -> Iterator[tuple[TensorEntry, int | None]]:
-        """(entry, layer index) in the order save_pretrained writes the tensors: entries outside
-        the layers as they come; each run of per-layer entries layer by layer (the entries of
-        a layer that exist in it), so a table lists its model's modules in order. Only the
-        entries `output_format` writes (the Hugging Face ones by default)."""
+        """(entry, Meta layer index) in the order save_pretrained writes the tensors (see
+        `placed`)."""
+        for entry, meta_idx, _ in self.placed(layers, output_format):
+            yield entry, meta_idx
+
+    def placed(self, layers: int | LayerSets,
+               output_format: OutputFormat = OutputFormat.SAFETENSORS
+               ) -> Iterator[tuple[TensorEntry, int | None, int | None]]:
+        """(entry, Meta layer index, HF layer index) in the order save_pretrained writes the
+        tensors: entries outside the layers as they come; each run of per-layer entries by HF
+        layer index (the entries of a layer that exist in it, in table order), so a table lists
+        its model's modules in order. Only the entries `output_format` writes (the Hugging Face
+        ones by default)."""
         sets = uniform_layers(layers) if isinstance(layers, int) else layers
         run: list[TensorEntry] = []
         written = [e for e in self.entries if e.written_in(output_format)]
@@ -176,14 +226,14 @@ class TensorTable:
                 run.append(entry)
                 continue
             if run:
-                members = {e.layers: set(sets.get(e.layers, ())) for e in run}
-                for layer_idx in sorted(set().union(*members.values())):
-                    for e in run:
-                        if layer_idx in members[e.layers]:
-                            yield e, layer_idx
+                members = [(hf_layer_index(sets.get(e.layers, ()), meta_idx), position,
+                            meta_idx) for position, e in enumerate(run)
+                           for meta_idx in sets.get(e.layers, ())]
+                for hf_idx, position, meta_idx in sorted(members):
+                    yield run[position], meta_idx, hf_idx
                 run = []
             if entry is not None:
-                yield entry, None
+                yield entry, None, None
 
     def meta_names(self, layers: int | LayerSets, *, required_only: bool = False) -> list[str]:
         """Each Meta tensor once (a fused one feeds several entries)."""
@@ -234,6 +284,7 @@ def meta_name(entry: TensorEntry, layer_idx: int | None) -> str:
 
 
 def hf_name(entry: TensorEntry, layer_idx: int | None) -> str:
+    """The Hugging Face name; `layer_idx` is the HF layer index (TensorTable.placed)."""
     return entry.hf_name if layer_idx is None else entry.hf_name.format(layer=layer_idx)
 
 

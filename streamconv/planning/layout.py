@@ -44,6 +44,10 @@ class Piece:
     src_shape: tuple[int, ...]  # the shape each rank file holds
     n_cols: int  # output columns this piece fills (all ranks together)
     col_offset: int = 0  # the first of them
+    # (first output row, rows) of the band this piece fills (TensorEntry.row_offset); None:
+    # every row of the output tensor. Within its band a piece is planned as if the band were
+    # the whole tensor, so each split's rules apply to it unchanged.
+    row_band: tuple[int, int] | None = None
     row_offset: int = 0  # ROWS: the piece's first row in each rank's tensor
     unit_rows: int = 0  # ROWS: rows per rank of one stacked unit (0 for the other splits)
     stack: int = 1  # ROWS: stacked units (experts), each split across the ranks
@@ -151,9 +155,15 @@ def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
     n_cols = (full_shape(entry, spec)[-1] if split is Split.ROWS or transpose or band
               else meta_cols)
     col_offset = evaluate(entry.col_offset, dims) if entry.col_offset else 0
+    row_band = None
+    if entry.row_offset is not None:
+        assert entry.part is None and stack == 1 and not (transpose or band), entry
+        row_band = (evaluate(entry.row_offset, dims),
+                    math.prod(meta_full_shape(entry, spec)[:-1]))
     return Piece(meta_name=meta_name(entry, layer_idx), split=split, src_shape=src_shape,
                  n_cols=n_cols, col_offset=col_offset, row_offset=row_offset,
-                 unit_rows=unit_rows, stack=stack, transpose=transpose, band_transpose=band)
+                 row_band=row_band, unit_rows=unit_rows, stack=stack, transpose=transpose,
+                 band_transpose=band)
 
 
 def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
@@ -166,15 +176,17 @@ def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
         quantized = spec.quantized
     dims = dims_of(spec)
     found: dict[str, tuple[tuple[int, ...], list[Piece], int | None]] = {}
-    for entry, layer_idx in spec.tensors.entries_in_order(spec.layer_sets, output_format):
+    for entry, layer_idx, hf_layer_idx in spec.tensors.placed(spec.layer_sets, output_format):
         if entry.unless_tied and spec.tie_word_embeddings:
             continue
-        name = hf_name(entry, layer_idx)
+        name = hf_name(entry, hf_layer_idx)
         shape, pieces, rotary = found.setdefault(
             name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec, output_format)))
         pieces.append(_piece(entry, layer_idx, spec, dims, output_format))
     layouts = []
     for name, (shape, pieces, rotary) in found.items():
+        assert len({p.row_band is None for p in pieces}) == 1, f"{name}: every piece or none " \
+            "of a tensor has a row band (TensorEntry.row_offset)"
         if pieces[0].meta_name not in quantized:
             layouts.append(TensorLayout(name, shape, tuple(pieces), spec.dtype, rotary))
             continue
@@ -190,8 +202,33 @@ def _replicas(piece: Piece, layout: TensorLayout, n_ranks: int) -> int:
     return n_ranks * piece.unit_rows * piece.stack // layout.n_rows
 
 
+def _in_band(piece: Piece, layout: TensorLayout) -> tuple[Piece, TensorLayout, int]:
+    """A row-band piece as a piece of a tensor that is its band alone, and the band's first
+    output row; any other piece as it is."""
+    if piece.row_band is None:
+        return piece, layout, 0
+    first, n_rows = piece.row_band
+    return replace(piece, row_band=None), replace(layout, shape=(n_rows, layout.n_cols)), first
+
+
 def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
                   row_stop: int) -> list[CopyBlock]:
+    """The blocks of one piece for output rows [row_start, row_stop): a row-band piece gives
+    those of the rows that fall in its band (a job may cut a band anywhere), planned within
+    the band and moved down to where the band starts."""
+    if piece.row_band is None:
+        return _whole_piece_blocks(piece, layout, n_ranks, row_start, row_stop)
+    inner, band_layout, first = _in_band(piece, layout)
+    start, stop = max(row_start, first), min(row_stop, first + band_layout.n_rows)
+    if start >= stop:
+        return []
+    return [replace(block, dst_row_start=block.dst_row_start + first)
+            for block in _whole_piece_blocks(inner, band_layout, n_ranks, start - first,
+                                             stop - first)]
+
+
+def _whole_piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
+                        row_stop: int) -> list[CopyBlock]:
     n_rows = row_stop - row_start
     if piece.band_transpose:
         return _band_blocks(piece, layout, n_ranks, row_start, row_stop)
@@ -268,6 +305,7 @@ def copy_blocks(layout: TensorLayout, spec: ModelSpec, row_start: int,
 
 def replica_ranks(piece: Piece, layout: TensorLayout, spec: ModelSpec) -> list[list[int]]:
     """For each distinct row group of a piece, every rank holding a copy (agreement checks)."""
+    piece, layout, _ = _in_band(piece, layout)
     if piece.split is Split.REPLICATED:
         return [list(range(spec.n_ranks))]
     if piece.split is Split.COLS or piece.band_transpose:

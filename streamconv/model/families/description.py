@@ -9,7 +9,7 @@ a family's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -83,6 +83,10 @@ class FamilyDescription:
     detect: Detector | None = None
     evidence: Callable[[Facts], Iterable[Evidence]] | None = None
     evidence_rank: int | None = None
+    # The family's layer sets beyond range(n_layers) as "all", from params.json (a LayerMap
+    # where HF numbers the layers otherwise, tensor_table.LayerMap), for the LLaMA-style
+    # detection; a family with its own `detect` builds them there (Llama 4).
+    layer_sets: Callable[[MetaParams], Mapping[str, Sequence[int]]] | None = None
     # A family whose converted config equals this one's: not reported as an alternative.
     same_config_as: str | None = None
     # Rank files split the embedding by vocabulary rows (0) or hidden columns (1).
