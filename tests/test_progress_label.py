@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamconv.cli.progress import progress_label
+from streamconv.cli.progress import hf_layer_count, progress_label
 from streamconv.model.families.registry import describe
 from streamconv.model.family import Family
 
@@ -24,3 +24,10 @@ def _prefix(family: Family) -> str:
 ])
 def test_progress_names_the_decoder_layer(family: Family, hf_name: str, label: str) -> None:
     assert progress_label(hf_name, layer_prefix=_prefix(family), n_layers=8) == label
+
+
+def test_layer_count_is_in_hugging_face_numbering() -> None:
+    """Interleaved layer sets (a layer map) give more HF layers than params.json's n_layers."""
+    names = [f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 1, 2, 3)]
+    assert hf_layer_count([*names, "model.norm.weight"], layer_prefix="model.layers.") == 4
+    assert hf_layer_count(["model.norm.weight"], layer_prefix="model.layers.") == 0

@@ -34,6 +34,14 @@ def progress_label(hf_name: str, *, layer_prefix: str, n_layers: int) -> str:
     return hf_name.split(".")[-2]
 
 
+def hf_layer_count(hf_names: list[str], *, layer_prefix: str) -> int:
+    """How many decoder layers the output has, counted in Hugging Face's numbering: where a
+    family interleaves layer sets (a layer map), that is more than params.json's n_layers."""
+    indices = {int(head) for name in hf_names if layer_prefix and name.startswith(layer_prefix)
+               for head in [name.removeprefix(layer_prefix).split(".")[0]] if head.isdigit()}
+    return max(indices) + 1 if indices else 0
+
+
 class RichProgress:
     """Bytes written against the plan, throughput, ETA, and current RSS against the budget."""
 
@@ -63,10 +71,11 @@ class RichProgress:
         variant = "instruct / chat" if spec.instruct else "base"
         self.console.print(f"  {variant}: {spec.sources['instruct']}", style="dim")
         self.budget = plan.budget_bytes
-        self.n_layers = spec.n_layers
         # The decoder layers' Hugging Face prefix, from the family's table ("model.layers." for
         # LLaMA 1-3, "language_model.model.layers." for Llama 4).
         self.layer_prefix = spec.tensors.entry("q").hf_name.split("{layer}")[0]
+        self.n_layers = hf_layer_count([job.hf_name for job in plan.jobs],
+                                       layer_prefix=self.layer_prefix) or spec.n_layers
         self.bar.start()
         if resumed_bytes:
             self.console.print(f"  resuming: {format_size(resumed_bytes)} already converted and "
