@@ -23,9 +23,9 @@ from streamconv.model.tensor_checks import (
     source_dtype,
 )
 from streamconv.model.tensor_table import TensorTable
+from streamconv.source.byte_samples import tensor_prefixes
 from streamconv.source.fp8_scales import quantized_names
 from streamconv.source.params import MetaParams
-from streamconv.source.rank_reader import RankReader
 from streamconv.source.tensor_index import Checkpoint
 
 _TIE_SAMPLE_BYTES = 1 << 20
@@ -54,11 +54,8 @@ def _tied(ckpt: Checkpoint, table: TensorTable) -> bool:
     emb, out = rank0[table.name("embedding")], rank0[table.name("output")]
     if emb.shape != out.shape or emb.dtype != out.dtype:
         return False
-    n = min(_TIE_SAMPLE_BYTES, emb.nbytes)
-    a, b = bytearray(n), bytearray(n)
-    with RankReader([ckpt.rank_paths[0]]) as reader:
-        reader.read_into(0, emb.offset_bytes, memoryview(a))
-        reader.read_into(0, out.offset_bytes, memoryview(b))
+    a, b = tensor_prefixes(ckpt, [(0, table.name("embedding")), (0, table.name("output"))],
+                           max_bytes=_TIE_SAMPLE_BYTES)
     return a == b
 
 
@@ -81,18 +78,12 @@ def _distinct_kv_heads(ckpt: Checkpoint, table: TensorTable, n_kv: int) -> tuple
     n = ckpt.n_ranks
     if n_kv != n or n < 2:
         return n_kv, None
-    samples = []
-    with RankReader(ckpt.rank_paths) as reader:
-        for rank_idx in range(n):
-            sample = b""
-            for role in ("k", "v"):
-                ref = ckpt.tensors[rank_idx].get(table.name(role, 0))
-                if ref is None:
-                    return n_kv, None
-                buf = bytearray(min(_KV_SAMPLE_BYTES, ref.nbytes))
-                reader.read_into(rank_idx, ref.offset_bytes, memoryview(buf))
-                sample += bytes(buf)
-            samples.append(sample)
+    names = [table.name(role, 0) for role in ("k", "v")]
+    if any(name not in ckpt.tensors[rank_idx] for rank_idx in range(n) for name in names):
+        return n_kv, None
+    prefixes = tensor_prefixes(ckpt, [(rank_idx, name) for rank_idx in range(n) for name in names],
+                               max_bytes=_KV_SAMPLE_BYTES)
+    samples = [b"".join(prefixes[2 * rank_idx:2 * rank_idx + 2]) for rank_idx in range(n)]
     for copies in range(n, 1, -1):
         if n % copies == 0 and all(samples[i] == samples[i - i % copies] for i in range(n)):
             distinct = n_kv // copies
