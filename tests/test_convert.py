@@ -218,11 +218,11 @@ def test_norms_differing_across_shards_warn_and_use_shard_0(make_checkpoint: Mak
     out = tmp_path / "out"
     assert main([str(src), str(out), "--no-tokenizer", "--max-ram", "2G"]) == 0
     printed = capsys.readouterr().out
-    assert "layers.1.ffn_norm.weight differs across shards [0, 1]" in " ".join(printed.split())
+    assert "layers.1.ffn_norm.weight differs across ranks [0, 1]" in " ".join(printed.split())
     got = load_output(out)
-    shard0 = torch.load(src / "consolidated.00.pth", weights_only=True)
+    rank0 = torch.load(src / "consolidated.00.pth", weights_only=True)
     assert torch.equal(got["model.layers.1.post_attention_layernorm.weight"],
-                       shard0["layers.1.ffn_norm.weight"])
+                       rank0["layers.1.ffn_norm.weight"])
 
 
 @dataclass(frozen=True)

@@ -174,8 +174,8 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
     check_rank_count(ckpt, table, (params.n_heads + 2 * n_kv) * (params.dim // params.n_heads))
     check_names(ckpt, params, table, {"all": range(params.n_layers), **layers})
     check_same_names(ckpt, table)
-    shard0 = ckpt.tensors[0]
-    vocab = shard0[table.name("embedding")].shape[0] * n
+    rank0 = ckpt.tensors[0]
+    vocab = rank0[table.name("embedding")].shape[0] * n
     if params.vocab_size is not None and params.vocab_size != vocab:
         raise ParamsError(f"params.json says vocab_size={params.vocab_size} but "
                           f"{table.name('embedding')} gives {vocab}; params.json belongs to "
@@ -186,13 +186,13 @@ def detect_llama4(params: MetaParams, ckpt: Checkpoint, *, family: str,
                           "another model")
     dims = {"experts": n_experts, **_vision_dims(vision)}
     if moe_idx:
-        dims["moe_ffn"] = shard0[table.name("experts_gate", moe_idx[0])].shape[-1] * n
+        dims["moe_ffn"] = rank0[table.name("experts_gate", moe_idx[0])].shape[-1] * n
         sources["intermediate_size"] = f"{table.name('experts_gate', moe_idx[0])} columns x {n}"
     else:
         dims["moe_ffn"] = 0
     dense_idx = layers["dense"]
     if dense_idx:
-        dims["dense_ffn"] = shard0[table.name("gate", dense_idx[0])].shape[0] // 2 * n
+        dims["dense_ffn"] = rank0[table.name("gate", dense_idx[0])].shape[0] // 2 * n
         sources["intermediate_size_mlp"] = f"{table.name('gate', dense_idx[0])} rows / 2 x {n}"
     else:
         dims["dense_ffn"] = dense_hidden_dim(params)

@@ -31,7 +31,7 @@ from streamconv.system.memory import current_rss_bytes, default_max_ram_bytes
 
 DTYPES = {"bf16": dtypes.BFLOAT16, "fp16": dtypes.FLOAT16, "fp32": dtypes.FLOAT32}
 DEFAULT_MAX_SHARD_BYTES = 5 << 30
-# Replicated tensors compared across shards: whole norms, and this much of each kv-head copy.
+# Replicated tensors compared across rank files: whole norms, and this much of each kv-head copy.
 _REPLICA_SAMPLE_BYTES = 1 << 16
 
 
@@ -86,8 +86,8 @@ def _check_tokenizer_vocab(path: Path, spec: ModelSpec) -> None:
 
 def replica_warnings(checkpoint: Checkpoint, spec: ModelSpec,
                      layouts: list[TensorLayout]) -> list[str]:
-    """Copies of one tensor on several shards should agree; small differences are reported,
-    not fatal (some Meta 3.x checkpoints have norms that differ slightly across shards)."""
+    """Copies of one tensor on several ranks should agree; small differences are reported,
+    not fatal (some Meta 3.x checkpoints have norms that differ slightly across rank files)."""
     warnings: list[str] = []
     if spec.n_ranks == 1:
         return warnings
@@ -128,8 +128,8 @@ def _replica_differences(checkpoint: Checkpoint, reader: RankReader, piece: Piec
         if any(c != copies[0] for c in copies[1:]):
             diff = _max_difference(copies, first.dtype)
             warnings.append(
-                f"{piece.meta_name} differs across shards {group} (max abs difference "
-                f"{diff:.3g}); using the copy in shard {group[0]}")
+                f"{piece.meta_name} differs across ranks {group} (max abs difference "
+                f"{diff:.3g}); using the copy in rank {group[0]}")
     return warnings
 
 

@@ -134,6 +134,6 @@ def quantized_names(ckpt: Checkpoint, scale_layout: Callable[[str], ScaleLayout 
         dtypes = {refs[meta_name].dtype for refs in ckpt.tensors if meta_name in refs}
         if len(dtypes) > 1:
             raise CheckpointError(f"{meta_name} is fp8 in some consolidated files and not in "
-                                  "others; the shards come from different downloads: fetch them "
+                                  "others; the files come from different downloads: fetch them "
                                   "again together")
     return names

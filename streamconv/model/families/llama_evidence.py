@@ -46,9 +46,10 @@ def llama_rules(facts: Facts) -> Iterable[Evidence]:
             yield Evidence("rope_theta 10000 with 32000 pieces (no Code Llama has both)",
                            _set(Family.LLAMA1, Family.LLAMA2))
     if facts.embedding_split_by_vocab is True:
-        yield Evidence("embedding split across shards by vocabulary rows", LLAMA3_FAMILIES)
+        yield Evidence("embedding split across rank files by vocabulary rows", LLAMA3_FAMILIES)
     elif facts.embedding_split_by_vocab is False:
-        yield Evidence("embedding split across shards by hidden columns", SENTENCEPIECE_FAMILIES)
+        yield Evidence("embedding split across rank files by hidden columns",
+                       SENTENCEPIECE_FAMILIES)
     yield from _rope_rules(facts)
     if facts.rope_freqs == "per-layer":
         yield Evidence("rotary frequencies stored in every layer (LLaMA 1 files)",
