@@ -100,8 +100,6 @@ _UNSUPPORTED_KEYS: tuple[tuple[str, str], ...] = (
      "adaptors) that Hugging Face transformers does not have, so it has no faithful Hugging "
      "Face form; convert the bf16 release of the same model (e.g. Llama-3.2-1B-Instruct) "
      "instead, or run this one with ExecuTorch"),
-    ("vision_chunk_size", "is a Llama 3.2 Vision model (image encoder and cross-attention "
-     "layers), which streamconv does not convert yet; use the text-only Llama 3.x releases"),
 )
 
 

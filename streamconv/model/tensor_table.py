@@ -187,6 +187,14 @@ class TensorEntry:
     # The output formats that write this entry (None: all). Llama 4's experts are one Hugging
     # Face tensor but two transposed GGUF ones; its vision tower is not in the text GGUF.
     formats: frozenset[OutputFormat] | None = None
+    # A computed tensor: the name of a row gather (model/row_gathers.py) that places runs of
+    # the (REPLICATED) Meta tensor's rows into the Hugging Face tensor; what it does not fill
+    # is zero. Llama 3.2 Vision's tile position embeddings, precomputed per aspect ratio.
+    gather: str | None = None
+    # The shape written to the file, where it is `shape` reshaped (same values, same order):
+    # `shape` is what the planner cuts into rows (Llama 3.2 Vision's patch embedding is
+    # Meta's (width, 3*14*14) matrix, written as the (width, 3, 14, 14) conv kernel).
+    stored_shape: tuple[str, ...] | None = None
 
     def written_in(self, output_format: OutputFormat) -> bool:
         return self.formats is None or output_format in self.formats
@@ -330,6 +338,11 @@ def _resolve(sizes: Sizes, symbol: str) -> int:
 def full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
     """The Hugging Face tensor's shape."""
     return tuple(_resolve(sizes, s) for s in entry.shape)
+
+
+def written_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:
+    """The Hugging Face tensor's shape in the file (stored_shape, where it is a reshape)."""
+    return tuple(_resolve(sizes, s) for s in entry.stored_shape or entry.shape)
 
 
 def meta_full_shape(entry: TensorEntry, sizes: Sizes) -> tuple[int, ...]:

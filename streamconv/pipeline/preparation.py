@@ -147,6 +147,9 @@ def hf_files(spec: ModelSpec, *, dtype: DType, tokenizer_path: Path | None) -> d
         "config.json": to_json_bytes(config_dict(spec, dtype=dtype)),
         "generation_config.json": to_json_bytes(generation_config_dict(spec)),
     }
+    more = describe(spec.family).extra_files
+    if more is not None:
+        files.update({name: to_json_bytes(dict(content)) for name, content in more(spec).items()})
     if tokenizer_path is not None:
         from streamconv.tokenizer.files import tokenizer_files
 

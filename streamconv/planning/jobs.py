@@ -52,6 +52,9 @@ class Job:
     # Two-stage encodings: the rows as the blocks produce them, then the second step's scratch.
     values_bytes: int = 0
     encode_scratch_bytes: int = 0
+    # The rows start as zeros, because the blocks fill only part of them (a row gather,
+    # TensorLayout.zero_fill).
+    zero_fill: bool = False
 
     @property
     def dequantize(self) -> bool:
@@ -111,7 +114,7 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encod
     for row_start in range(0, layout.n_rows, rows_per_job):
         row_stop = min(row_start + rows_per_job, layout.n_rows)
         blocks = copy_blocks(layout, spec, row_start, row_stop)
-        stage = max(b.n_rows * b.n_cols * src_item for b in blocks) + SPAN_SLACK
+        stage = max((b.n_rows * b.n_cols * src_item for b in blocks), default=0) + SPAN_SLACK
         scratch = 0
         if layout.src_dtype == FP8_DTYPE:
             block_rows = max(b.n_rows for b in blocks)
@@ -127,7 +130,7 @@ def _jobs_for(layout: TensorLayout, spec: ModelSpec, *, out_cap: int, enc: Encod
                         blocks=tuple(blocks), src_dtype=layout.src_dtype, encoding=enc,
                         scratch_bytes=scratch,
                         values_bytes=(row_stop - row_start) * enc.values_row_bytes(layout.n_cols),
-                        encode_scratch_bytes=enc.scratch_bytes))
+                        encode_scratch_bytes=enc.scratch_bytes, zero_fill=layout.zero_fill))
     return jobs
 
 

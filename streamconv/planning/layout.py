@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from streamconv.model.row_gathers import GATHERS, Move
 from streamconv.model.spec import ModelSpec
 from streamconv.model.tensor_table import (
     OutputFormat,
@@ -29,6 +30,7 @@ from streamconv.model.tensor_table import (
     rank_shape,
     rotary_head_dim,
     transform_in,
+    written_shape,
 )
 from streamconv.source.fp8_scales import FP8_DTYPE, ScaleLayout, row_scale_layout
 from streamconv.system.dtypes import DType
@@ -56,6 +58,9 @@ class Piece:
     # ranks' bands are stacked down the unit's rows; ROWS, side by side across its columns.
     band_transpose: bool = False
     scale: ScaleLayout | None = None  # fp8 only: where its scales are and what they scale
+    # A computed tensor's moves (model/row_gathers.py): REPLICATED rows placed in the output,
+    # which is zero elsewhere.
+    gather: tuple[Move, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,14 @@ class TensorLayout:
     # of Meta's FP8 release, which are dequantized with their row scales on the way.
     src_dtype: DType
     rotary_head_dim: int | None = None  # rows are permuted within heads of this many rows
+    # The columns of the matrix the planner cuts, where `shape` (as written) is a reshape of
+    # it (TensorEntry.stored_shape); None: shape[-1].
+    matrix_cols: int | None = None
+
+    @property
+    def zero_fill(self) -> bool:
+        """Whether the tensor's jobs start from zeros: a row gather fills only part of it."""
+        return any(p.gather is not None for p in self.pieces)
 
     @property
     def scales(self) -> list[ScaleLayout]:
@@ -81,11 +94,13 @@ class TensorLayout:
     @property
     def n_rows(self) -> int:
         """Every tensor is a matrix of rows: all dimensions but the last (a vector: one row)."""
+        if self.matrix_cols is not None:
+            return math.prod(self.shape) // self.matrix_cols
         return math.prod(self.shape[:-1])
 
     @property
     def n_cols(self) -> int:
-        return self.shape[-1]
+        return self.shape[-1] if self.matrix_cols is None else self.matrix_cols
 
     @property
     def row_unit(self) -> int:
@@ -155,6 +170,10 @@ def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
     n_cols = (full_shape(entry, spec)[-1] if split is Split.ROWS or transpose or band
               else meta_cols)
     col_offset = evaluate(entry.col_offset, dims) if entry.col_offset else 0
+    gather = None
+    if entry.gather is not None:
+        assert split is Split.REPLICATED and entry.part is None and stack == 1, entry
+        gather = GATHERS[entry.gather](meta_full_shape(entry, spec), full_shape(entry, spec))
     row_band = None
     if entry.row_offset is not None:
         assert entry.part is None and stack == 1 and not (transpose or band), entry
@@ -163,7 +182,7 @@ def _piece(entry: TensorEntry, layer_idx: int | None, spec: ModelSpec,
     return Piece(meta_name=meta_name(entry, layer_idx), split=split, src_shape=src_shape,
                  n_cols=n_cols, col_offset=col_offset, row_offset=row_offset,
                  row_band=row_band, unit_rows=unit_rows, stack=stack, transpose=transpose,
-                 band_transpose=band)
+                 band_transpose=band, gather=gather)
 
 
 def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
@@ -175,24 +194,27 @@ def hf_layouts(spec: ModelSpec, *, quantized: frozenset[str] | None = None,
     if quantized is None:
         quantized = spec.quantized
     dims = dims_of(spec)
-    found: dict[str, tuple[tuple[int, ...], list[Piece], int | None]] = {}
+    found: dict[str, tuple[TensorEntry, list[Piece], int | None]] = {}
     for entry, layer_idx, hf_layer_idx in spec.tensors.placed(spec.layer_sets, output_format):
         if entry.unless_tied and spec.tie_word_embeddings:
             continue
         name = hf_name(entry, hf_layer_idx)
-        shape, pieces, rotary = found.setdefault(
-            name, (full_shape(entry, spec), [], rotary_head_dim(entry, spec, output_format)))
+        first, pieces, rotary = found.setdefault(
+            name, (entry, [], rotary_head_dim(entry, spec, output_format)))
         pieces.append(_piece(entry, layer_idx, spec, dims, output_format))
     layouts = []
-    for name, (shape, pieces, rotary) in found.items():
+    for name, (first, pieces, rotary) in found.items():
+        shape = written_shape(first, spec)
+        matrix_cols = full_shape(first, spec)[-1] if first.stored_shape else None
         assert len({p.row_band is None for p in pieces}) == 1, f"{name}: every piece or none " \
             "of a tensor has a row band (TensorEntry.row_offset)"
         if pieces[0].meta_name not in quantized:
-            layouts.append(TensorLayout(name, shape, tuple(pieces), spec.dtype, rotary))
+            layouts.append(TensorLayout(name, shape, tuple(pieces), spec.dtype, rotary,
+                                        matrix_cols))
             continue
         scaled = tuple(replace(p, scale=spec.scale_layouts.get(p.meta_name)
                                or row_scale_layout(p.meta_name)) for p in pieces)
-        layouts.append(TensorLayout(name, shape, scaled, FP8_DTYPE, rotary))
+        layouts.append(TensorLayout(name, shape, scaled, FP8_DTYPE, rotary, matrix_cols))
     return layouts
 
 
@@ -230,6 +252,11 @@ def _piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: i
 def _whole_piece_blocks(piece: Piece, layout: TensorLayout, n_ranks: int, row_start: int,
                         row_stop: int) -> list[CopyBlock]:
     n_rows = row_stop - row_start
+    if piece.gather is not None:
+        return [CopyBlock(rank_idx=0, meta_name=piece.meta_name, src_row_start=move.src_row,
+                          n_rows=1, dst_row_start=move.dst_row, dst_col_start=move.dst_col,
+                          n_cols=move.n_cols)
+                for move in piece.gather if row_start <= move.dst_row < row_stop]
     if piece.band_transpose:
         return _band_blocks(piece, layout, n_ranks, row_start, row_stop)
     if piece.transpose:

@@ -195,6 +195,8 @@ class JobRunner:
                     else _tensor(values_raw, value_dtype, n_out_rows, job.n_cols))
         row_bytes = job.n_cols * value_dtype.itemsize
         bytes_read = 0
+        if job.zero_fill:
+            values_raw.fill(0)
         for block in job.blocks:
             source = block.read
             assert source is not None, "the plan's reads are not located (locate_reads)"

@@ -111,7 +111,7 @@ def tokenizer_vocab_size(path: Path, *, family: str) -> int:
     parsed = _parse(path)
     _check_family(path, parsed.kind, family)
     if parsed.ranks is not None:
-        return len(parsed.ranks) + tiktoken_scheme(family).n_special
+        return len(parsed.ranks) + tiktoken_scheme(family).embedding_rows
     assert parsed.spm is not None
     return parsed.spm.vocab_size
 

@@ -47,10 +47,18 @@ class TiktokenScheme:
     instruct_eos: str  # chat models' eos: the end-of-turn token their templates close with
     # The pad token the published files name; None where they name none (LLaMA 3.x).
     pad: str | None = None
+    # How many of the last specials have no row in the model's embedding: Llama 3.2 Vision's
+    # <|image|> (128256) is read from learnable_embedding, not tok_embeddings.
+    beyond_embedding: int = 0
 
     @property
     def n_special(self) -> int:
         return len(self.special_names)
+
+    @property
+    def embedding_rows(self) -> int:
+        """Specials the model's embedding has rows for."""
+        return self.n_special - self.beyond_embedding
 
     def special_id(self, name: str, *, n_ranks: int) -> int:
         return n_ranks + self.special_names.index(name)
@@ -81,6 +89,14 @@ _LLAMA3_1_NAMED = (BOS, EOS, _R(0), _R(1), "<|finetune_right_pad_id|>", _R(2),
                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
                    "<|python_tag|>")
 
+# Llama 3.2 Vision, as transformers' convert_mllama_weights_to_hf.py (4.47.1) names them:
+# <|step_id|> at 128005, reserved 2..246 after the named ones, then <|image|> at 128256 (Meta's
+# tokenizer has <|image|> at 128011 and the model input carries 128256 in its place;
+# docs/llama32_vision_facts.md section 6).
+_LLAMA3_2_VISION_NAMED = (BOS, EOS, _R(0), _R(1), "<|finetune_right_pad_id|>", "<|step_id|>",
+                          "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+                          "<|eot_id|>", "<|python_tag|>")
+
 # Llama 4: 2,048 specials in blocks (ids 200000-202047 after the real file's 200,000 ranks).
 _LLAMA4_BASIC = (BOS, EOS, "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")
 _LLAMA4_TEXT_POST_TRAIN = (
@@ -108,6 +124,11 @@ LLAMA3_0_SCHEME = TiktokenScheme(
 LLAMA3_1_SCHEME = TiktokenScheme(
     pattern=LLAMA3_PATTERN, special_names=_filled(_LLAMA3_1_NAMED, 256, first_reserved=3),
     bos=BOS, eos=EOS, instruct_eos="<|eot_id|>")
+LLAMA3_2_VISION_SCHEME = TiktokenScheme(
+    pattern=LLAMA3_PATTERN,
+    special_names=(*_filled(_LLAMA3_2_VISION_NAMED, 256, first_reserved=2), "<|image|>"),
+    bos=BOS, eos=EOS, instruct_eos="<|eot_id|>", pad="<|finetune_right_pad_id|>",
+    beyond_embedding=1)
 LLAMA4_SCHEME = TiktokenScheme(
     pattern=O200K_PATTERN,
     special_names=_filled((*_LLAMA4_BASIC, *_LLAMA4_TEXT_POST_TRAIN, *_LLAMA4_VISION,
@@ -118,7 +139,8 @@ LLAMA4_SCHEME = TiktokenScheme(
     bos=BOS, eos=EOS, instruct_eos="<|eot|>", pad="<|finetune_right_pad|>")
 
 # By the name a family description's TokenizerScheme.specials gives (model/families/).
-SCHEMES = {"llama3.0": LLAMA3_0_SCHEME, "llama3.1": LLAMA3_1_SCHEME, "llama4": LLAMA4_SCHEME}
+SCHEMES = {"llama3.0": LLAMA3_0_SCHEME, "llama3.1": LLAMA3_1_SCHEME,
+           "llama3.2-vision": LLAMA3_2_VISION_SCHEME, "llama4": LLAMA4_SCHEME}
 
 
 def tiktoken_scheme(family: str) -> TiktokenScheme:

@@ -66,7 +66,7 @@ class FamilyDescription:
 
     A family is found one of two ways: `recognise` claims a checkpoint from its params.json
     keys or tensor names before any evidence rule runs (Llama 4; Llama 3.2 Vision would be
-    recognised by vision_chunk_size), or, with `evidence` set, it is one of the candidates the
+    recognised by vision_chunk_size > 0), or, with `evidence` set, it is one of the candidates the
     evidence rules (model/family_rules.py) choose among (LLaMA 1-3.x), ranked by
     `evidence_rank` where the evidence cannot tell candidates apart.
     """
@@ -106,6 +106,9 @@ class FamilyDescription:
     gguf_hparams: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # Why GGUF output is refused for this spec, or None (Llama 4's FP8 release).
     gguf_refusal: Callable[[ModelSpec], str | None] | None = None
+    # JSON files the family publishes beyond config, generation config and tokenizer (Llama
+    # 3.2 Vision's preprocessor_config.json): file name -> content.
+    extra_files: Callable[[ModelSpec], Mapping[str, dict[str, Any]]] | None = None
 
     @property
     def flag(self) -> str:

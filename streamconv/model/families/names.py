@@ -1,7 +1,7 @@
 """The keys of the built-in families (ModelSpec.family, --llama-version's values).
 
 A key is only a name: everything known about the family is in its description
-(families/llama.py, families/llama4.py), looked up with registry.describe. Family is a str
+(families/llama.py, families/llama4.py, families/llama32_vision.py), looked up with registry.describe. Family is a str
 enum so a family registered elsewhere (a test's toy family) can use a plain string key.
 """
 
@@ -21,6 +21,8 @@ class Family(str, enum.Enum):
     # Llama 4 (Scout, Maverick, Guard 4): a different architecture, told by its params.json
     # (moe_args / vision_args), never by the LLaMA 1-3 evidence rules.
     LLAMA4 = "4"
+    # Llama 3.2 Vision (11B, 90B, Guard 3 11B Vision): told by vision_chunk_size > 0.
+    LLAMA3_2_VISION = "3.2-vision"
 
     @property
     def is_llama3(self) -> bool:

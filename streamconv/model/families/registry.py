@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from streamconv.model.families.description import FamilyDescription
 
-_BUILT_IN_MODULES = ("streamconv.model.families.llama", "streamconv.model.families.llama4")
+_BUILT_IN_MODULES = ("streamconv.model.families.llama", "streamconv.model.families.llama4",
+                     "streamconv.model.families.llama32_vision")
 _FAMILIES: dict[str, FamilyDescription] = {}
 _loaded = False
 
