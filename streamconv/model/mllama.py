@@ -334,7 +334,8 @@ def plan_rows(spec: ModelSpec, src: Callable[[str], str]) -> list[tuple[str, str
         ("vision", f"{len(layers['vision_local'])} + {len(layers['vision_global'])} layers, "
          f"dim {dims['vision_dim']}, image {spec.raw_params['vision_chunk_size']}",
          "the tensors' shapes, vision_chunk_size"),
-        ("intermediate layers", str(list(layers["vision_intermediate"])), src("intermediate_layers")),
+        ("intermediate layers", str(list(layers["vision_intermediate"])),
+         src("intermediate_layers")),
     ]
 
 

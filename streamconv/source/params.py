@@ -26,6 +26,10 @@ KNOWN_KEYS = frozenset({
     "moe_args", "vision_args", "nope_layer_interval", "attention_chunk_size", "use_qk_norm",
     "ffn_exp", "rope_scaling_factor", "rope_high_freq_factor", "attn_temperature_tuning",
     "floor_scale", "attn_scale",
+    # Llama 3.2 Vision (model/mllama.py reads them; llama-models' llama3/args.py ModelArgs),
+    # and the key a tower that is not a release's adds (mllama.INTERMEDIATE_KEY).
+    "vision_chunk_size", "vision_max_num_chunks", "vision_num_cross_attention_layers",
+    "vision_intermediate_layers",
 })
 # Meta's params.json files are a few hundred bytes; anything this large is not one.
 _MAX_FILE_BYTES = 1 << 20

@@ -1,8 +1,9 @@
 """The keys of the built-in families (ModelSpec.family, --llama-version's values).
 
 A key is only a name: everything known about the family is in its description
-(families/llama.py, families/llama4.py, families/llama32_vision.py), looked up with registry.describe. Family is a str
-enum so a family registered elsewhere (a test's toy family) can use a plain string key.
+(families/llama.py, families/llama4.py, families/llama32_vision.py), looked up with
+registry.describe. Family is a str enum so a family registered elsewhere (a test's toy family)
+can use a plain string key.
 """
 
 from __future__ import annotations
