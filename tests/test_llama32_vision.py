@@ -133,3 +133,27 @@ def test_config_and_tokenizer_load_as_published(
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     assert preprocessor["size"] == {"height": 28, "width": 28}
     assert preprocessor["max_image_tiles"] == 4
+
+
+def test_fixture_writer_has_metas_names_and_rank_shapes(
+        converted: Callable[[int], tuple[Path, Path, MetaVisionReference]]) -> None:
+    """fixtures/llama32_vision_checkpoint.py (the release tests' and benchmarks' checkpoints,
+    written from streamconv's table) against the files Meta's own model wrote for the same
+    sizes: the same tensor names, and every rank's shapes."""
+    from fixtures.llama32_vision_checkpoint import VisionSpec, rank_shapes
+    from fixtures.llama32_vision_inputs import TINY_PARAMS, TINY_VISION
+
+    folder, _, _ = converted(2)
+    spec = VisionSpec(dim=TINY_PARAMS["dim"], n_layers=TINY_PARAMS["n_layers"],
+                      n_heads=TINY_PARAMS["n_heads"], n_kv_heads=TINY_PARAMS["n_kv_heads"],
+                      n_cross=TINY_PARAMS["vision_num_cross_attention_layers"],
+                      multiple_of=TINY_PARAMS["multiple_of"],
+                      chunk_size=TINY_PARAMS["vision_chunk_size"],
+                      vision_width=TINY_VISION["width"], local_layers=TINY_VISION["layers"],
+                      global_layers=TINY_VISION["n_global_layers"],
+                      intermediate=tuple(TINY_VISION["return_intermediate"]), n_ranks=2)
+    ours = rank_shapes(spec)
+    for rank in range(2):
+        state = torch.load(folder / f"consolidated.{rank:02d}.pth", weights_only=True,
+                           map_location="cpu", mmap=True)
+        assert {name: tuple(t.shape) for name, t in state.items()} == ours
