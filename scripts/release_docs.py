@@ -19,7 +19,8 @@ DOC = REPO / "docs" / "releases.md"
 README = REPO / "README.md"
 START, END = "<!-- release-matrix:start -->", "<!-- release-matrix:end -->"
 LABELS = {"1": "LLaMA 1", "2": "LLaMA 2", "code": "Code Llama", "3": "LLaMA 3",
-          "3.1": "LLaMA 3.1", "3.2": "LLaMA 3.2", "3.3": "LLaMA 3.3"}
+          "3.1": "LLaMA 3.1", "3.2": "LLaMA 3.2", "3.3": "LLaMA 3.3",
+          "3.2-vision": "Llama 3.2 Vision"}
 
 
 def _value(value: Any) -> str:
@@ -31,6 +32,8 @@ def _status(row: dict[str, Any]) -> str:
         return "refused in one sentence (see notes)"
     if row["support"].startswith("converts (fp8)"):
         return "converts, fp8 dequantized to bf16"
+    if row["support"] == "converts (vision)":
+        return "converts (MllamaForConditionalGeneration)"
     return "converts"
 
 

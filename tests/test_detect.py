@@ -122,7 +122,7 @@ def test_untied_family_without_output_is_refused(make_checkpoint: MakeCkpt) -> N
         _detect(params, stripped, family=Family.LLAMA2, override=Family.LLAMA2)
 
 
-@pytest.mark.parametrize("key", ["quantization_args", "vision_chunk_size"])
+@pytest.mark.parametrize("key", ["quantization_args"])
 def test_unsupported_releases_are_named(tmp_path: Path, key: str) -> None:
     params = MetaParams(dim=64, n_layers=2, n_heads=8, n_kv_heads=None, vocab_size=None,
                         multiple_of=None, ffn_dim_multiplier=None, norm_eps=1e-5,

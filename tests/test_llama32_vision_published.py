@@ -161,3 +161,18 @@ def test_reduced_release_converts_with_no_flags(repo: str, tokenizer_file: Path,
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == 131072
     assert tokenizer_config["added_tokens_decoder"]["128256"]["content"] == "<|image|>"
+
+
+def test_release_matrix_rows_agree_with_the_vision_facts() -> None:
+    """docs/releases.json (the README's table) holds a row per Vision release whose values
+    are the ones this module checks."""
+    rows = {row["hf_repo"]: row for row in json.loads(
+        (REPO / "docs" / "releases.json").read_text())["releases"]
+        if row["support"] == "converts (vision)"}
+    assert set(rows) == set(PUBLISHED)
+    for repo, row in rows.items():
+        text = PUBLISHED[repo]["config"]["derived"]["text_config"]
+        assert row["params"] == PUBLISHED[repo]["params"]["values"]
+        assert row["n_ranks"] == PUBLISHED[repo]["rank_files"]["count"]
+        assert row["instruct"] == _instruct(repo)
+        assert row["hf_config"] == {key: text[key] for key in row["hf_config"]}

@@ -182,6 +182,9 @@ def test_matrix_covers_every_release_the_issue_names() -> None:
             "llama-3.2-1b", "llama-3.2-3b", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",
             "llama-3.3-70b-instruct"} <= ids
     assert any("spinquant" in i for i in ids) and any("qlora" in i for i in ids)
+    # Llama 3.2 Vision: converted and checked in tests/test_llama32_vision_published.py.
+    assert {"llama-3.2-11b-vision", "llama-3.2-11b-vision-instruct", "llama-3.2-90b-vision",
+            "llama-3.2-90b-vision-instruct", "llama-guard-3-11b-vision"} <= ids
     for row in MATRIX:
         assert set(row["sources"]) >= {"params", "hf_config"}, row["id"]
 

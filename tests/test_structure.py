@@ -31,7 +31,8 @@ TOP = 7  # streamconv/__init__.py and __main__.py: the public API and `python -m
 META_NAME = re.compile(r"attention\.w[qkvo]|feed_forward\.w[123]|tok_embeddings|attention_norm|"
                        r"ffn_norm|output\.weight|inner_attention|moe_w_|router_DE|fc1_weight|"
                        r"resblocks|vision_projection")
-TABLES = (PACKAGE / "model" / "tensor_table.py", PACKAGE / "model" / "llama4_tensors.py")
+TABLES = (PACKAGE / "model" / "tensor_table.py", PACKAGE / "model" / "llama4_tensors.py",
+          PACKAGE / "model" / "mllama_tensors.py")
 
 
 def _stage(module: str) -> int:

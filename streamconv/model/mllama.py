@@ -13,7 +13,6 @@ docs/llama32_vision_facts.md (sections cited below) and docs/llama32_vision_publ
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from streamconv.model.tensor_checks import (
     check_shapes,
     source_dtype,
 )
-from streamconv.model.tensor_table import LayerMap
+from streamconv.model.tensor_table import LayerMap, layer_index
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
 
@@ -79,23 +78,15 @@ def layer_maps(n_layers: int, schedule: Sequence[int]) -> tuple[LayerMap, LayerM
             LayerMap(meta=tuple(range(len(schedule))), hf=tuple(cross_hf)))
 
 
-_LAYER_KINDS = {
-    "text": re.compile(r"^text_model\.layers\.(\d+)\."),
-    "cross": re.compile(r"^text_model\.cross_attention_layers\.(\d+)\."),
-    "vision_local": re.compile(r"^vision_model\.vision_encoder\.transformer\.resblocks\.(\d+)\."),
-    "vision_global": re.compile(
-        r"^vision_model\.vision_encoder\.global_transformer\.resblocks\.(\d+)\."),
-}
-
-
 def _layers_present(ckpt: Checkpoint) -> dict[str, int]:
-    """How many layers of each kind rank 0 holds (highest index + 1), read before any name is
+    """How many layers of each set rank 0 holds (highest index + 1), read before any name is
     built from params.json, so a damaged count costs nothing."""
-    found = dict.fromkeys(_LAYER_KINDS, 0)
+    found = dict.fromkeys(("all", "cross", "vision_local", "vision_global"), 0)
     for name in ckpt.tensors[0]:
-        for kind, pattern in _LAYER_KINDS.items():
-            if (match := pattern.match(name)) is not None:
-                found[kind] = max(found[kind], int(match.group(1)) + 1)
+        entry = MLLAMA_TENSORS.lookup(name)
+        index = layer_index(name)
+        if entry is not None and entry.per_layer and index is not None:
+            found[entry.layers] = max(found[entry.layers], index + 1)
     return found
 
 
@@ -167,13 +158,20 @@ def detect_llama32_vision(params: MetaParams, ckpt: Checkpoint, *, family: str,
     is written."""
     table = MLLAMA_TENSORS
     n = ckpt.n_ranks
+    if table.name("embedding") not in ckpt.tensors[0]:
+        raise CheckpointError(
+            f"params.json has vision_chunk_size (a Llama 3.2 Vision model) but "
+            f"{ckpt.rank_paths[0]} lacks {table.name('embedding')}, which every Vision "
+            "checkpoint holds; params.json belongs to another model: use the one that came "
+            "with these rank files")
     n_cross = _int(params.raw, "vision_num_cross_attention_layers")
     present = _layers_present(ckpt)
-    for kind, claimed in (("text", params.n_layers), ("cross", n_cross)):
+    for kind, claimed in (("all", params.n_layers), ("cross", n_cross)):
         if present[kind] != claimed:
-            key = "n_layers" if kind == "text" else "vision_num_cross_attention_layers"
+            key = "n_layers" if kind == "all" else "vision_num_cross_attention_layers"
+            what = "text layers" if kind == "all" else "cross-attention layers"
             raise CheckpointError(f"params.json says {key}={claimed} but {ckpt.rank_paths[0]} "
-                                  f"holds {present[kind]} such layers; the file or params.json "
+                                  f"holds {present[kind]} {what}; the file or params.json "
                                   "belongs to another model")
     schedule = fusion_schedule(params.n_layers, n_cross)
     if len(schedule) != n_cross:
@@ -205,6 +203,7 @@ def detect_llama32_vision(params: MetaParams, ckpt: Checkpoint, *, family: str,
         "family": f"params.json has vision_chunk_size {params.raw['vision_chunk_size']} (Meta's "
                   "test for a Vision checkpoint)",
         "instruct": instruct[1], "vocab_size": f"{table.name('embedding')} rows x {n}",
+        "tie_word_embeddings": "Llama 3.2 Vision has its own output.weight",
         "ffn_dim": f"{table.name('gate', 0)} rows x {n}",
         "intermediate_layers": ("params.json " + INTERMEDIATE_KEY
                                 if INTERMEDIATE_KEY in params.raw
