@@ -33,6 +33,7 @@ STAGES = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startsw
 OTHER_PROJECTS = ("scripts/get_chat_template.py", "tests/unittest/", "tests/python_tests/")
 # Files of other projects named bare on our own pages.
 OTHER_FILES = {"convert_llama_weights_to_hf.py", "convert_llama4_weights_to_hf.py",
+               "convert_mllama_weights_to_hf.py",
                "processing_llama4.py", "loader.py", "convert_hf_to_gguf.py"}
 # Generated folders and run-time files that the docs name but the tree does not hold.
 NOT_IN_TREE = ("benchmarks/cache", "benchmarks/results/raw", "demo/")
