@@ -22,6 +22,8 @@ from rich.console import Console
 
 from fixtures.fp8_checkpoint import write_fp8_checkpoint
 from fixtures.llama4_checkpoint import VisionSpec, scout_like, write_llama4_checkpoint
+from fixtures.llama32_vision_checkpoint import VisionSpec as MllamaSpec
+from fixtures.llama32_vision_checkpoint import write_vision_checkpoint
 from fixtures.synthetic import SyntheticSpec, tiny, write_sparse_checkpoint
 from streamconv.cli.main import main
 from streamconv.model.family import Family
@@ -190,6 +192,32 @@ def test_fp8_scales_are_planned_reads(tmp_path: Path, recorded: list[Read]) -> N
 def test_llama4_fused_and_transposed_reads(tmp_path: Path, recorded: list[Read]) -> None:
     src = write_llama4_checkpoint(scout_like(vision=VisionSpec(), n_ranks=2), tmp_path / "meta")
     _check_reads_equal_plan(src, tmp_path / "out", recorded, "--no-tokenizer")
+
+
+def test_llama32_vision_gathers_and_bands(tmp_path: Path, recorded: list[Read]) -> None:
+    """Llama 3.2 Vision under its smallest budget: row bands (embed_tokens from two Meta
+    tensors), layer maps and row gathers (the precomputed tile embeddings read each Meta tile
+    once per aspect ratio that uses it, so their reads repeat by design; the others do not)."""
+    spec = MllamaSpec(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, n_cross=1, vocab_size=512,
+                      multiple_of=32, chunk_size=28, vision_width=16, local_layers=4,
+                      global_layers=2, intermediate=(1, 3), n_ranks=2)
+    src = write_vision_checkpoint(spec, tmp_path / "meta")
+    argv = ("--no-tokenizer",)
+    budget = _tight(src, *argv)
+    plan = _plan_json(str(src), "--max-ram", budget, *argv)
+    assert main([str(src), str(tmp_path / "out"), "--quiet", "--max-ram", budget, *argv]) == 0
+    assert Counter(recorded) == _planned_reads(plan)
+    gathered = [job for job in plan["jobs"] if job["zero_fill"]]
+    assert {job["hf_name"] for job in gathered} == {
+        "vision_model.gated_positional_embedding.tile_embedding.weight",
+        "vision_model.pre_tile_positional_embedding.embedding.weight",
+        "vision_model.post_tile_positional_embedding.embedding.weight"}
+    # 8 aspect ratios of at most 4 tiles use 1+2+3+4+2+4+3+4 = 23 tile slots.
+    assert sum(len(job["blocks"]) for job in gathered
+               if job["hf_name"].startswith("vision_model.pre_tile")) == 23
+    embed = {b["meta_name"] for j in plan["jobs"] if j["hf_name"].endswith("embed_tokens.weight")
+             for b in j["blocks"]}
+    assert embed == {"text_model.tok_embeddings.weight", "text_model.learnable_embedding.weight"}
 
 
 def test_gguf_reads(make_checkpoint: MakeCkpt, tmp_path: Path, recorded: list[Read]) -> None:

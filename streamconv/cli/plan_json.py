@@ -67,6 +67,8 @@ def _job(plan: Plan, job: Job) -> dict[str, Any]:
         "transform": ({"rotary_permute_head_dim": job.rotary_head_dim}
                       if job.rotary_head_dim else None),
         "cast": _cast(job),
+        # The rows start as zeros and the blocks fill part of them (a computed tensor).
+        "zero_fill": job.zero_fill,
         "blocks": [_block(plan, block) for block in job.blocks],
     }
 
