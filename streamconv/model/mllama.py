@@ -203,7 +203,7 @@ def detect_llama32_vision(params: MetaParams, ckpt: Checkpoint, *, family: str,
         "family": f"params.json has vision_chunk_size {params.raw['vision_chunk_size']} (Meta's "
                   "test for a Vision checkpoint)",
         "instruct": instruct[1], "vocab_size": f"{table.name('embedding')} rows x {n}",
-        "tie_word_embeddings": "Llama 3.2 Vision has its own output.weight",
+        "tie_word_embeddings": "Llama 3.2 Vision does not tie output and embedding",
         "ffn_dim": f"{table.name('gate', 0)} rows x {n}",
         "intermediate_layers": ("params.json " + INTERMEDIATE_KEY
                                 if INTERMEDIATE_KEY in params.raw
