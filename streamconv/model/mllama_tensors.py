@@ -130,9 +130,10 @@ def _tower(kind: str, hf_kind: str, layers: str) -> tuple[TensorEntry, ...]:
 
 
 def _top(role: str, hf: str, meta: str, shape: tuple[str, ...], split: Split = Split.REPLICATED,
-         **kw: object) -> TensorEntry:
+         *, meta_shape: tuple[str, ...] | None = None, gather: str | None = None,
+         stored_shape: tuple[str, ...] | None = None) -> TensorEntry:
     return TensorEntry(role, f"vision_model.{hf}", f"{_ENCODER}{meta}", shape, split,
-                       **kw)  # type: ignore[arg-type]
+                       meta_shape=meta_shape, gather=gather, stored_shape=stored_shape)
 
 
 def _norm(hf: str, meta: str) -> tuple[TensorEntry, ...]:
