@@ -26,6 +26,7 @@ import torch
 
 from fixtures.llama4_layout import Llama4Spec
 from fixtures.llama4_synthetic import write_llama4_sparse, write_llama4_streaming
+from fixtures.llama32_vision_checkpoint import VisionSpec, write_vision_checkpoint
 from fixtures.synthetic import SyntheticSpec, spec_summary, write_checkpoint
 
 from .models import BenchModel
@@ -103,6 +104,10 @@ def _marker_content(model: BenchModel) -> dict[str, object]:
         summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
         writer = "sparse" if model.sparse else "streaming"
         return {"key": model.key, "spec": summary, "writer": f"llama4_synthetic.{writer}"}
+    if isinstance(model.spec, VisionSpec):
+        summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
+        return {"key": model.key, "spec": summary,
+                "writer": "llama32_vision_checkpoint.write_vision_checkpoint"}
     return {"key": model.key, "spec": spec_summary(model.spec)}
 
 
@@ -142,6 +147,8 @@ def ensure_checkpoint(model: BenchModel, *, log: Callable[[str], None]) -> Path:
         f"shard(s)) into {out_dir}")
     if isinstance(model.spec, Llama4Spec):
         (write_llama4_sparse if model.sparse else write_llama4_streaming)(model.spec, out_dir)
+    elif isinstance(model.spec, VisionSpec):
+        write_vision_checkpoint(model.spec, out_dir)
     elif model.spec.share_storage:
         write_checkpoint(model.spec, out_dir)
     else:

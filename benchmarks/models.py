@@ -1,5 +1,6 @@
-"""The benchmark's models: real LLaMA shapes from fixtures.synthetic.PRESETS, layer slices, and
-Llama 4 Scout slices (fixtures/llama4_layout.py's real Scout sizes, vision tower included).
+"""The benchmark's models: real LLaMA shapes from fixtures.synthetic.PRESETS, layer slices,
+Llama 4 Scout slices (fixtures/llama4_layout.py's real Scout sizes, vision tower included) and
+Llama 3.2 Vision 90B slices (fixtures/llama32_vision_checkpoint.py, full vision tower).
 
 A slice keeps a big model's dim, heads, kv heads, FFN width, vocabulary and shard count and
 only cuts the number of layers, so every tensor (and every output row) has its real size: peak
@@ -16,6 +17,8 @@ import torch
 
 from fixtures.llama4_layout import Llama4Spec, maverick, scout
 from fixtures.llama4_synthetic import rank_file_bytes
+from fixtures.llama32_vision_checkpoint import VisionSpec
+from fixtures.llama32_vision_checkpoint import rank_shapes as vision_rank_shapes
 from fixtures.synthetic import PRESETS, SyntheticSpec, rank_shapes
 
 # Keys accepted by --models; "slices" expands to SLICES.
@@ -31,17 +34,23 @@ _SCOUT_RE = re.compile(r"^scout-l(\d+)$")
 # the disk): the figures measure memory and the write side, not reading. "maverick-l2" is
 # layer 0 (dense) and layer 1 (MoE), ~37 GB.
 _MAVERICK_RE = re.compile(r"^maverick-l(\d+)$")
+# Llama 3.2 Vision 90B slices: real widths (dim 8192, 64 heads, 8 kv heads, FFN 28672,
+# 128256 + 8 embedding rows), 8 rank files, N text layers plus 1 cross-attention layer and the
+# full vision tower (32 local + 8 global layers, width 1280): ~9.2 GiB at 1 text layer, +1.6 per
+# text layer. "vision90" in --models means both.
+VISION90_SLICES = ("vision90-l1", "vision90-l2")
+_VISION90_RE = re.compile(r"^vision90-l(\d+)$")
 
 
 @dataclass(frozen=True)
 class BenchModel:
     key: str  # what --models takes: "7b", "70b-l4"
     label: str  # for tables: "LLaMA-2 7B", "405B-style, 4 layers"
-    spec: SyntheticSpec | Llama4Spec
+    spec: SyntheticSpec | Llama4Spec | VisionSpec
     # transformers' --llama_version for the same checkpoint; None: no peer (its Llama 4 script
     # loads every shard at once: it cannot run here, see issue 12).
     peer_version: str | None
-    slice_of: str | None = None  # "70b" / "405b" / "scout" / "maverick" for slices
+    slice_of: str | None = None  # "70b" / "405b" / "scout" / "maverick" / "vision90"
     sparse: bool = False  # input written as holes (fixtures/llama4_synthetic.write_llama4_sparse)
 
     @property
@@ -53,6 +62,15 @@ class BenchModel:
         return isinstance(self.spec, Llama4Spec)
 
     @property
+    def is_vision(self) -> bool:
+        return isinstance(self.spec, VisionSpec)
+
+    @property
+    def every_budget(self) -> bool:
+        """Multimodal slices get every --budgets and the O_DIRECT copy floor (issues 12, 20)."""
+        return self.is_llama4 or self.is_vision
+
+    @property
     def n_ranks(self) -> int:
         return self.spec.n_ranks
 
@@ -61,6 +79,9 @@ class BenchModel:
         """Tensor bytes of each consolidated.NN.pth (the pickle and zip headers add ~100 KB)."""
         if isinstance(self.spec, Llama4Spec):
             return [rank_file_bytes(self.spec)] * self.spec.n_ranks
+        if isinstance(self.spec, VisionSpec):  # bf16; the same shapes in every rank
+            per_rank = sum(math.prod(s) for s in vision_rank_shapes(self.spec).values()) * 2
+            return [per_rank] * self.spec.n_ranks
         itemsize = torch.empty((), dtype=getattr(torch, self.spec.dtype)).element_size()
         per_shard = sum(math.prod(s) for s in rank_shapes(self.spec).values()) * itemsize
         return [per_shard] * self.spec.n_ranks
@@ -142,11 +163,22 @@ def _maverick_slice(n_layers: int) -> BenchModel:
                       slice_of="maverick", sparse=True)
 
 
+def _vision90_slice(n_layers: int) -> BenchModel:
+    """Llama 3.2 Vision 90B's real sizes with n_layers text layers and 1 cross-attention layer
+    (Meta's fusion schedule puts it before the last text layer), plus the full vision tower."""
+    spec = VisionSpec(dim=8192, n_layers=n_layers, n_heads=64, n_kv_heads=8, n_cross=1,
+                      multiple_of=4096, n_ranks=8)
+    label = (f"Vision-90B-style, {n_layers} text layer{'s' if n_layers > 1 else ''} "
+             "+ 1 cross-attention")
+    return BenchModel(f"vision90-l{n_layers}", label, spec, None, slice_of="vision90")
+
+
 def resolve_models(text: str) -> list[BenchModel]:
     """'7b,13b,slices' -> models in the order given (duplicates dropped)."""
     keys: list[str] = []
     for raw in (part.strip().lower() for part in text.split(",") if part.strip()):
-        keys += {"slices": list(SLICES), "scout": list(SCOUT_SLICES)}.get(raw, [raw])
+        keys += {"slices": list(SLICES), "scout": list(SCOUT_SLICES),
+                 "vision90": list(VISION90_SLICES)}.get(raw, [raw])
     models: list[BenchModel] = []
     for key in dict.fromkeys(keys):
         if key in _FULL:
@@ -157,8 +189,11 @@ def resolve_models(text: str) -> list[BenchModel]:
             models.append(_scout_slice(int(match.group(1))))
         elif match := _MAVERICK_RE.match(key):
             models.append(_maverick_slice(int(match.group(1))))
+        elif match := _VISION90_RE.match(key):
+            models.append(_vision90_slice(int(match.group(1))))
         else:
             raise ValueError(f"unknown model {key!r} in --models; use {', '.join(FULL_MODELS)}, "
-                             "70b-lN, 405b-lN or scout-lN (N layers), 'slices' for "
-                             f"{','.join(SLICES)} or 'scout' for {','.join(SCOUT_SLICES)}")
+                             "70b-lN, 405b-lN, scout-lN or vision90-lN (N layers), 'slices' "
+                             f"for {','.join(SLICES)}, 'scout' for {','.join(SCOUT_SLICES)} "
+                             f"or 'vision90' for {','.join(VISION90_SLICES)}")
     return models

@@ -436,7 +436,7 @@ def plot_slices(results: list[Result], path: Path) -> bool:
     ax.set_ylabel("peak RSS, GiB")
     ax.set_ylim(0, max(max(budgets) / GIB, max(_peak(r) for r in rows) / GIB) * 1.3)
     ax.set_xticks(sorted({r["n_layers"] for r in rows}))
-    ax.set_title("streamconv peak RSS vs number of layers (real 70B / 405B tensor shapes)")
+    ax.set_title("streamconv peak RSS vs number of layers (real tensor shapes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()

@@ -61,12 +61,13 @@ def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
               other_budget: str, runners: set[str]) -> list[Run]:
     """The reference model gets every budget, the peer and all four floors; other full-size
     models one budget, the cp floor and the two direct I/O floors; LLaMA slices one budget (they
-    measure memory, not speed). Llama 4 slices get every budget and the O_DIRECT copy floor
-    (issue 12 asks for time within 1.3x of it at 1G and 2G), and no peer (none runs here)."""
+    measure memory, not speed). Llama 4 and Llama 3.2 Vision slices get every budget and the
+    O_DIRECT copy floor (issues 12 and 20 ask for time within 1.3x of it at 1G and 2G), and no
+    peer (none runs here)."""
     runs: list[Run] = []
     for model in models:
         is_ref = model.key == reference
-        if "floor" in runners and model.is_llama4:
+        if "floor" in runners and model.every_budget:
             runs.append(Run(model, "floor-copy"))
         elif "floor" in runners and model.slice_of is None:
             runs.append(Run(model, "floor-cp"))
@@ -75,7 +76,7 @@ def plan_runs(models: list[BenchModel], *, reference: str, budgets: list[str],
             runs.append(Run(model, "floor-direct"))
             runs.append(Run(model, "floor-copy"))
         if "streamconv" in runners:
-            every = is_ref or model.is_llama4
+            every = is_ref or model.every_budget
             runs += [Run(model, "streamconv", b) for b in (budgets if every else [other_budget])]
         if "peer" in runners and is_ref and model.peer_version is not None:
             runs.append(Run(model, "peer"))
@@ -224,13 +225,15 @@ def _execute(session: Session, run: Run, ckpt: Path) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help="comma-separated: 7b, 13b, 8b, 70b-lN, 405b-lN, scout-lN (N "
-                             "layers), 'slices' or 'scout' (scout-l1,scout-l2) (default "
+                        help="comma-separated: 7b, 13b, 8b, 70b-lN, 405b-lN, scout-lN, "
+                             "vision90-lN (N layers), 'slices', 'scout' (scout-l1,scout-l2) or "
+                             "'vision90' (vision90-l1,vision90-l2) (default "
                              f"{DEFAULT_MODELS})")
     parser.add_argument("--reference", default="7b",
                         help="the model measured at every --budgets with the peer and all floors")
     parser.add_argument("--budgets", default="8G,2G,1G",
-                        help="--max-ram values for the reference and the Llama 4 slices")
+                        help="--max-ram values for the reference and the Llama 4 and "
+                             "Vision slices")
     parser.add_argument("--budget", default="2G", help="--max-ram for every other model")
     parser.add_argument("--runners", default=",".join(RUNNERS),
                         help="subset of streamconv,peer,floor")
