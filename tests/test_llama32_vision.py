@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_process_budget
 from mllama_transformers_script import convert_with_mllama_script
 from mllama_transformers_script import missing_reason as script_missing
 from safetensors.torch import load_file
@@ -69,7 +70,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory,
             os.symlink(tokenizer_file, folder / "tokenizer.model")
             out = root / "hf"
             report = streamconv.convert(folder, out, streamconv.ConvertOptions(
-                max_ram_bytes=1 << 30))
+                max_ram_bytes=int(in_process_budget())))
             assert report.family == "Llama 3.2 Vision" and not report.warnings
             cache[mp] = folder, out, reference
         return cache[mp]

@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,6 @@ import streamconv
 from fixtures.llama32_vision_checkpoint import (
     VisionSpec,
     write_sparse_vision_checkpoint,
-    write_vision_checkpoint,
 )
 from fixtures.synthetic_tokenizer import write_synthetic_tokenizer
 from streamconv.cli.main import main
@@ -122,10 +123,36 @@ def test_real_shapes_plan_with_published_configs(repo: str, tokenizer_file: Path
     assert preprocessor_config(model) == PUBLISHED[repo]["preprocessor_config"]["derived"]
 
 
+_WRITE_IN_CHILD = """
+import json, sys
+from pathlib import Path
+from fixtures.llama32_vision_checkpoint import VisionSpec, write_vision_checkpoint
+fields = json.loads(sys.argv[1])
+fields["intermediate"] = tuple(fields["intermediate"])
+fields["extra_params"] = tuple(tuple(p) for p in fields["extra_params"])
+write_vision_checkpoint(VisionSpec(**fields), Path(sys.argv[2]))
+"""
+
+
+def _write_in_child(spec: VisionSpec, out_dir: Path) -> Path:
+    """write_vision_checkpoint in a child process: its 128256-row embeddings would leave the
+    pytest process's RSS (allocator slack) hundreds of MB higher for every later test that
+    plans against a fixed budget."""
+    subprocess.run([sys.executable, "-c", _WRITE_IN_CHILD, json.dumps(asdict(spec)),
+                    str(out_dir)], check=True, cwd=REPO, timeout=600)
+    return out_dir
+
+
+def _streamconv(*argv: str) -> int:
+    """The CLI in a child process, for the same reason (tokenizer and slot buffers)."""
+    return subprocess.run([sys.executable, "-m", "streamconv", *argv], cwd=REPO,
+                          timeout=600, check=False).returncode
+
+
 @pytest.fixture(scope="module")
 def make_vision_checkpoint(tmp_path_factory: pytest.TempPathFactory
                            ) -> Callable[[VisionSpec], Path]:
-    return cached_writer(tmp_path_factory, write_vision_checkpoint)  # type: ignore[arg-type]
+    return cached_writer(tmp_path_factory, _write_in_child)  # type: ignore[arg-type]
 
 
 def _reduced(spec: VisionSpec) -> VisionSpec:
@@ -142,10 +169,10 @@ def test_reduced_release_converts_with_no_flags(repo: str, tokenizer_file: Path,
     spec = _reduced(_spec(repo))
     src = _lay_out(repo, make_vision_checkpoint(spec), tokenizer_file, tmp_path / "in")
     out, report_path = tmp_path / "out", tmp_path / "report.json"
-    assert main([str(src), str(out), "--quiet", "--report", str(report_path)]) == 0
+    assert _streamconv(str(src), str(out), "--quiet", "--report", str(report_path)) == 0
     report = json.loads(report_path.read_text())
     assert report["family"] == "Llama 3.2 Vision" and report["instruct"] == _instruct(repo)
-    assert main(["verify", str(src), str(out)]) == 0
+    assert _streamconv("verify", str(src), str(out)) == 0
     config = json.loads((out / "config.json").read_text())
     derived = PUBLISHED[repo]["config"]["derived"]
     reduced_text = {"hidden_size": spec.dim, "intermediate_size": spec.ffn_dim,

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import in_process_budget
 from rich.console import Console
 
 from fixtures.llama4_layout import Llama4Spec, VisionSpec, maverick_like, scout_like
@@ -28,9 +29,9 @@ SPECS = {
 }
 
 
-def _plan_text(folder: Path) -> str:
+def _plan_text(folder: Path, budget: str) -> str:
     out = io.StringIO()
-    assert main(["plan", str(folder), "--max-ram", "1G", "--no-tokenizer"],
+    assert main(["plan", str(folder), "--max-ram", budget, "--no-tokenizer"],
                 console=Console(file=out, width=400)) == 0
     text = out.getvalue().replace(str(folder), "<folder>")
     # The baseline (and so the peak and the smallest budget) is this process's RSS at the time.
@@ -45,9 +46,10 @@ def test_sparse_folder_plans_like_the_real_one(name: str, tmp_path: Path) -> Non
     # Same-length parents: the plan prints the folder, and its tables pad to the longest cell.
     sparse = write_llama4_sparse(spec, tmp_path / "sparse" / name)
     real = write_llama4_streaming(spec, tmp_path / "stream" / name)
-    sparse_plan = _plan_text(sparse)
+    budget = in_process_budget()  # one budget for both: the plan prints it
+    sparse_plan = _plan_text(sparse, budget)
     assert "Llama 4" in sparse_plan and "Schedule" in sparse_plan
-    assert sparse_plan == _plan_text(real)
+    assert sparse_plan == _plan_text(real, budget)
     for rank_idx in range(spec.n_ranks):
         sparse_file = sparse / f"consolidated.{rank_idx:02d}.pth"
         real_file = real / f"consolidated.{rank_idx:02d}.pth"
@@ -64,7 +66,7 @@ def test_sparse_rank_files_hold_holes_not_data(tmp_path: Path) -> None:
     rank = os.stat(folder / "consolidated.00.pth")
     assert rank.st_size >= rank_file_bytes(spec) > 24 << 20
     assert rank.st_blocks * 512 < 1 << 20
-    assert "Schedule" in _plan_text(folder)
+    assert "Schedule" in _plan_text(folder, in_process_budget())
 
 
 _INDEX_UNDER_LIMIT = """

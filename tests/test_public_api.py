@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import in_process_budget
 
 import streamconv
 from fixtures.synthetic import SyntheticSpec, tiny
@@ -19,7 +20,7 @@ MakeCkpt = Callable[[SyntheticSpec], Path]
 
 def test_convert_and_prepare_from_the_package(make_checkpoint: MakeCkpt, tmp_path: Path) -> None:
     src = make_checkpoint(tiny(Family.LLAMA3_1, n_ranks=2))
-    options = streamconv.ConvertOptions(max_ram_bytes=1 << 30)
+    options = streamconv.ConvertOptions(max_ram_bytes=int(in_process_budget()))
     prepared = streamconv.prepare(src, options)
     assert prepared.spec.family is Family.LLAMA3_1 and prepared.plan.jobs
     report = streamconv.convert(src, tmp_path / "out", options)
