@@ -129,7 +129,6 @@ from pathlib import Path
 from fixtures.llama32_vision_checkpoint import VisionSpec, write_vision_checkpoint
 fields = json.loads(sys.argv[1])
 fields["intermediate"] = tuple(fields["intermediate"])
-fields["extra_params"] = tuple(tuple(p) for p in fields["extra_params"])
 write_vision_checkpoint(VisionSpec(**fields), Path(sys.argv[2]))
 """
 
