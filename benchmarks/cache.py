@@ -99,15 +99,13 @@ def is_cached(model: BenchModel) -> bool:
 
 
 def _marker_content(model: BenchModel) -> dict[str, object]:
-    if isinstance(model.spec, Llama4Spec):
+    if isinstance(model.spec, (Llama4Spec, VisionSpec)):
         # Round-tripped through JSON so it compares equal to the marker read back.
         summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
-        writer = "sparse" if model.sparse else "streaming"
-        return {"key": model.key, "spec": summary, "writer": f"llama4_synthetic.{writer}"}
-    if isinstance(model.spec, VisionSpec):
-        summary = json.loads(json.dumps(dataclasses.asdict(model.spec)))
-        return {"key": model.key, "spec": summary,
-                "writer": "llama32_vision_checkpoint.write_vision_checkpoint"}
+        writer = ("llama32_vision_checkpoint.write_vision_checkpoint"
+                  if isinstance(model.spec, VisionSpec) else
+                  f"llama4_synthetic.{'sparse' if model.sparse else 'streaming'}")
+        return {"key": model.key, "spec": summary, "writer": writer}
     return {"key": model.key, "spec": spec_summary(model.spec)}
 
 

@@ -34,7 +34,8 @@ _SCOUT_RE = re.compile(r"^scout-l(\d+)$")
 # the disk): the figures measure memory and the write side, not reading. "maverick-l2" is
 # layer 0 (dense) and layer 1 (MoE), ~37 GB.
 _MAVERICK_RE = re.compile(r"^maverick-l(\d+)$")
-# Llama 3.2 Vision 90B slices: real widths (dim 8192, 64 heads, 8 kv heads, FFN 28672,
+# Llama 3.2 Vision 90B slices (sizes: llama-models sku_list.py, docs/llama32_vision_facts.md
+# sections 1 and 2): real widths (dim 8192, 64 heads, 8 kv heads, FFN 28672,
 # 128256 + 8 embedding rows), 8 rank files, N text layers plus 1 cross-attention layer and the
 # full vision tower (32 local + 8 global layers, width 1280): ~9.2 GiB at 1 text layer, +1.6 per
 # text layer. "vision90" in --models means both.

@@ -39,6 +39,16 @@ def meta_python() -> Path | None:
     return path if path.exists() else None
 
 
+def meta_package_file(relative: str) -> Path | None:
+    """A file llama-models ships inside .venv-meta (its tokenizer.model files), None when
+    missing."""
+    python = meta_python()
+    if python is None:
+        return None
+    found = sorted(python.parent.parent.glob(f"lib/python3*/site-packages/{relative}"))
+    return found[0] if found else None
+
+
 @functools.lru_cache(maxsize=1)
 def missing_reason() -> str | None:
     """Why the reference cannot run here, or None when it can (a pytest skip reason).

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llama4_reference import meta_package_file, meta_python
 from tokenizer_corpus import SAMPLES, fuzz_samples
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
-from vision_reference import meta_python
 
 from streamconv.model.family import Family
 from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_files
@@ -29,15 +29,7 @@ from streamconv.tokenizer.files import tokenizer_vocab_size, write_tokenizer_fil
 META_PYTHON = meta_python()
 
 
-def _meta_llama3_model() -> Path | None:
-    if META_PYTHON is None:
-        return None
-    found = sorted(META_PYTHON.parent.parent.glob(
-        "lib/python3*/site-packages/llama_models/llama3/tokenizer.model"))
-    return found[0] if found else None
-
-
-MODEL = _meta_llama3_model()
+MODEL = meta_package_file("llama_models/llama3/tokenizer.model")
 pytestmark = pytest.mark.oracle(
     None if MODEL else "no llama_models/llama3/tokenizer.model in .venv-meta: run "
     "scripts/make_meta_env.sh (llama-models 0.3.0) or set STREAMCONV_META_PYTHON")

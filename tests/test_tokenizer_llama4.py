@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import tiktoken
-from llama4_reference import meta_python
+from llama4_reference import meta_package_file, meta_python
 from test_tokenizer_tiktoken import _oracle
 from tokenizer_corpus import SAMPLES, fuzz_samples
 from tokenizers import Tokenizer
@@ -37,16 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 META_PYTHON = meta_python()  # .venv-meta's, or $STREAMCONV_META_PYTHON
 
 
-def _meta_tokenizer_model() -> Path | None:
-    """Meta's Llama 4 tokenizer.model as llama-models 0.3.0 ships it, inside .venv-meta."""
-    if META_PYTHON is None:
-        return None
-    found = sorted(META_PYTHON.parent.parent.glob(
-        "lib/python3*/site-packages/llama_models/llama4/tokenizer.model"))
-    return found[0] if found else None
-
-
-_FOUND = _meta_tokenizer_model()
+_FOUND = meta_package_file("llama_models/llama4/tokenizer.model")
 LLAMA4_MODEL = _FOUND or REPO / ".venv-meta" / "llama_models" / "llama4" / "tokenizer.model"
 # Both Meta's tokenizer file and its Tokenizer class come from .venv-meta: oracle tests, which
 # skip locally and fail under CI when it is missing (conftest.oracle_unavailable).

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from llama4_reference import meta_python
 
 from fixtures.llama32_vision_inputs import (
     SEED,
@@ -34,18 +34,10 @@ from fixtures.llama32_vision_inputs import (
     make_inputs,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "vision_reference_runner.py"
 # One MP8 run takes ~38 s on two shared cores (8 processes importing torch); MP1 ~8 s.
 TIMEOUT_S = 600
 MAX_SEQ_LEN = 32
-
-
-def meta_python() -> Path | None:
-    """The interpreter of .venv-meta (or $STREAMCONV_META_PYTHON), None when missing."""
-    override = os.environ.get("STREAMCONV_META_PYTHON")
-    path = Path(override) if override else REPO / ".venv-meta" / "bin" / "python"
-    return path if path.exists() else None
 
 
 @functools.lru_cache(maxsize=1)

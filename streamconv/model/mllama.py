@@ -27,7 +27,7 @@ from streamconv.model.tensor_checks import (
     check_shapes,
     source_dtype,
 )
-from streamconv.model.tensor_table import LayerMap, layer_index
+from streamconv.model.tensor_table import LayerMap, hf_layer_index, layer_index
 from streamconv.source.params import MetaParams
 from streamconv.source.tensor_index import Checkpoint
 
@@ -226,8 +226,9 @@ def detect_llama32_vision(params: MetaParams, ckpt: Checkpoint, *, family: str,
 
 
 def _cross_layers(spec: ModelSpec) -> list[int]:
-    return list(spec.extra_layers["cross"].hf) if isinstance(
-        spec.extra_layers["cross"], LayerMap) else list(spec.extra_layers["cross"])
+    """The cross-attention layers' indices in transformers' one list (their LayerMap)."""
+    cross = spec.extra_layers["cross"]
+    return [hf_layer_index(cross, j) for j in cross]
 
 
 def _eos(spec: ModelSpec) -> int | list[int]:
